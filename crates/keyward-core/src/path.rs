@@ -1,0 +1,139 @@
+//! Request paths the gateway will authorize.
+//!
+//! keyward must never authorize one path and forward another, so a path that
+//! an upstream might normalise differently is refused before anything else:
+//! dot segments, empty segments, and percent-encoded `/`, `.` or `%`.
+
+use thiserror::Error;
+
+/// Why a path is not in normal form. Each message names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PathError {
+    /// Does not begin with `/`.
+    #[error("path must begin with `/`")]
+    NotAbsolute,
+    /// `.` or `..` segment.
+    #[error("path contains a dot segment `{0}`")]
+    DotSegment(String),
+    /// `//` or a trailing `/`.
+    #[error("path contains an empty segment")]
+    EmptySegment,
+    /// `%2F`, `%2E` or `%25`.
+    #[error("path contains a percent-encoded `{0}`")]
+    EncodedDelimiter(String),
+    /// Control characters, spaces and the like.
+    #[error("path contains a character that must be percent-encoded")]
+    BadCharacter,
+}
+
+/// Checks that `path` (without query string) is in normal form.
+///
+/// `/` alone is normal; `/vehicles/` (trailing slash) is not.
+///
+/// # Errors
+/// The first [`PathError`] found.
+pub fn check_normal(path: &str) -> Result<(), PathError> {
+    let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(PathError::BadCharacter);
+    }
+    for seg in rest.split('/') {
+        match seg {
+            "" => return Err(PathError::EmptySegment),
+            "." | ".." => return Err(PathError::DotSegment(seg.to_owned())),
+            _ => {}
+        }
+    }
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
+        let decoded = match hex {
+            [a, b] => match (char::from(*a).to_digit(16), char::from(*b).to_digit(16)) {
+                (Some(h), Some(l)) => Some(h * 16 + l),
+                _ => None,
+            },
+            _ => None,
+        };
+        match decoded {
+            Some(0x2f) => return Err(PathError::EncodedDelimiter("/".into())),
+            Some(0x2e) => return Err(PathError::EncodedDelimiter(".".into())),
+            Some(0x25) => return Err(PathError::EncodedDelimiter("%".into())),
+            Some(_) => {}
+            None => return Err(PathError::BadCharacter),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the gateway prefix, or `None` when `path` lies outside it.
+///
+/// `/api/v1` matches `/api/v1` and `/api/v1/x`, not `/api/v10`.
+pub fn strip_gateway_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/")
+    } else if rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_and_refused_paths() {
+        let ok = [
+            "/",
+            "/vehicles",
+            "/vehicles/42",
+            "/a/b%20c",
+            "/a/%7Euser",
+            "/a/b.json",
+            "/a/..b",
+        ];
+        for p in ok {
+            assert_eq!(check_normal(p), Ok(()), "{p}");
+        }
+        let bad: &[(&str, PathError)] = &[
+            ("vehicles", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("/vehicles/", PathError::EmptySegment),
+            ("//vehicles", PathError::EmptySegment),
+            ("/a//b", PathError::EmptySegment),
+            ("/a/./b", PathError::DotSegment(".".into())),
+            ("/a/..", PathError::DotSegment("..".into())),
+            ("/a%2Fb", PathError::EncodedDelimiter("/".into())),
+            ("/a%2fb", PathError::EncodedDelimiter("/".into())),
+            ("/a/%2e%2e/b", PathError::EncodedDelimiter(".".into())),
+            ("/a/%252F", PathError::EncodedDelimiter("%".into())),
+            ("/a/%zz", PathError::BadCharacter),
+            ("/a/%2", PathError::BadCharacter),
+            ("/a b", PathError::BadCharacter),
+        ];
+        for (p, e) in bad {
+            assert_eq!(check_normal(p).as_ref(), Err(e), "{p}");
+        }
+    }
+
+    #[test]
+    fn gateway_prefix() {
+        let p = "/api/third-party/v1";
+        assert_eq!(
+            strip_gateway_prefix(p, "/api/third-party/v1/vehicles"),
+            Some("/vehicles")
+        );
+        assert_eq!(strip_gateway_prefix(p, "/api/third-party/v1"), Some("/"));
+        assert_eq!(strip_gateway_prefix(p, "/api/third-party/v10/x"), None);
+        assert_eq!(strip_gateway_prefix(p, "/other"), None);
+        assert_eq!(strip_gateway_prefix("", "/x"), Some("/x"));
+    }
+}
