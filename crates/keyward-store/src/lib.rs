@@ -1,1 +1,288 @@
-//! placeholder
+//! keyward's storage: the [`Store`] trait and its SQLite implementation.
+//!
+//! Storage has no business rules. It persists what the app layer decided,
+//! atomically: a key, its grants, its change-log entry and its audit record
+//! commit together or not at all. Every method is scoped by organization,
+//! except the two that discover the organization from a key digest
+//! ([`Store::key_by_digest`]) or feed a whole-node snapshot
+//! ([`Store::changes_since`], [`Store::all_keys`]). Only digests of keys are
+//! stored. Audit records are linked into the hash chain here, inside the
+//! appending transaction, under a lock on the chain head.
+
+use keyward_core::KeyDigest;
+use keyward_core::audit::AuditEntry;
+use std::future::Future;
+use thiserror::Error;
+
+mod sqlite;
+pub use sqlite::SqliteStore;
+
+/// What went wrong in storage. The app layer maps each variant once.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The row does not exist in this organization.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated (slug, email, digest).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is not what keyward wrote (e.g. a digest of wrong length).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no supported backend.
+    #[error("unsupported database url `{0}`: expected `sqlite://PATH`")]
+    UnsupportedUrl(String),
+}
+
+/// Result alias for storage calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An organization.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Org {
+    /// `org_…`
+    pub id: String,
+    /// Short name used on the command line (`--org SLUG`).
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// The organization commands act in when no `--org` is given.
+    pub is_default: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A key as stored: everything but the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// `key_…`
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Trimmed, 1 to 100 characters.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// `live` or `test`.
+    pub environment: String,
+    /// Digest of the full key.
+    pub digest: KeyDigest,
+    /// `insp_live_AbC1`
+    pub display_prefix: String,
+    /// Imported from before scopes existed: full access.
+    pub legacy: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Actor that created it.
+    pub created_by: String,
+    /// Unix milliseconds; also set by a roll's grace period.
+    pub expires_at: Option<i64>,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+    /// The key that replaced this one in a roll.
+    pub rolled_to: Option<String>,
+    /// Unix milliseconds, flushed in batches.
+    pub last_used_at: Option<i64>,
+    /// Scope names granted directly.
+    pub scopes: Vec<String>,
+    /// Permission set ids granted.
+    pub permission_sets: Vec<String>,
+}
+
+/// How to narrow [`Store::list_keys`]. All conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    /// `Some(true)`: only revoked keys; `Some(false)`: only unrevoked keys.
+    pub revoked: Option<bool>,
+    /// Only keys neither revoked nor expired at this time.
+    pub active_at: Option<i64>,
+    /// Only keys revoked or expired at this time.
+    pub inactive_at: Option<i64>,
+    /// Only keys not used since this time (never-used keys count from creation).
+    pub unused_since: Option<i64>,
+    /// Only legacy (or only scoped) keys.
+    pub legacy: Option<bool>,
+    /// Only keys granted this permission set.
+    pub permission_set: Option<String>,
+    /// Page after this `(created_at, id)`, newest first.
+    pub before: Option<(i64, String)>,
+    /// At most this many rows (`None`: all).
+    pub limit: Option<u32>,
+}
+
+/// One committed audit record, as stored, with its chain links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// The record's content.
+    pub entry: AuditEntry,
+    /// Hash of the previous record (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// This record's hash.
+    pub hash: [u8; 32],
+}
+
+/// One entry of the change log.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Change {
+    /// Strictly increasing, in commit order.
+    pub version: i64,
+    /// Organization of the change.
+    pub org_id: String,
+    /// Key concerned, if any.
+    pub key_id: Option<String>,
+    /// `key.created`, `key.revoked`, `key.rolled`, …
+    pub kind: String,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// Result of a revocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// Revoked now.
+    Now,
+    /// Was already revoked at this time; nothing changed, nothing audited.
+    Already(i64),
+}
+
+/// Persistence for keyward. Implementations must make each method atomic.
+///
+/// Methods return `impl Future + Send` so callers can spawn them.
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates `org` (audited), unless a default organization already exists
+    /// and `org.is_default`; returns the default organization then.
+    fn create_org(&self, org: &Org, audit: &AuditEntry)
+    -> impl Future<Output = Result<Org>> + Send;
+    /// The default organization, if created.
+    fn default_org(&self) -> impl Future<Output = Result<Option<Org>>> + Send;
+    /// An organization by slug.
+    fn org_by_slug(&self, slug: &str) -> impl Future<Output = Result<Option<Org>>> + Send;
+    /// All organizations, oldest first.
+    fn list_orgs(&self) -> impl Future<Output = Result<Vec<Org>>> + Send;
+
+    /// Inserts keys with their grants, change-log entries and audit records
+    /// in one transaction. A key whose digest already exists is skipped when
+    /// `skip_existing`, otherwise the whole call fails with `Conflict`.
+    /// Returns, per key, whether it was inserted. Audit entry `i` belongs to
+    /// key `i` and is written only if that key was.
+    fn insert_keys(
+        &self,
+        org_id: &str,
+        keys: &[KeyRecord],
+        audits: &[AuditEntry],
+        skip_existing: bool,
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+    /// Revokes a key (audited, logged as a change).
+    fn revoke_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<Revoked>> + Send;
+    /// Inserts `new_key`, sets the old key's `expires_at` and `rolled_to`, in
+    /// one transaction (audited, logged as changes).
+    fn roll_key(
+        &self,
+        org_id: &str,
+        old_id: &str,
+        old_expires_at: i64,
+        new_key: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// One key of the organization.
+    fn get_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+    ) -> impl Future<Output = Result<Option<KeyRecord>>> + Send;
+    /// Keys of the organization, newest first.
+    fn list_keys(
+        &self,
+        org_id: &str,
+        filter: &KeyFilter,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>>> + Send;
+    /// The key with this digest, in any organization: how a request's key
+    /// finds its organization.
+    fn key_by_digest(
+        &self,
+        digest: &KeyDigest,
+    ) -> impl Future<Output = Result<Option<KeyRecord>>> + Send;
+    /// Every key of every organization, for a node's in-memory snapshot.
+    fn all_keys(&self) -> impl Future<Output = Result<Vec<KeyRecord>>> + Send;
+    /// Records last use times (batched; later times win).
+    fn touch_keys(&self, uses: &[(String, i64)]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Appends audit records (one transaction) and returns their sequence numbers.
+    fn append_audit(&self, entries: &[AuditEntry])
+    -> impl Future<Output = Result<Vec<i64>>> + Send;
+    /// Up to `limit` records with `seq > after`, in chain order, for verification.
+    fn audit_chain(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+    /// Records of one organization concerning one key, newest first.
+    fn audit_for_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+
+    /// Change-log entries after `version`, oldest first, and the current version.
+    fn changes_since(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
+}
+
+/// Opens the store a URL names, creating a SQLite file if needed.
+///
+/// # Errors
+/// [`StoreError::UnsupportedUrl`] or a connection error.
+pub async fn open(url: &str) -> Result<SqliteStore> {
+    if url.starts_with("sqlite:") {
+        SqliteStore::connect(url).await
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact_url("sqlite://k.db"), "sqlite://k.db");
+    }
+}

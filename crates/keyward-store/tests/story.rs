@@ -1,0 +1,429 @@
+//! The storage conformance story: one narrative every backend must pass.
+//! `story()` takes any `Store`; each backend gets a test that opens a fresh
+//! database and runs it (SQLite here; PostgreSQL joins with its backend).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
+
+use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
+use keyward_core::{Digester, KeyDigest};
+use keyward_store::{KeyFilter, KeyRecord, Org, Revoked, SqliteStore, Store, StoreError};
+
+fn org(id: &str, slug: &str, is_default: bool) -> Org {
+    Org {
+        id: id.into(),
+        slug: slug.into(),
+        name: slug.to_uppercase(),
+        is_default,
+        created_at: 1,
+    }
+}
+
+fn audit(org_id: &str, action: &str, key_id: Option<&str>) -> AuditEntry {
+    AuditEntry {
+        at_ms: 10,
+        org_id: org_id.into(),
+        actor: "cli:test".into(),
+        action: action.into(),
+        key_id: key_id.map(Into::into),
+        details: "{}".into(),
+        ..AuditEntry::default()
+    }
+}
+
+fn key(id: &str, org_id: &str, secret: &str, created_at: i64) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        org_id: org_id.into(),
+        name: format!("key {id}"),
+        description: String::new(),
+        environment: "live".into(),
+        digest: Digester::sha256().digest(secret),
+        display_prefix: "insp_live_AbCd".into(),
+        legacy: false,
+        created_at,
+        created_by: "cli:test".into(),
+        expires_at: None,
+        revoked_at: None,
+        rolled_to: None,
+        last_used_at: None,
+        scopes: vec!["vehicles:read".into()],
+        permission_sets: vec!["inspections:write".into()],
+    }
+}
+
+async fn ids(store: &impl Store, org_id: &str, f: KeyFilter) -> Vec<String> {
+    store
+        .list_keys(org_id, &f)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect()
+}
+
+/// The story. Runs against an empty, migrated database.
+async fn story(store: &impl Store) {
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+
+    // Organizations: exactly one default, slugs unique.
+    let a = store
+        .create_org(
+            &org("org_a", "acme", true),
+            &audit("org_a", "org.created", None),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .create_org(
+            &org("org_x", "other", true),
+            &audit("org_x", "org.created", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, a, "a second default is not created");
+    store
+        .create_org(
+            &org("org_b", "beta", false),
+            &audit("org_b", "org.created", None),
+        )
+        .await
+        .unwrap();
+    let dup = store
+        .create_org(
+            &org("org_c", "beta", false),
+            &audit("org_c", "org.created", None),
+        )
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(store.default_org().await.unwrap().unwrap().id, "org_a");
+    assert_eq!(
+        store.org_by_slug("beta").await.unwrap().unwrap().id,
+        "org_b"
+    );
+    assert_eq!(store.list_orgs().await.unwrap().len(), 2);
+
+    // Keys with grants, atomically with audit and change log.
+    let (_, v0) = store.changes_since(0).await.unwrap();
+    let k1 = key("key_1", "org_a", "secret-1", 100);
+    let k2 = key("key_2", "org_a", "secret-2", 200);
+    let kb = key("key_b", "org_b", "secret-b", 150);
+    store
+        .insert_keys(
+            "org_a",
+            &[k1.clone(), k2.clone()],
+            &[
+                audit("org_a", "key.created", Some("key_1")),
+                audit("org_a", "key.created", Some("key_2")),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    store
+        .insert_keys(
+            "org_b",
+            &[kb.clone()],
+            &[audit("org_b", "key.created", Some("key_b"))],
+            false,
+        )
+        .await
+        .unwrap();
+    let got = store.get_key("org_a", "key_1").await.unwrap().unwrap();
+    assert_eq!(got, k1);
+    // Only the digest is stored, and it finds the key across organizations.
+    let found = store
+        .key_by_digest(&Digester::sha256().digest("secret-b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.org_id, "org_b");
+    assert!(
+        store
+            .key_by_digest(&KeyDigest::from_bytes([7; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Organization isolation: another org's id is simply not there.
+    assert!(store.get_key("org_a", "key_b").await.unwrap().is_none());
+    assert_eq!(
+        ids(store, "org_a", KeyFilter::default()).await,
+        ["key_2", "key_1"]
+    );
+    assert_eq!(ids(store, "org_b", KeyFilter::default()).await, ["key_b"]);
+    let revoke_other = store
+        .revoke_key(
+            "org_a",
+            "key_b",
+            300,
+            &audit("org_a", "key.revoked", Some("key_b")),
+        )
+        .await;
+    assert!(matches!(revoke_other, Err(StoreError::NotFound)));
+
+    // A duplicate digest fails the whole batch; nothing half-written.
+    let dup = key("key_3", "org_a", "secret-1", 300);
+    let fresh = key("key_4", "org_a", "secret-4", 300);
+    let res = store
+        .insert_keys(
+            "org_a",
+            &[fresh.clone(), dup.clone()],
+            &[
+                audit("org_a", "key.created", Some("key_4")),
+                audit("org_a", "key.created", Some("key_3")),
+            ],
+            false,
+        )
+        .await;
+    assert!(matches!(res, Err(StoreError::Conflict(_))), "{res:?}");
+    assert!(store.get_key("org_a", "key_4").await.unwrap().is_none());
+    // …unless existing digests are skipped, as a legacy import does.
+    let res = store
+        .insert_keys(
+            "org_a",
+            &[fresh, dup],
+            &[
+                audit("org_a", "key.imported", Some("key_4")),
+                audit("org_a", "key.imported", Some("key_3")),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(res, [true, false]);
+
+    // Revocation, once.
+    assert_eq!(
+        store
+            .revoke_key(
+                "org_a",
+                "key_1",
+                400,
+                &audit("org_a", "key.revoked", Some("key_1"))
+            )
+            .await
+            .unwrap(),
+        Revoked::Now
+    );
+    assert_eq!(
+        store
+            .revoke_key(
+                "org_a",
+                "key_1",
+                500,
+                &audit("org_a", "key.revoked", Some("key_1"))
+            )
+            .await
+            .unwrap(),
+        Revoked::Already(400)
+    );
+
+    // Roll: new key inserted, old one expires at the end of the grace.
+    let k5 = key("key_5", "org_a", "secret-5", 600);
+    store
+        .roll_key(
+            "org_a",
+            "key_2",
+            700,
+            &k5,
+            &audit("org_a", "key.rolled", Some("key_2")),
+        )
+        .await
+        .unwrap();
+    let old = store.get_key("org_a", "key_2").await.unwrap().unwrap();
+    assert_eq!(
+        (old.expires_at, old.rolled_to.as_deref()),
+        (Some(700), Some("key_5"))
+    );
+    let roll_revoked = store
+        .roll_key(
+            "org_a",
+            "key_1",
+            700,
+            &key("key_6", "org_a", "secret-6", 600),
+            &audit("org_a", "key.rolled", Some("key_1")),
+        )
+        .await;
+    assert!(matches!(roll_revoked, Err(StoreError::NotFound)));
+    assert!(store.get_key("org_a", "key_6").await.unwrap().is_none());
+
+    // Filters.
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                revoked: Some(true),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_1"]
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                active_at: Some(650),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_5", "key_4", "key_2"]
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                active_at: Some(700),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_5", "key_4"]
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                inactive_at: Some(700),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_2", "key_1"]
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                permission_set: Some("inspections:write".into()),
+                limit: Some(2),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_5", "key_4"]
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                before: Some((300, "key_4".into())),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_2", "key_1"]
+    );
+
+    // Last use, batched; later times win; unused filter counts from creation.
+    store
+        .touch_keys(&[
+            ("key_4".into(), 1_000),
+            ("key_4".into(), 900),
+            ("key_5".into(), 800),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_key("org_a", "key_4")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(1_000)
+    );
+    assert_eq!(
+        ids(
+            store,
+            "org_a",
+            KeyFilter {
+                unused_since: Some(850),
+                ..Default::default()
+            }
+        )
+        .await,
+        ["key_5", "key_2", "key_1"]
+    );
+
+    // Change log: every key write, in commit order.
+    let (changes, v1) = store.changes_since(v0).await.unwrap();
+    let kinds: Vec<(&str, Option<&str>)> = changes
+        .iter()
+        .map(|c| (c.kind.as_str(), c.key_id.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("key.created", Some("key_1")),
+            ("key.created", Some("key_2")),
+            ("key.created", Some("key_b")),
+            ("key.created", Some("key_4")),
+            ("key.revoked", Some("key_1")),
+            ("key.rolled", Some("key_2")),
+            ("key.created", Some("key_5")),
+        ]
+    );
+    assert!(changes.windows(2).all(|w| w[0].version < w[1].version));
+    assert_eq!(v1, changes.last().unwrap().version);
+    assert!(store.changes_since(v1).await.unwrap().0.is_empty());
+    assert_eq!(store.all_keys().await.unwrap().len(), 5);
+
+    // Audit: appended in batches, one unbroken chain.
+    let seqs = store
+        .append_audit(&[
+            audit("org_a", "gateway.request", Some("key_5")),
+            audit("org_b", "gateway.request", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs.len(), 2);
+    let chain = store.audit_chain(0, 1_000).await.unwrap();
+    let mut prev = GENESIS;
+    for (i, r) in chain.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1);
+        assert_eq!(r.prev_hash, prev);
+        assert_eq!(
+            r.hash,
+            chain_link(&prev, r.seq, &r.entry),
+            "record {}",
+            r.seq
+        );
+        prev = r.hash;
+    }
+    // org.created ×2, key.created ×3, key.imported, key.revoked, key.rolled, 2 appended.
+    assert_eq!(chain.len(), 10);
+    assert_eq!(chain.last().unwrap().seq, *seqs.last().unwrap());
+    let for_key = store.audit_for_key("org_a", "key_1", 10).await.unwrap();
+    let actions: Vec<&str> = for_key.iter().map(|r| r.entry.action.as_str()).collect();
+    assert_eq!(actions, ["key.revoked", "key.created"]);
+    assert!(
+        store
+            .audit_for_key("org_b", "key_1", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("story.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    story(&store).await;
+}
