@@ -126,8 +126,7 @@ impl fmt::Debug for SecretKey {
 
 /// Makes a new key from caller-supplied random bytes.
 ///
-/// Each byte below 248 yields one base62 character (`byte % 62`, unbiased
-/// because 248 = 4 × 62); larger bytes are skipped.
+/// The random part comes from [`base62_from_random`].
 ///
 /// # Errors
 /// [`KeyFormatError::Prefix`] for an invalid prefix,
@@ -154,22 +153,27 @@ pub fn generate(
     text.push('_');
     text.push_str(env.as_str());
     text.push('_');
-    let mut taken = 0;
-    for &b in random {
-        if taken == RANDOM_LEN {
-            break;
-        }
-        if b < 248 {
-            text.push(char::from(ALPHABET[usize::from(b % 62)]));
-            taken += 1;
-        }
-    }
-    if taken < RANDOM_LEN {
-        return Err(KeyFormatError::NotEnoughRandomness);
-    }
+    let random =
+        base62_from_random(random, RANDOM_LEN).ok_or(KeyFormatError::NotEnoughRandomness)?;
+    text.push_str(&random);
     let sum = crc32fast::hash(text.as_bytes());
     text.push_str(std::str::from_utf8(&encode_checksum(sum)).unwrap_or_default());
     Ok(SecretKey(text))
+}
+
+/// `len` unbiased base62 characters from caller-supplied random bytes, or
+/// `None` when too few bytes were usable (retry with fresh bytes).
+///
+/// Each byte below 248 yields one character (`byte % 62`, unbiased because
+/// 248 = 4 × 62); larger bytes are skipped. Used for keys and record ids.
+pub fn base62_from_random(random: &[u8], len: usize) -> Option<String> {
+    let out: String = random
+        .iter()
+        .filter(|&&b| b < 248)
+        .take(len)
+        .map(|&b| char::from(ALPHABET[usize::from(b % 62)]))
+        .collect();
+    (out.len() == len).then_some(out)
 }
 
 /// A key text whose shape and checksum are valid, borrowed from the input.

@@ -127,7 +127,7 @@ async fn story(store: &impl Store) {
     store
         .insert_keys(
             "org_b",
-            &[kb.clone()],
+            std::slice::from_ref(&kb),
             &[audit("org_b", "key.created", Some("key_b"))],
             false,
         )

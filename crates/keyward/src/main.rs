@@ -1,1 +1,307 @@
-fn main() {}
+//! The `keyward` binary: flags and environment in, use cases called, text or
+//! JSON out. Holds no rules of its own; see `ARCHITECTURE.md`.
+
+mod cli;
+mod output;
+
+use clap::Parser;
+use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd};
+use keyward_app::env::{OsRng, SystemClock};
+use keyward_app::{Actor, App, AppError, CreateKey, ExplainSubject, parse_legacy_file};
+use keyward_core::{Catalog, Digester, Environment, GrantRequest, parse_duration_ms};
+use keyward_store::{KeyFilter, SqliteStore};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit codes, stable for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// Done.
+    Ok = 0,
+    /// Refused: invalid input, not found, broken audit chain, invalid catalog.
+    Refused = 1,
+    /// Storage or system failure.
+    Failure = 3,
+}
+
+/// An error on its way to the terminal.
+struct CliError {
+    exit: Exit,
+    message: String,
+}
+
+impl CliError {
+    fn refused(message: impl Into<String>) -> Self {
+        CliError {
+            exit: Exit::Refused,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AppError> for CliError {
+    fn from(e: AppError) -> Self {
+        let exit = match e {
+            AppError::Store(_) | AppError::Rng(_) => Exit::Failure,
+            _ => Exit::Refused,
+        };
+        CliError {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+type Result<T = Exit> = std::result::Result<T, CliError>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(Exit::Failure as u8);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            for line in e.message.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+fn load_catalog(path: Option<&Path>) -> Result<Catalog> {
+    let parsed = match path {
+        None => Catalog::fleet(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                CliError::refused(format!("cannot read catalog `{}`: {e}", p.display()))
+            })?;
+            Catalog::parse(&p.display().to_string(), &text)
+        }
+    };
+    parsed.map_err(|e| CliError::refused(e.to_string()))
+}
+
+fn operator_id() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "operator".into());
+    format!("cli:{user}")
+}
+
+fn digester() -> Digester {
+    match std::env::var("KEYWARD_DIGEST_SECRET") {
+        Ok(secret) => Digester::hmac(secret.as_bytes()),
+        Err(_) => Digester::sha256(),
+    }
+}
+
+fn duration(flag: &str, value: &str) -> Result<i64> {
+    parse_duration_ms(value).map_err(|e| CliError::refused(format!("--{flag}: {e}")))
+}
+
+async fn run(cli: Cli) -> Result {
+    if let Command::Catalog(CatalogCmd::Check { file }) = &cli.command {
+        let catalog = load_catalog(Some(file))?;
+        let own = catalog.scopes().iter().filter(|s| !s.is_reserved()).count();
+        println!(
+            "{}: valid catalog `{}`: {own} scopes, {} permission sets, {} presets, {} routes",
+            file.display(),
+            catalog.name(),
+            catalog
+                .permission_sets()
+                .iter()
+                .filter(|s| !s.is_single_scope())
+                .count(),
+            catalog.presets().len(),
+            catalog.routes().len()
+        );
+        return Ok(Exit::Ok);
+    }
+    let catalog = Arc::new(load_catalog(cli.catalog.as_deref())?);
+    if let Command::Catalog(CatalogCmd::Show { json }) = &cli.command {
+        output::catalog(&catalog, *json);
+        return Ok(Exit::Ok);
+    }
+    let store = SqliteStore::connect(&cli.database)
+        .await
+        .map_err(|e| CliError {
+            exit: Exit::Failure,
+            message: format!(
+                "cannot open database `{}`: {e}",
+                keyward_store::redact_url(&cli.database)
+            ),
+        })?;
+    let app = App::new(
+        store,
+        catalog.clone(),
+        digester(),
+        Arc::new(SystemClock),
+        Arc::new(OsRng),
+    );
+    let actor = Actor::operator(operator_id(), &catalog);
+    let default_org = app.bootstrap(&actor).await?;
+    if let Command::Migrate = cli.command {
+        println!(
+            "database is up to date; default organization `{}` ({})",
+            default_org.slug, default_org.id
+        );
+        return Ok(Exit::Ok);
+    }
+    if let Command::Orgs(cmd) = &cli.command {
+        return orgs(&app, &actor, cmd).await;
+    }
+    let org = app.resolve_org(cli.org.as_deref()).await?;
+    match cli.command {
+        Command::Keys(cmd) => keys(&app, &actor, &org, cmd).await,
+        Command::Explain(args) => {
+            let subject = match args.key_id {
+                Some(id) => ExplainSubject::KeyId(id),
+                None => ExplainSubject::Scopes(args.scopes),
+            };
+            let e = app
+                .explain(&org, &subject, &args.method, &args.path)
+                .await?;
+            output::explain(&e, args.json);
+            Ok(if e.decision.allowed {
+                Exit::Ok
+            } else {
+                Exit::Refused
+            })
+        }
+        Command::Audit(AuditCmd::Verify { json }) => {
+            let progress = output::counter("verifying audit chain");
+            let bar = progress.clone();
+            let report = app.verify_audit(&mut move |n| bar.set_position(n)).await?;
+            progress.finish_and_clear();
+            output::chain(&report, json);
+            Ok(if report.first_broken.is_none() {
+                Exit::Ok
+            } else {
+                Exit::Refused
+            })
+        }
+        Command::Catalog(_) | Command::Migrate | Command::Orgs(_) => Ok(Exit::Ok),
+    }
+}
+
+async fn orgs(app: &App<SqliteStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
+    match cmd {
+        OrgsCmd::Create { name, json } => {
+            let org = app.create_org(actor, name).await?;
+            output::orgs(std::slice::from_ref(&org), *json, true);
+        }
+        OrgsCmd::List { json } => output::orgs(&app.list_orgs().await?, *json, false),
+    }
+    Ok(Exit::Ok)
+}
+
+async fn keys(
+    app: &App<SqliteStore>,
+    actor: &Actor,
+    org: &keyward_store::Org,
+    cmd: KeysCmd,
+) -> Result {
+    match cmd {
+        KeysCmd::Create(a) => {
+            let environment = Environment::parse(&a.environment)
+                .map_err(|e| CliError::refused(format!("--environment: {e}")))?;
+            let expires_at = match &a.expires_in {
+                Some(d) => Some(app.now().saturating_add(duration("expires-in", d)?)),
+                None => None,
+            };
+            let req = CreateKey {
+                name: a.name,
+                description: a.description,
+                environment: Some(environment),
+                grants: GrantRequest {
+                    scopes: a.scopes,
+                    permission_sets: a.permission_sets,
+                    presets: a.presets,
+                },
+                expires_at,
+                acknowledge_broad_access: a.acknowledge_broad_access,
+            };
+            let created = app.create_key(actor, org, req).await?;
+            output::created(&created, a.json, "Created");
+        }
+        KeysCmd::List(a) => {
+            let now = app.now();
+            let mut filter = KeyFilter {
+                legacy: a.legacy.then_some(true),
+                permission_set: a.permission_set,
+                ..KeyFilter::default()
+            };
+            if let Some(d) = &a.unused_for {
+                filter.unused_since = Some(now.saturating_sub(duration("unused-for", d)?));
+            }
+            match a.status.as_deref() {
+                None => {}
+                Some("active") => filter.active_at = Some(now),
+                Some("revoked") => filter.revoked = Some(true),
+                Some("expired") => {
+                    filter.inactive_at = Some(now);
+                    filter.revoked = Some(false);
+                }
+                Some(other) => {
+                    return Err(CliError::refused(format!(
+                        "--status: unknown status `{other}`: expected active, revoked or expired"
+                    )));
+                }
+            }
+            output::key_list(&app.list_keys(org, &filter).await?, a.json);
+        }
+        KeysCmd::Show { id, json } => {
+            let key = app.show_key(org, &id).await?;
+            let trail = app.key_audit(org, &id, 20).await?;
+            output::key_detail(app.catalog(), &key, &trail, json);
+        }
+        KeysCmd::Revoke { id, json } => {
+            let (key, outcome) = app.revoke_key(actor, org, &id).await?;
+            output::revoked(&key, outcome, json);
+        }
+        KeysCmd::Roll { id, grace, json } => {
+            let grace_ms = duration("grace", &grace)?;
+            let created = app.roll_key(actor, org, &id, grace_ms).await?;
+            output::created(&created, json, "Rolled");
+            if !json {
+                println!("The old key `{id}` keeps working for {grace}, then expires.");
+            }
+        }
+        KeysCmd::ImportLegacy { file, json } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::refused(format!("cannot read `{}`: {e}", file.display())))?;
+            let entries = parse_legacy_file(&text).map_err(|errors| {
+                let lines: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {e}", file.display()))
+                    .collect();
+                CliError::refused(format!("{}\nnothing was imported", lines.join("\n")))
+            })?;
+            let bar = output::bar(entries.len() as u64, "importing legacy keys");
+            let b = bar.clone();
+            let report = app
+                .import_legacy(actor, org, &entries, &mut move |n| b.set_position(n as u64))
+                .await?;
+            bar.finish_and_clear();
+            output::import(&report, json);
+        }
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,67 @@
+//! The app layer's one error type. The HTTP layer maps each variant once to
+//! a status and `code`; the CLI maps it to a message and exit code.
+
+use keyward_core::{CatalogErrors, GrantErrors};
+use keyward_store::StoreError;
+use thiserror::Error;
+
+/// Why a use case refused or failed. Messages are product text: lowercase,
+/// specific, user input in backticks.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// 422 `VALIDATION_FAILED`: a field is invalid.
+    #[error("{field}: {message}")]
+    Validation {
+        /// The offending field, e.g. `name`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// 422 `VALIDATION_FAILED`: unknown or unavailable grants.
+    #[error("{0}")]
+    Grants(GrantErrors),
+    /// 422 `BROAD_ACCESS_UNACKNOWLEDGED`: more than 10 write-capable sets.
+    #[error(
+        "broad access not acknowledged: {} write-capable permission sets selected ({}); more than 10 needs explicit acknowledgement",
+        .sets.len(), .sets.join(", ")
+    )]
+    BroadAccessUnacknowledged {
+        /// The write-capable sets selected.
+        sets: Vec<String>,
+    },
+    /// 403 `FORBIDDEN`: the actor would grant scopes it does not hold.
+    #[error("you cannot grant scopes you do not hold: {}", .lacking.join(", "))]
+    Escalation {
+        /// The scopes the actor lacks.
+        lacking: Vec<String>,
+    },
+    /// 404 `NOT_FOUND`.
+    #[error("{what} `{id}` not found")]
+    NotFound {
+        /// `key`, `organization`, …
+        what: &'static str,
+        /// The id or slug looked for.
+        id: String,
+    },
+    /// 409 `CONFLICT`: the action contradicts current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The catalog is invalid (server refuses to start, CLI prints all).
+    #[error("{0}")]
+    Catalog(CatalogErrors),
+    /// 500: storage failed; details are logged, not shown to API clients.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// 500: no randomness.
+    #[error("{0}")]
+    Rng(#[from] crate::env::RngError),
+}
+
+impl AppError {
+    pub(crate) fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        AppError::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+}

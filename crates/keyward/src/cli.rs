@@ -1,0 +1,204 @@
+//! The command line, as SPEC §7 names it.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Scoped API keys for SaaS platforms.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Database URL: `sqlite://PATH` (created if missing).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_DATABASE_URL",
+        default_value = "sqlite://keyward.db",
+        hide_env_values = true
+    )]
+    pub database: String,
+
+    /// Catalog file; the built-in fleet catalog when not given.
+    #[arg(long, global = true, env = "KEYWARD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// Organization to act in (its slug); the default organization otherwise.
+    #[arg(long, global = true, env = "KEYWARD_ORG")]
+    pub org: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate or show the catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Create, list, inspect, roll and revoke API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Explain what the gateway decides for a request.
+    Explain(ExplainArgs),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Manage organizations.
+    #[command(subcommand)]
+    Orgs(OrgsCmd),
+    /// Apply database migrations and create the default organization.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Validate a catalog file: prints every error with its location.
+    Check {
+        /// The catalog to check.
+        file: PathBuf,
+    },
+    /// Show the catalog in force: scopes, permission sets, presets, routes.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create a key. The full key is printed once and never again.
+    Create(CreateArgs),
+    /// List keys, newest first.
+    List(ListArgs),
+    /// Show one key: grants, effective scopes, status, recent audit trail.
+    Show {
+        /// Key id (`key_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// Key id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a key with a new one holding the same grants.
+    Roll {
+        /// Key id.
+        id: String,
+        /// How long the old key keeps working, e.g. `24h`, `0s`.
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import keys issued before scopes existed (full access, marked legacy).
+    ImportLegacy {
+        /// One key per line, optionally followed by a name.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// What the key is for, e.g. "Production Server".
+    #[arg(long)]
+    pub name: String,
+    /// A scope to grant (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// A permission set to grant (repeatable).
+    #[arg(long = "permission-set", value_name = "SET")]
+    pub permission_sets: Vec<String>,
+    /// A preset to grant (repeatable).
+    #[arg(long = "preset", value_name = "PRESET")]
+    pub presets: Vec<String>,
+    /// Expire the key after this long, e.g. `90d`.
+    #[arg(long, value_name = "DURATION")]
+    pub expires_in: Option<String>,
+    /// Confirm that more than 10 write-capable permission sets are intended.
+    #[arg(long)]
+    pub acknowledge_broad_access: bool,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// `live` or `test`.
+    #[arg(long, default_value = "live")]
+    pub environment: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only keys not used for this long, e.g. `90d`.
+    #[arg(long, value_name = "DURATION")]
+    pub unused_for: Option<String>,
+    /// Only keys with this status: active, revoked or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only legacy keys.
+    #[arg(long)]
+    pub legacy: bool,
+    /// Only keys holding this permission set.
+    #[arg(long, value_name = "SET")]
+    pub permission_set: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("subject").required(true).args(["key_id", "scopes"]))]
+pub struct ExplainArgs {
+    /// Explain for this stored key.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Explain for a key holding these scopes or permission sets (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Request path, with or without the gateway prefix.
+    pub path: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Recompute the hash chain and report the first broken record.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCmd {
+    /// Create an organization; its slug derives from the name.
+    Create {
+        /// Display name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List organizations.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

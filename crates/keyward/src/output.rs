@@ -1,0 +1,373 @@
+//! What the CLI prints. Human text by default; `--json` prints the app's
+//! views unchanged (documented in `docs/cli-json.md`), one JSON document on
+//! stdout, so scripts can rely on it.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keyward_app::views::{CreatedKey, KeyView, human_time};
+use keyward_app::{ChainReport, Explanation, ImportReport};
+use keyward_core::Catalog;
+use keyward_store::{AuditRecord, Org, Revoked};
+use serde::Serialize;
+use serde_json::json;
+
+fn print_json<T: Serialize + ?Sized>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot render json: {e}"),
+    }
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+pub fn bar(len: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+/// A counter without a known total.
+pub fn counter(message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg}: {pos} records") {
+        bar.set_style(style);
+    }
+    bar.set_message(message);
+    bar
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+pub fn created(c: &CreatedKey, json: bool, verb: &str) {
+    if json {
+        return print_json(c);
+    }
+    let k = &c.record;
+    println!(
+        "{verb} key {} \"{}\" in organization {}",
+        k.id, k.name, k.org_id
+    );
+    println!("  display prefix:   {}", k.display_prefix);
+    println!("  scopes:           {}", list(&k.scopes));
+    println!("  permission sets:  {}", list(&k.permission_sets));
+    println!("  effective scopes: {}", list(&k.effective_scopes));
+    println!("  expires:          {}", human_time(k.expires_at));
+    if let Some(w) = &c.broad_access_warning {
+        println!("  warning:          {w} (acknowledged)");
+    }
+    println!();
+    println!("    {}", c.key);
+    println!();
+    println!("Copy this key now: it is shown only once and cannot be retrieved again.");
+}
+
+pub fn key_list(keys: &[KeyView], json: bool) {
+    if json {
+        return print_json(keys);
+    }
+    if keys.is_empty() {
+        println!("no keys match");
+        return;
+    }
+    println!(
+        "{:<21} {:<30} {:<22} {:<8} {:<20} {:<20} GRANTS",
+        "ID", "NAME", "PREFIX", "STATUS", "LAST USED", "EXPIRES"
+    );
+    for k in keys {
+        let mut grants: Vec<String> = k.permission_sets.iter().chain(&k.scopes).cloned().collect();
+        if k.legacy {
+            grants = vec!["LEGACY (full access)".into()];
+        }
+        let name: String = k.name.chars().take(30).collect();
+        println!(
+            "{:<21} {:<30} {:<22} {:<8} {:<20} {:<20} {}",
+            k.id,
+            name,
+            format!("{}…", k.display_prefix),
+            k.status.as_str(),
+            human_time(k.last_used_at),
+            human_time(k.expires_at),
+            list(&grants)
+        );
+    }
+}
+
+pub fn key_detail(catalog: &Catalog, k: &KeyView, trail: &[AuditRecord], json: bool) {
+    if json {
+        return print_json(k);
+    }
+    println!(
+        "{} \"{}\"{}",
+        k.id,
+        k.name,
+        if k.legacy { "  [Legacy]" } else { "" }
+    );
+    println!("  organization:     {}", k.org_id);
+    println!("  display prefix:   {}…", k.display_prefix);
+    println!("  environment:      {}", k.environment);
+    println!("  status:           {}", k.status.as_str());
+    println!(
+        "  created:          {} by {}",
+        human_time(Some(k.created_at)),
+        k.created_by
+    );
+    println!("  expires:          {}", human_time(k.expires_at));
+    if let Some(r) = k.revoked_at {
+        println!("  revoked:          {}", human_time(Some(r)));
+    }
+    if let Some(to) = &k.rolled_to {
+        println!("  rolled to:        {to}");
+    }
+    println!("  last used:        {}", human_time(k.last_used_at));
+    if !k.description.is_empty() {
+        println!("  description:      {}", k.description);
+    }
+    if k.legacy {
+        println!("  access:           full administrator access (legacy key; cannot be edited)");
+        println!(
+            "                    create a scoped key and replace this one in your integration"
+        );
+    } else {
+        println!("  permission sets:  {}", list(&k.permission_sets));
+        println!("  scopes:           {}", list(&k.scopes));
+    }
+    println!("  effective scopes:");
+    for name in &k.effective_scopes {
+        let implied: Vec<String> = catalog
+            .scope_id(name)
+            .map(|id| {
+                catalog
+                    .scope(id)
+                    .implies()
+                    .iter()
+                    .map(|i| catalog.scope(*i).name().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if implied.is_empty() {
+            println!("    {name}");
+        } else {
+            println!("    {name} (implies {})", implied.join(", "));
+        }
+    }
+    if !k.unknown_grants.is_empty() {
+        println!(
+            "  no longer in the catalog (grant nothing): {}",
+            k.unknown_grants.join(", ")
+        );
+    }
+    println!("  audit trail (newest first):");
+    for r in trail {
+        println!(
+            "    #{:<6} {} {:<20} {}",
+            r.seq,
+            human_time(Some(r.entry.at_ms)),
+            r.entry.action,
+            r.entry.actor
+        );
+    }
+}
+
+pub fn revoked(k: &KeyView, outcome: Revoked, json: bool) {
+    if json {
+        return print_json(k);
+    }
+    match outcome {
+        Revoked::Now => println!("Revoked key {} \"{}\": it stops working now.", k.id, k.name),
+        Revoked::Already(at) => println!(
+            "Key {} was already revoked at {}; nothing changed.",
+            k.id,
+            human_time(Some(at))
+        ),
+    }
+}
+
+pub fn import(r: &ImportReport, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "Imported {} legacy keys ({} already imported, skipped).",
+        r.imported, r.skipped
+    );
+    println!("Legacy keys keep full administrator access; replace them with scoped keys.");
+}
+
+pub fn explain(e: &Explanation, json: bool) {
+    if json {
+        return print_json(e);
+    }
+    let d = &e.decision;
+    let verdict = if d.allowed {
+        "ALLOWED".to_owned()
+    } else {
+        format!("DENIED {} {}", d.status, d.code.unwrap_or(""))
+    };
+    println!("{} {} → {verdict}", e.method, e.path);
+    if let Some(k) = &e.key {
+        println!(
+            "  key:       {} \"{}\" ({})",
+            k.id,
+            k.name,
+            k.status.as_str()
+        );
+    }
+    println!(
+        "  route:     {}",
+        d.route.as_deref().unwrap_or("none matches")
+    );
+    println!("  reason:    {}", d.reason);
+    println!("  required:  {}", list(&d.required));
+    println!("  missing:   {}", list(&d.missing));
+    println!("  granted:   {}", list(&d.granted));
+    println!("  effective: {}", list(&d.effective));
+}
+
+pub fn chain(r: &ChainReport, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    match &r.first_broken {
+        None => println!("audit chain verified: {} records, no break", r.records),
+        Some(b) => println!(
+            "audit chain BROKEN at record {}: {} ({} records verified before it)",
+            b.seq, b.reason, r.records
+        ),
+    }
+}
+
+pub fn orgs(orgs: &[Org], json: bool, created: bool) {
+    let views: Vec<serde_json::Value> = orgs
+        .iter()
+        .map(|o| json!({"id": o.id, "slug": o.slug, "name": o.name, "default": o.is_default}))
+        .collect();
+    if json {
+        if created {
+            return print_json(&views.first());
+        }
+        return print_json(&views);
+    }
+    for o in orgs {
+        let verb = if created { "Created organization " } else { "" };
+        println!(
+            "{verb}{} {} \"{}\"{}",
+            o.slug,
+            o.id,
+            o.name,
+            if o.is_default { " (default)" } else { "" }
+        );
+    }
+}
+
+pub fn catalog(c: &Catalog, json: bool) {
+    if json {
+        let scopes: Vec<_> = c
+            .scopes()
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name(), "description": s.description(), "area": s.area(),
+                    "status": s.status().as_str(), "write": s.is_write(), "reserved": s.is_reserved(),
+                    "implies": s.implies().iter().map(|i| c.scope(*i).name()).collect::<Vec<_>>(),
+                    "endpoints": s.endpoints(),
+                })
+            })
+            .collect();
+        let sets: Vec<_> = c
+            .permission_sets()
+            .iter()
+            .map(|p| {
+                json!({
+                    "id": p.id(), "name": p.name(), "area": p.area(), "description": p.description(),
+                    "write": p.is_write(), "single_scope": p.is_single_scope(),
+                    "scopes": p.scopes().iter().map(|i| c.scope(*i).name()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let presets: Vec<_> = c
+            .presets()
+            .iter()
+            .map(|p| json!({"id": p.id(), "name": p.name(), "description": p.description(), "scopes": p.scopes(), "permission_sets": p.permission_sets()}))
+            .collect();
+        let routes: Vec<_> = c
+            .routes()
+            .iter()
+            .map(|r| json!({"methods": r.methods(), "path": r.template(), "scopes": c.names(r.required())}))
+            .collect();
+        return print_json(&json!({
+            "name": c.name(), "title": c.title(), "key_prefix": c.key_prefix(), "gateway_prefix": c.gateway_prefix(),
+            "scopes": scopes, "permission_sets": sets, "presets": presets, "routes": routes,
+        }));
+    }
+    println!(
+        "catalog `{}`: {} (keys `{}_…`, gateway prefix `{}`)",
+        c.name(),
+        c.title(),
+        c.key_prefix(),
+        c.gateway_prefix()
+    );
+    println!("\nscopes:");
+    for s in c.scopes() {
+        let status = if s.status().as_str() == "available" {
+            String::new()
+        } else {
+            format!(" [{}]", s.status())
+        };
+        let implies: Vec<&str> = s.implies().iter().map(|i| c.scope(*i).name()).collect();
+        let implies = if implies.is_empty() {
+            String::new()
+        } else {
+            format!(" → {}", implies.join(", "))
+        };
+        println!(
+            "  {:<28} {:<5} {}{status}{implies}",
+            s.name(),
+            if s.is_write() { "write" } else { "read" },
+            s.description()
+        );
+    }
+    let defined: Vec<_> = c
+        .permission_sets()
+        .iter()
+        .filter(|p| !p.is_single_scope())
+        .collect();
+    if !defined.is_empty() {
+        println!("\npermission sets:");
+        for p in defined {
+            let scopes: Vec<&str> = p.scopes().iter().map(|i| c.scope(*i).name()).collect();
+            println!(
+                "  {:<28} [{}] {} ({})",
+                p.id(),
+                p.area(),
+                p.name(),
+                scopes.join(", ")
+            );
+        }
+    }
+    println!("\npresets:");
+    for p in c.presets() {
+        let items: Vec<&str> = p
+            .scopes()
+            .iter()
+            .chain(p.permission_sets())
+            .map(String::as_str)
+            .collect();
+        println!("  {:<28} {}: {}", p.id(), p.name(), items.join(", "));
+    }
+    println!("\nroutes:");
+    for r in c.routes() {
+        println!(
+            "  {:<20} {:<40} {}",
+            r.methods().join(","),
+            r.template(),
+            c.names(r.required()).join(" ")
+        );
+    }
+}
