@@ -139,7 +139,7 @@ async fn run(cli: Cli) -> Result {
         output::catalog(&catalog, *json);
         return Ok(Exit::Ok);
     }
-    let store = SqliteStore::connect(&cli.database)
+    let store = keyward_store::open(&cli.database)
         .await
         .map_err(|e| CliError {
             exit: Exit::Failure,
