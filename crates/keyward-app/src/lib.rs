@@ -672,9 +672,19 @@ impl<S: Store> App<S> {
         loop {
             let page = self.store.audit_chain(expected - 1, 1000).await?;
             if page.is_empty() {
+                // The head row is updated in every appending transaction: a
+                // chain that ends before it lost its most recent records.
+                let (head_seq, head_hash) = self.store.audit_head().await?;
+                let first_broken = (head_seq != expected - 1 || head_hash != prev).then(|| BrokenLink {
+                    seq: expected,
+                    reason: format!(
+                        "the chain ends at record {} but its head says {head_seq}: the most recent records were removed",
+                        expected - 1
+                    ),
+                });
                 return Ok(ChainReport {
                     records,
-                    first_broken: None,
+                    first_broken,
                 });
             }
             for r in page {

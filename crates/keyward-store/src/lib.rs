@@ -233,6 +233,9 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+    /// The chain head: sequence number and hash of the last record appended
+    /// (`(0, GENESIS)` when empty). Lets verification detect a cut-off tail.
+    fn audit_head(&self) -> impl Future<Output = Result<(i64, [u8; 32])>> + Send;
     /// Records of one organization concerning one key, newest first.
     fn audit_for_key(
         &self,

@@ -615,6 +615,14 @@ impl Store for SqliteStore {
         rows.into_iter().map(AuditRow::into_record).collect()
     }
 
+    async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
+        let (seq, hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((seq, hash32(&hash, "audit head hash")?))
+    }
+
     async fn audit_for_key(
         &self,
         org_id: &str,

@@ -407,6 +407,10 @@ async fn story(store: &impl Store) {
     // org.created ×2, key.created ×3, key.imported, key.revoked, key.rolled, 2 appended.
     assert_eq!(chain.len(), 10);
     assert_eq!(chain.last().unwrap().seq, *seqs.last().unwrap());
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (chain.last().unwrap().seq, chain.last().unwrap().hash)
+    );
     let for_key = store.audit_for_key("org_a", "key_1", 10).await.unwrap();
     let actions: Vec<&str> = for_key.iter().map(|r| r.entry.action.as_str()).collect();
     assert_eq!(actions, ["key.revoked", "key.created"]);

@@ -645,6 +645,34 @@ async fn audit_verify_finds_the_first_altered_record() {
 }
 
 #[tokio::test]
+async fn audit_verify_detects_a_removed_tail() {
+    let kw = Kw::new();
+    for i in 0..2 {
+        kw.create(&["--name", &format!("k{i}"), "--scope", "vehicles:read"]);
+    }
+    let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_log_no_delete")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let broken = kw.run(&["audit", "verify", "--json"]);
+    assert_eq!(broken.code, 1, "{}", broken.stdout);
+    let report = broken.json();
+    assert_eq!(report["first_broken"]["seq"], 3);
+    assert!(
+        report["first_broken"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("removed")
+    );
+}
+
+#[tokio::test]
 async fn audit_log_is_append_only() {
     let kw = Kw::new();
     kw.create(&["--name", "k", "--scope", "vehicles:read"]);
