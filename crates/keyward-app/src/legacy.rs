@@ -32,11 +32,10 @@ impl std::fmt::Debug for LegacyEntry {
 }
 
 impl LegacyEntry {
-    /// First 6 characters and a marker: enough to recognise the key in a
-    /// list, 6 of at least 20 characters of a secret.
+    /// First 6 characters: enough to recognise the key in a list, 6 of at
+    /// least 20 characters of a secret. The `legacy` flag marks it as such.
     pub fn display_prefix(&self) -> String {
-        let head: String = self.key.chars().take(6).collect();
-        format!("{head}…legacy")
+        self.key.chars().take(6).collect()
     }
 }
 
@@ -119,7 +118,7 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!((e[0].line, e[0].name.as_str()), (3, "Billing sync"));
         assert_eq!(e[1].name, "Legacy key (line 4)");
-        assert_eq!(e[0].display_prefix(), "sk_old…legacy");
+        assert_eq!(e[0].display_prefix(), "sk_old");
         assert!(!format!("{:?}", e[0]).contains("0123456789"));
 
         let bad = "short\nsk_old_0123456789abcdefghij\nsk_old_0123456789abcdefghij dup\n";

@@ -4,7 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Scoped API keys for SaaS platforms.
-#[derive(Debug, Parser)]
+///
+/// Deliberately not `Debug`: it holds the database URL, which may carry a
+/// password.
+#[derive(Parser)]
 #[command(name = "keyward", version, about, propagate_version = true)]
 pub struct Cli {
     /// Database URL: `sqlite://PATH` (created if missing).

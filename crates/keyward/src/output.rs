@@ -175,9 +175,21 @@ pub fn key_detail(catalog: &Catalog, k: &KeyView, trail: &[AuditRecord], json: b
     }
 }
 
+/// `keys revoke --json`: the key, and whether this call revoked it.
+#[derive(Serialize)]
+struct RevokeView<'a> {
+    #[serde(flatten)]
+    key: &'a KeyView,
+    already_revoked: bool,
+}
+
 pub fn revoked(k: &KeyView, outcome: Revoked, json: bool) {
     if json {
-        return print_json(k);
+        let already_revoked = matches!(outcome, Revoked::Already(_));
+        return print_json(&RevokeView {
+            key: k,
+            already_revoked,
+        });
     }
     match outcome {
         Revoked::Now => println!("Revoked key {} \"{}\": it stops working now.", k.id, k.name),

@@ -468,6 +468,11 @@ fn revoke_roll_and_explain() {
     assert!(out.stdout.contains("stops working now"), "{}", out.stdout);
     let again = kw.run(&["keys", "revoke", &newest]).ok();
     assert!(again.stdout.contains("already revoked"), "{}", again.stdout);
+    let again = kw.run(&["keys", "revoke", &newest, "--json"]).ok().json();
+    assert_eq!(
+        (again["already_revoked"].as_bool(), again["status"].as_str()),
+        (Some(true), Some("revoked"))
+    );
     let r = kw
         .run(&["explain", "--key-id", &newest, "GET", "/vehicles", "--json"])
         .json();
