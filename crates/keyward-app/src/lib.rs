@@ -228,11 +228,23 @@ impl<S: Store> App<S> {
         if let Some(org) = self.store.default_org().await? {
             return Ok(org);
         }
+        let (org, audit) = self.new_org(actor, "default", "Default", true)?;
+        Ok(self.store.create_org(&org, &audit).await?)
+    }
+
+    /// A new organization row and its `org.created` audit record.
+    fn new_org(
+        &self,
+        actor: &Actor,
+        slug: &str,
+        name: &str,
+        is_default: bool,
+    ) -> Result<(Org, AuditEntry), AppError> {
         let org = Org {
             id: self.random_id("org", 12)?,
-            slug: "default".into(),
-            name: "Default".into(),
-            is_default: true,
+            slug: slug.to_owned(),
+            name: name.to_owned(),
+            is_default,
             created_at: self.now(),
         };
         let audit = self.audit(
@@ -240,9 +252,9 @@ impl<S: Store> App<S> {
             &org,
             "org.created",
             None,
-            json!({"slug": org.slug, "name": org.name}),
+            json!({"slug": slug, "name": name}),
         );
-        Ok(self.store.create_org(&org, &audit).await?)
+        Ok((org, audit))
     }
 
     /// The organization a command acts in: `slug`, or the default one.
@@ -273,20 +285,7 @@ impl<S: Store> App<S> {
                 format!("`{name}` needs at least one letter or digit"),
             ));
         }
-        let org = Org {
-            id: self.random_id("org", 12)?,
-            slug: slug.clone(),
-            name: name.clone(),
-            is_default: false,
-            created_at: self.now(),
-        };
-        let audit = self.audit(
-            actor,
-            &org,
-            "org.created",
-            None,
-            json!({"slug": slug, "name": name}),
-        );
+        let (org, audit) = self.new_org(actor, &slug, &name, false)?;
         match self.store.create_org(&org, &audit).await {
             Ok(o) => Ok(o),
             Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
