@@ -12,6 +12,7 @@
 pub mod env;
 mod error;
 mod legacy;
+pub mod snapshot;
 pub mod views;
 
 pub use error::AppError;
