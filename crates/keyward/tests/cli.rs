@@ -130,6 +130,19 @@ impl Kw {
     }
 }
 
+/// Runs `statements` on the database file directly, as an attacker with
+/// write access to it would.
+async fn tamper(kw: &Kw, statements: &[&str]) {
+    let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -627,16 +640,14 @@ async fn audit_verify_finds_the_first_altered_record() {
         ok.stdout
     );
     // An attacker with write access to the file alters record 3.
-    let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-    sqlx::query("DROP TRIGGER audit_log_no_update")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_log SET actor = 'cli:someone-else' WHERE seq = 3")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    tamper(
+        &kw,
+        &[
+            "DROP TRIGGER audit_log_no_update",
+            "UPDATE audit_log SET actor = 'cli:someone-else' WHERE seq = 3",
+        ],
+    )
+    .await;
     let broken = kw.run(&["audit", "verify", "--json"]);
     assert_eq!(broken.code, 1);
     let report = broken.json();
@@ -655,16 +666,14 @@ async fn audit_verify_detects_a_removed_tail() {
     for i in 0..2 {
         kw.create(&["--name", &format!("k{i}"), "--scope", "vehicles:read"]);
     }
-    let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-    sqlx::query("DROP TRIGGER audit_log_no_delete")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    tamper(
+        &kw,
+        &[
+            "DROP TRIGGER audit_log_no_delete",
+            "DELETE FROM audit_log WHERE seq = 3",
+        ],
+    )
+    .await;
     let broken = kw.run(&["audit", "verify", "--json"]);
     assert_eq!(broken.code, 1, "{}", broken.stdout);
     let report = broken.json();
