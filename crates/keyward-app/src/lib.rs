@@ -27,6 +27,7 @@ use keyward_core::{
 };
 use keyward_store::{KeyFilter, KeyRecord, Org, Revoked, Store, StoreError};
 use serde_json::json;
+pub use snapshot::{KeyEntry, Snapshot};
 use std::sync::Arc;
 use views::{CreatedKey, DecisionView, KeyView, access_sets, names};
 
@@ -164,9 +165,14 @@ impl<S: Store> App<S> {
         &self.catalog
     }
 
-    /// The store, for callers that need raw reads (the gateway snapshot).
+    /// The store, for tests and tools that inspect what was written.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The digest function keys are stored under.
+    pub fn digester(&self) -> &Digester {
+        &self.digester
     }
 
     /// Current time from the injected clock.
@@ -715,6 +721,55 @@ impl<S: Store> App<S> {
             }
             progress(records);
         }
+    }
+}
+
+/// What a serving node asks of storage: its key snapshot, audit records of
+/// requests, and last-use times. Kept here so the server reaches storage only
+/// through the app layer.
+impl<S: Store> App<S> {
+    /// Loads every key into a new [`Snapshot`].
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn load_snapshot(
+        &self,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<Snapshot, AppError> {
+        Snapshot::load(&self.store, &self.catalog, progress).await
+    }
+
+    /// Applies the change log to `snapshot`; returns how many changes.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn sync_snapshot(&self, snapshot: &Snapshot) -> Result<usize, AppError> {
+        snapshot.sync(&self.store, &self.catalog).await
+    }
+
+    /// [`Snapshot::catch_up`] for a key the snapshot does not hold.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn catch_up_snapshot(&self, snapshot: &Snapshot) -> Result<(), AppError> {
+        snapshot.catch_up(&self.store, &self.catalog).await
+    }
+
+    /// Appends audit records of requests, in one transaction.
+    ///
+    /// # Errors
+    /// Storage failures: nothing was recorded.
+    pub async fn record(&self, entries: &[AuditEntry]) -> Result<(), AppError> {
+        self.store.append_audit(entries).await?;
+        Ok(())
+    }
+
+    /// Writes last-use times (key id, unix milliseconds) in one transaction.
+    ///
+    /// # Errors
+    /// Storage failures: nothing was written.
+    pub async fn flush_uses(&self, uses: &[(String, i64)]) -> Result<(), AppError> {
+        Ok(self.store.touch_keys(uses).await?)
     }
 }
 

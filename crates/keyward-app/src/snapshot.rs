@@ -1,50 +1,82 @@
 //! The gateway's in-memory view of every key, so a request needs no database.
 //!
 //! Keys are held by digest in a lock-free map (papaya: readers never block
-//! each other or writers), each with its [`KeyAccess`] precomputed under the
-//! catalog. Revoked and expired keys stay in the map so a refusal can say
-//! why from memory. The snapshot follows the store's versioned change log
-//! ([`Snapshot::sync`]); a key created elsewhere and not yet synced is found
-//! by one guarded lookup ([`Snapshot::fetch_missing`]), never refused.
+//! each other or writers). Keys with equal grants share one interned
+//! [`Grants`] value (scope sets and the `X-Keyward-Scopes` text computed
+//! once), and keys of one organization share its id, which is what keeps a
+//! million keys within a few hundred bytes each. Revoked and expired keys stay
+//! in the map so a refusal can say why from memory.
+//!
+//! The snapshot follows the store's versioned change log ([`Snapshot::sync`]).
+//! Syncs are serialised, so an older read can never overwrite a newer one. A
+//! key created elsewhere and not yet synced is found by [`Snapshot::catch_up`],
+//! which coalesces concurrent callers into one change-log read: the guarded
+//! lookup that keeps unknown-key floods from multiplying database queries.
 //!
 //! Only server-generated digests are inserted (never a negative cache of
 //! attacker-chosen ones), which is what makes the digest-prefix hasher safe.
+//!
+//! Last-use times live in each entry as atomics; the first use of a key since
+//! the last flush queues it once, so the per-request cost is two relaxed
+//! atomic operations and no shared lock.
 
 use crate::AppError;
-use crate::views::access_sets;
-use keyward_core::{Catalog, KeyAccess, KeyDigest};
-use keyward_store::{KeyRecord, Store};
+use keyward_core::{Catalog, KeyAccess, KeyDigest, ScopeSet};
+use keyward_store::{SnapshotKey, Store};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Keys read per query while loading.
+pub const LOAD_PAGE: u32 = 10_000;
+/// Uses of one key closer together than this are recorded once.
+pub const USE_RESOLUTION_MS: i64 = 1_000;
+
+/// Scopes of every key granted the same thing, computed once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grants {
+    /// As granted (permission sets expanded, not the hierarchy).
+    pub granted: ScopeSet,
+    /// Closure under `implies`.
+    pub effective: ScopeSet,
+    /// Effective scope names, space-separated (the `X-Keyward-Scopes` header).
+    pub effective_text: Box<str>,
+}
 
 /// What the gateway knows about one key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct KeyEntry {
     /// `key_…`
-    pub key_id: String,
-    /// Owning organization.
-    pub org_id: String,
+    pub key_id: Box<str>,
+    /// Owning organization (shared by its keys).
+    pub org_id: Arc<str>,
     /// Imported legacy key (full access).
     pub legacy: bool,
-    /// Granted and effective scopes, expiry, revocation.
-    pub access: KeyAccess,
+    /// Scopes, shared with every key granted the same.
+    pub grants: Arc<Grants>,
+    /// Unix milliseconds.
+    pub expires_at: Option<i64>,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+    last_used: AtomicI64,
+    queued: AtomicBool,
 }
 
 impl KeyEntry {
-    fn new(catalog: &Catalog, r: &KeyRecord) -> Self {
-        let (granted, effective, _) = access_sets(catalog, r);
-        KeyEntry {
-            key_id: r.id.clone(),
-            org_id: r.org_id.clone(),
-            legacy: r.legacy,
-            access: KeyAccess {
-                granted,
-                effective,
-                expires_at: r.expires_at,
-                revoked_at: r.revoked_at,
-            },
+    /// What a decision needs.
+    pub fn access(&self) -> KeyAccess {
+        KeyAccess {
+            granted: self.grants.granted,
+            effective: self.grants.effective,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
         }
+    }
+
+    /// Last use known to this node (unix milliseconds), if any.
+    pub fn last_used(&self) -> Option<i64> {
+        Some(self.last_used.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 }
 
@@ -68,37 +100,108 @@ impl Hasher for DigestHasher {
 
 type DigestMap<V> = papaya::HashMap<KeyDigest, V, BuildHasherDefault<DigestHasher>>;
 
+/// Interning tables, used only while loading and syncing.
+#[derive(Default)]
+struct Interner {
+    grants: HashMap<(bool, String), Arc<Grants>>,
+    orgs: HashMap<String, Arc<str>>,
+}
+
+impl Interner {
+    fn entry(&mut self, catalog: &Catalog, k: &SnapshotKey) -> KeyEntry {
+        let grants = self
+            .grants
+            .entry((k.legacy, k.grants.clone()))
+            .or_insert_with(|| Arc::new(grants_of(catalog, k)))
+            .clone();
+        let org_id = self
+            .orgs
+            .entry(k.org_id.clone())
+            .or_insert_with(|| Arc::from(k.org_id.as_str()))
+            .clone();
+        KeyEntry {
+            key_id: k.id.as_str().into(),
+            org_id,
+            legacy: k.legacy,
+            grants,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used: AtomicI64::new(k.last_used_at.unwrap_or(0)),
+            queued: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Legacy keys hold every available scope, including ones added later.
+fn grants_of(catalog: &Catalog, k: &SnapshotKey) -> Grants {
+    let (granted, effective) = if k.legacy {
+        let all = catalog.available_scopes();
+        (all, all)
+    } else {
+        let (scopes, sets) = SnapshotKey::grant_names(&k.grants);
+        let (granted, _unknown) = catalog.granted_from_names(scopes, sets);
+        (granted, catalog.closure(granted))
+    };
+    Grants {
+        granted,
+        effective,
+        effective_text: catalog.names(effective).join(" ").into(),
+    }
+}
+
 /// Every key of every organization, by digest, following the change log.
 pub struct Snapshot {
     by_digest: DigestMap<Arc<KeyEntry>>,
-    digest_of: papaya::HashMap<String, KeyDigest>,
     version: AtomicI64,
+    interner: Mutex<Interner>,
+    /// Serialises syncs; counts them for [`Snapshot::catch_up`].
+    sync_lock: tokio::sync::Mutex<()>,
+    syncs_started: AtomicU64,
+    last_ok_sync: AtomicU64,
+    used: Mutex<Vec<Arc<KeyEntry>>>,
 }
 
 impl Snapshot {
-    /// Loads every key. The change-log version is read first, so anything
+    /// Loads every key, [`LOAD_PAGE`] at a time; `progress` receives the
+    /// number loaded so far. The change-log version is read first, so anything
     /// committed while loading is replayed by the next [`Snapshot::sync`].
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn load<S: Store>(store: &S, catalog: &Catalog) -> Result<Self, AppError> {
+    pub async fn load<S: Store>(
+        store: &S,
+        catalog: &Catalog,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<Self, AppError> {
         let (_, version) = store.changes_since(i64::MAX).await?;
         let snapshot = Snapshot {
             by_digest: papaya::HashMap::with_hasher(BuildHasherDefault::default()),
-            digest_of: papaya::HashMap::new(),
             version: AtomicI64::new(version),
+            interner: Mutex::new(Interner::default()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            syncs_started: AtomicU64::new(0),
+            last_ok_sync: AtomicU64::new(0),
+            used: Mutex::new(Vec::new()),
         };
-        for r in store.all_keys().await? {
-            snapshot.put(catalog, &r);
+        let mut after = String::new();
+        let mut loaded = 0;
+        loop {
+            let page = store.snapshot_keys(&after, LOAD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after.clone_from(&last.id);
+            snapshot.put_all(catalog, &page);
+            loaded += page.len();
+            progress(loaded);
         }
         Ok(snapshot)
     }
 
-    fn put(&self, catalog: &Catalog, r: &KeyRecord) -> Arc<KeyEntry> {
-        let entry = Arc::new(KeyEntry::new(catalog, r));
-        self.by_digest.pin().insert(r.digest, entry.clone());
-        self.digest_of.pin().insert(r.id.clone(), r.digest);
-        entry
+    fn put_all(&self, catalog: &Catalog, keys: &[SnapshotKey]) {
+        let mut interner = self.interner.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.by_digest.pin();
+        for k in keys {
+            map.insert(k.digest, Arc::new(interner.entry(catalog, k)));
+        }
     }
 
     /// The key with this digest, if the snapshot holds it. The hot path:
@@ -127,45 +230,83 @@ impl Snapshot {
     /// # Errors
     /// Storage failures (the version does not advance; the next sync retries).
     pub async fn sync<S: Store>(&self, store: &S, catalog: &Catalog) -> Result<usize, AppError> {
+        let _serial = self.sync_lock.lock().await;
+        self.sync_locked(store, catalog).await
+    }
+
+    async fn sync_locked<S: Store>(&self, store: &S, catalog: &Catalog) -> Result<usize, AppError> {
+        let ticket = self.syncs_started.fetch_add(1, Ordering::AcqRel) + 1;
         let from = self.version();
         let (changes, current) = store.changes_since(from).await?;
+        let mut fresh = Vec::new();
         for change in &changes {
             let Some(key_id) = &change.key_id else {
                 continue;
             };
             match store.get_key(&change.org_id, key_id).await? {
-                Some(r) => {
-                    self.put(catalog, &r);
-                }
+                Some(r) => fresh.push(SnapshotKey::from_record(&r)),
                 None => {
-                    if let Some(d) = self.digest_of.pin().remove(key_id) {
-                        self.by_digest.pin().remove(d);
+                    // Keys are never deleted by keyward; if one vanished, drop it.
+                    let map = self.by_digest.pin();
+                    let gone: Vec<KeyDigest> = map
+                        .iter()
+                        .filter(|(_, e)| *e.key_id == **key_id)
+                        .map(|(d, _)| *d)
+                        .collect();
+                    for d in gone {
+                        map.remove(&d);
                     }
                 }
             }
         }
+        self.put_all(catalog, &fresh);
         self.version.fetch_max(current, Ordering::AcqRel);
+        self.last_ok_sync.fetch_max(ticket, Ordering::AcqRel);
         Ok(changes.len())
     }
 
-    /// Looks a digest up in storage when the snapshot does not hold it: a key
-    /// created on another node moments ago. Callers must only ask for keys
-    /// whose checksum is valid, and should bound concurrent calls.
+    /// Brings the snapshot up to date with everything committed before this
+    /// call, for a key that is not (yet) in the snapshot. Concurrent callers
+    /// share one change-log read: whoever waits while a sync that started
+    /// after their arrival completes does not query again.
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn fetch_missing<S: Store>(
-        &self,
-        store: &S,
-        catalog: &Catalog,
-        digest: &KeyDigest,
-    ) -> Result<Option<Arc<KeyEntry>>, AppError> {
-        if let Some(e) = self.get(digest) {
-            return Ok(Some(e));
+    pub async fn catch_up<S: Store>(&self, store: &S, catalog: &Catalog) -> Result<(), AppError> {
+        let arrived = self.syncs_started.load(Ordering::Acquire);
+        let _serial = self.sync_lock.lock().await;
+        if self.last_ok_sync.load(Ordering::Acquire) > arrived {
+            return Ok(());
         }
-        Ok(store
-            .key_by_digest(digest)
-            .await?
-            .map(|r| self.put(catalog, &r)))
+        self.sync_locked(store, catalog).await.map(drop)
+    }
+
+    /// Records that `entry` was used at `now_ms`. Costs two relaxed atomics
+    /// unless this is the key's first use since the last
+    /// [`Snapshot::take_uses`], which queues it once.
+    pub fn record_use(&self, entry: &Arc<KeyEntry>, now_ms: i64) {
+        let last = entry.last_used.load(Ordering::Relaxed);
+        if now_ms < last.saturating_add(USE_RESOLUTION_MS) {
+            return;
+        }
+        entry.last_used.fetch_max(now_ms, Ordering::Relaxed);
+        if !entry.queued.swap(true, Ordering::AcqRel) {
+            self.used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(entry.clone());
+        }
+    }
+
+    /// Every (key id, last use) recorded since the previous call.
+    pub fn take_uses(&self) -> Vec<(String, i64)> {
+        let queued = std::mem::take(&mut *self.used.lock().unwrap_or_else(PoisonError::into_inner));
+        queued
+            .into_iter()
+            .map(|e| {
+                e.queued.store(false, Ordering::Release);
+                (e.key_id.to_string(), e.last_used.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 }

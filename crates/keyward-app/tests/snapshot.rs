@@ -8,7 +8,6 @@
 )]
 
 use keyward_app::env::{ManualClock, OsRng};
-use keyward_app::snapshot::Snapshot;
 use keyward_app::{Actor, App, CreateKey};
 use keyward_core::{Catalog, Digester, GrantRequest};
 use keyward_store::SqliteStore;
@@ -51,18 +50,22 @@ async fn snapshot_follows_the_change_log() {
         .create_key(&actor, &org, create("first", "vehicles:read"))
         .await
         .unwrap();
-    let snapshot = Snapshot::load(server.store(), &catalog).await.unwrap();
+    let snapshot = server.load_snapshot(&mut |_| {}).await.unwrap();
     assert_eq!(snapshot.len(), 1);
     let entry = snapshot.get(&digest(&first.key)).unwrap();
     assert_eq!(
-        (entry.key_id.as_str(), entry.org_id.as_str()),
+        (&*entry.key_id, &*entry.org_id),
         (first.record.id.as_str(), org.id.as_str())
     );
     assert_eq!(
-        catalog.names(entry.access.effective),
+        catalog.names(entry.access().effective),
         ["vehicles:read", "vehicle-fields:read"]
     );
-    assert!(entry.access.revoked_at.is_none());
+    assert_eq!(
+        &*entry.grants.effective_text,
+        "vehicles:read vehicle-fields:read"
+    );
+    assert!(entry.access().revoked_at.is_none());
     assert_eq!(snapshot.sync(server.store(), &catalog).await.unwrap(), 0);
 
     // Written elsewhere: a new key, a revocation, a roll.
@@ -85,7 +88,7 @@ async fn snapshot_follows_the_change_log() {
         snapshot
             .get(&digest(&first.key))
             .unwrap()
-            .access
+            .access()
             .revoked_at
             .is_none(),
         "not synced yet"
@@ -97,7 +100,7 @@ async fn snapshot_follows_the_change_log() {
         snapshot
             .get(&digest(&first.key))
             .unwrap()
-            .access
+            .access()
             .revoked_at
             .is_some()
     );
@@ -105,29 +108,78 @@ async fn snapshot_follows_the_change_log() {
         snapshot
             .get(&digest(&second.key))
             .unwrap()
-            .access
+            .access()
             .expires_at,
         Some(1_000 + 60_000)
     );
     assert!(snapshot.get(&digest(&rolled.key)).is_some());
     assert_eq!(snapshot.len(), 3);
 
-    // A key created after the last sync is found by the guarded lookup.
+    // A key created after the last sync is found by catching up.
     let third = cli
         .create_key(&actor, &org, create("third", "inspections:read"))
         .await
         .unwrap();
-    let found = snapshot
-        .fetch_missing(server.store(), &catalog, &digest(&third.key))
-        .await
-        .unwrap();
-    assert_eq!(found.unwrap().key_id, third.record.id);
-    assert!(snapshot.get(&digest(&third.key)).is_some());
+    server.catch_up_snapshot(&snapshot).await.unwrap();
+    assert_eq!(
+        &*snapshot.get(&digest(&third.key)).unwrap().key_id,
+        third.record.id
+    );
     // An unknown digest is not cached.
-    let unknown = snapshot
-        .fetch_missing(server.store(), &catalog, &digest("insp_live_nope"))
-        .await
-        .unwrap();
-    assert!(unknown.is_none());
+    server.catch_up_snapshot(&snapshot).await.unwrap();
+    assert!(snapshot.get(&digest("insp_live_nope")).is_none());
     assert_eq!(snapshot.len(), 4);
+}
+
+#[tokio::test]
+async fn keys_with_equal_grants_share_them_and_uses_are_flushed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let catalog = Arc::new(Catalog::fleet().unwrap());
+    let app = app(&url, &catalog).await;
+    let actor = Actor::operator("cli:test", &catalog);
+    let org = app.bootstrap(&actor).await.unwrap();
+    let mut keys = Vec::new();
+    for i in 0..25 {
+        let scope = if i % 2 == 0 {
+            "vehicles:read"
+        } else {
+            "damages:write"
+        };
+        keys.push(
+            app.create_key(&actor, &org, create(&format!("k{i}"), scope))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seen = Vec::new();
+    let snapshot = app.load_snapshot(&mut |n| seen.push(n)).await.unwrap();
+    assert_eq!(seen.last(), Some(&25));
+    let entry = |i: usize| {
+        snapshot
+            .get(&Digester::sha256().digest(&keys[i].key))
+            .unwrap()
+    };
+    assert!(Arc::ptr_eq(&entry(0).grants, &entry(2).grants));
+    assert!(Arc::ptr_eq(&entry(1).grants, &entry(3).grants));
+    assert!(!Arc::ptr_eq(&entry(0).grants, &entry(1).grants));
+    assert!(Arc::ptr_eq(&entry(0).org_id, &entry(1).org_id));
+
+    // Many uses of one key within a second queue it once; the latest wins.
+    snapshot.record_use(&entry(0), 5_000);
+    snapshot.record_use(&entry(0), 5_500);
+    snapshot.record_use(&entry(0), 6_200);
+    snapshot.record_use(&entry(1), 5_000);
+    let mut uses = snapshot.take_uses();
+    uses.sort();
+    let mut want = vec![
+        (keys[0].record.id.clone(), 6_200),
+        (keys[1].record.id.clone(), 5_000),
+    ];
+    want.sort();
+    assert_eq!(uses, want);
+    assert!(snapshot.take_uses().is_empty());
+    app.flush_uses(&uses).await.unwrap();
+    let shown = app.show_key(&org, &keys[0].record.id).await.unwrap();
+    assert_eq!(shown.last_used_at, Some(6_200));
 }

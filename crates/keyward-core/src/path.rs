@@ -24,6 +24,9 @@ pub enum PathError {
     /// Control characters, spaces and the like.
     #[error("path contains a character that must be percent-encoded")]
     BadCharacter,
+    /// Percent-escapes that decode to bytes which are not UTF-8.
+    #[error("path decodes to invalid UTF-8")]
+    InvalidUtf8,
 }
 
 /// Checks that `path` (without query string) is in normal form.
@@ -48,6 +51,7 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
         }
     }
     let bytes = path.as_bytes();
+    let mut non_ascii = false;
     for (i, _) in path.match_indices('%') {
         let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
         let decoded = match hex {
@@ -61,11 +65,34 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
             Some(0x2f) => return Err(PathError::EncodedDelimiter("/".into())),
             Some(0x2e) => return Err(PathError::EncodedDelimiter(".".into())),
             Some(0x25) => return Err(PathError::EncodedDelimiter("%".into())),
-            Some(_) => {}
+            Some(b) => non_ascii |= b >= 0x80,
             None => return Err(PathError::BadCharacter),
         }
     }
+    if non_ascii && std::str::from_utf8(&percent_decode(bytes)).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
     Ok(())
+}
+
+/// Decodes `%XY` escapes; callers have checked every escape is well formed.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Removes the gateway prefix, or `None` when `path` lies outside it.
@@ -99,6 +126,7 @@ mod tests {
             "/a/%7Euser",
             "/a/b.json",
             "/a/..b",
+            "/caf%C3%A9",
         ];
         for p in ok {
             assert_eq!(check_normal(p), Ok(()), "{p}");
@@ -118,6 +146,8 @@ mod tests {
             ("/a/%zz", PathError::BadCharacter),
             ("/a/%2", PathError::BadCharacter),
             ("/a b", PathError::BadCharacter),
+            ("/a/%FF", PathError::InvalidUtf8),
+            ("/a/%C3%28", PathError::InvalidUtf8),
         ];
         for (p, e) in bad {
             assert_eq!(check_normal(p).as_ref(), Err(e), "{p}");

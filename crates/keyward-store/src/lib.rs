@@ -5,7 +5,7 @@
 //! commit together or not at all. Every method is scoped by organization,
 //! except the two that discover the organization from a key digest
 //! ([`Store::key_by_digest`]) or feed a whole-node snapshot
-//! ([`Store::changes_since`], [`Store::all_keys`]). Only digests of keys are
+//! ([`Store::changes_since`], [`Store::snapshot_keys`]). Only digests of keys are
 //! stored. Audit records are linked into the hash chain here, inside the
 //! appending transaction, under a lock on the chain head.
 
@@ -93,6 +93,69 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     /// Permission set ids granted.
     pub permission_sets: Vec<String>,
+}
+
+/// What a node's in-memory snapshot needs about one key: no names or
+/// descriptions, and grants as one canonical text, so a million keys load in
+/// pages without building a million vectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// `key_…`
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Digest of the full key.
+    pub digest: KeyDigest,
+    /// Imported legacy key (full access).
+    pub legacy: bool,
+    /// Unix milliseconds.
+    pub expires_at: Option<i64>,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+    /// Unix milliseconds.
+    pub last_used_at: Option<i64>,
+    /// One `permission_set NAME` or `scope NAME` per line, sorted by kind then
+    /// name: keys with equal grants have equal text (see [`SnapshotKey::grants`]).
+    pub grants: String,
+}
+
+impl SnapshotKey {
+    /// The snapshot view of a full record.
+    pub fn from_record(r: &KeyRecord) -> Self {
+        let mut sets: Vec<&str> = r.permission_sets.iter().map(String::as_str).collect();
+        let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
+        sets.sort_unstable();
+        scopes.sort_unstable();
+        let lines: Vec<String> = sets
+            .iter()
+            .map(|s| format!("permission_set {s}"))
+            .chain(scopes.iter().map(|s| format!("scope {s}")))
+            .collect();
+        SnapshotKey {
+            id: r.id.clone(),
+            org_id: r.org_id.clone(),
+            digest: r.digest,
+            legacy: r.legacy,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            last_used_at: r.last_used_at,
+            grants: lines.join("\n"),
+        }
+    }
+
+    /// (scope names, permission set ids) of [`SnapshotKey::grants`].
+    pub fn grant_names(grants: &str) -> (Vec<&str>, Vec<&str>) {
+        let mut scopes = Vec::new();
+        let mut sets = Vec::new();
+        for line in grants.lines() {
+            match line.split_once(' ') {
+                Some(("scope", name)) => scopes.push(name),
+                Some((_, name)) => sets.push(name),
+                None => {}
+            }
+        }
+        (scopes, sets)
+    }
 }
 
 /// How to narrow [`Store::list_keys`]. All conditions must hold.
@@ -219,8 +282,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         digest: &KeyDigest,
     ) -> impl Future<Output = Result<Option<KeyRecord>>> + Send;
-    /// Every key of every organization, for a node's in-memory snapshot.
-    fn all_keys(&self) -> impl Future<Output = Result<Vec<KeyRecord>>> + Send;
+    /// Up to `limit` keys of every organization with `id > after`, in id
+    /// order: a node loads its in-memory snapshot page by page.
+    fn snapshot_keys(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SnapshotKey>>> + Send;
     /// Records last use times (batched; later times win).
     fn touch_keys(&self, uses: &[(String, i64)]) -> impl Future<Output = Result<()>> + Send;
 

@@ -6,7 +6,9 @@
 //! beside a running server) wrote in between, and the busy timeout cannot
 //! save it. Readers never block thanks to WAL.
 
-use crate::{AuditRecord, Change, KeyFilter, KeyRecord, Org, Result, Revoked, Store, StoreError};
+use crate::{
+    AuditRecord, Change, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey, Store, StoreError,
+};
 use keyward_core::KeyDigest;
 use keyward_core::audit::{AuditEntry, chain_link};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -223,6 +225,40 @@ struct KeyRow {
     revoked_at: Option<i64>,
     rolled_to: Option<String>,
     last_used_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
+    id: String,
+    org_id: String,
+    digest: Vec<u8>,
+    legacy: bool,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+    grants: String,
+}
+
+impl SnapshotRow {
+    fn into_key(self) -> Result<SnapshotKey> {
+        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "key `{}` has a digest of {} bytes",
+                self.id,
+                self.digest.len()
+            ))
+        })?;
+        Ok(SnapshotKey {
+            id: self.id,
+            org_id: self.org_id,
+            digest,
+            legacy: self.legacy,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            last_used_at: self.last_used_at,
+            grants: self.grants,
+        })
+    }
 }
 
 impl KeyRow {
@@ -572,11 +608,18 @@ impl Store for SqliteStore {
         Ok(self.with_grants(row.into_iter().collect()).await?.pop())
     }
 
-    async fn all_keys(&self) -> Result<Vec<KeyRecord>> {
-        let rows: Vec<KeyRow> = sqlx::query_as(select_keys!(""))
-            .fetch_all(&self.pool)
-            .await?;
-        self.with_grants(rows).await
+    async fn snapshot_keys(&self, after: &str, limit: u32) -> Result<Vec<SnapshotKey>> {
+        let rows: Vec<SnapshotRow> = sqlx::query_as(
+            "SELECT k.id, k.org_id, k.digest, k.legacy, k.expires_at, k.revoked_at, \
+             k.last_used_at, COALESCE((SELECT group_concat(g.kind || ' ' || g.name, char(10) \
+             ORDER BY g.kind, g.name) FROM key_grants g WHERE g.key_id = k.id), '') AS grants \
+             FROM keys k WHERE k.id > ? ORDER BY k.id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SnapshotRow::into_key).collect()
     }
 
     async fn touch_keys(&self, uses: &[(String, i64)]) -> Result<()> {

@@ -10,7 +10,9 @@
 
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::{Digester, KeyDigest};
-use keyward_store::{KeyFilter, KeyRecord, Org, Revoked, SqliteStore, Store, StoreError};
+use keyward_store::{
+    KeyFilter, KeyRecord, Org, Revoked, SnapshotKey, SqliteStore, Store, StoreError,
+};
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
     Org {
@@ -380,7 +382,26 @@ async fn story(store: &impl Store) {
     assert!(changes.windows(2).all(|w| w[0].version < w[1].version));
     assert_eq!(v1, changes.last().unwrap().version);
     assert!(store.changes_since(v1).await.unwrap().0.is_empty());
-    assert_eq!(store.all_keys().await.unwrap().len(), 5);
+    // The snapshot pages: every key once, in id order, equal to its record.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.snapshot_keys(&after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        paged.extend(page);
+    }
+    assert_eq!(paged.len(), 5);
+    assert!(paged.windows(2).all(|w| w[0].id < w[1].id));
+    for k in &paged {
+        let record = store.get_key(&k.org_id, &k.id).await.unwrap().unwrap();
+        assert_eq!(k, &SnapshotKey::from_record(&record), "{}", k.id);
+        let (scopes, sets) = SnapshotKey::grant_names(&k.grants);
+        let mut want_scopes = record.scopes.clone();
+        want_scopes.sort();
+        assert_eq!(scopes, want_scopes);
+        assert_eq!(sets.len(), record.permission_sets.len());
+    }
 
     // Audit: appended in batches, one unbroken chain.
     let seqs = store
