@@ -755,6 +755,19 @@ impl<S: Store> App<S> {
         snapshot.catch_up(&self.store, &self.catalog).await
     }
 
+    /// The record of the key a request authenticated with (`/v1/whoami`).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] when it no longer exists.
+    pub async fn key_of_request(&self, org_id: &str, key_id: &str) -> Result<KeyView, AppError> {
+        let record = self
+            .store
+            .get_key(org_id, key_id)
+            .await?
+            .ok_or_else(|| not_found_key(key_id))?;
+        Ok(KeyView::new(&self.catalog, record, self.now()))
+    }
+
     /// Appends audit records of requests, in one transaction.
     ///
     /// # Errors

@@ -14,7 +14,7 @@ pub const MAX_DURATION_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
 pub enum DurationError {
     /// Not a number followed by one unit.
     #[error(
-        "malformed duration `{0}`: expected a whole number followed by s, m, h, d or w, such as `90d`"
+        "malformed duration `{0}`: expected a whole number followed by ms, s, m, h, d or w, such as `90d`"
     )]
     Malformed(String),
     /// Longer than [`MAX_DURATION_MS`].
@@ -26,7 +26,7 @@ pub enum DurationError {
 ///
 /// # Errors
 /// [`DurationError`] naming the input when it is not `<digits><unit>` with a
-/// unit of `s`, `m`, `h`, `d` or `w`, or when it exceeds a hundred years.
+/// unit of `ms`, `s`, `m`, `h`, `d` or `w`, or when it exceeds a hundred years.
 ///
 /// # Example
 /// ```
@@ -43,6 +43,7 @@ pub fn parse_duration_ms(input: &str) -> Result<i64, DurationError> {
         return Err(malformed());
     }
     let unit_ms: i64 = match unit {
+        "ms" => 1,
         "s" => 1000,
         "m" => 60 * 1000,
         "h" => 3600 * 1000,
@@ -67,6 +68,7 @@ mod tests {
     fn parses_each_unit() {
         let check = |s: &str, ms: i64| assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
         check("0s", 0);
+        check("250ms", 250);
         check("45s", 45_000);
         check("30m", 1_800_000);
         check("24h", 86_400_000);
@@ -77,7 +79,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_naming_it() {
-        for bad in ["", "d", "90", "90 d", "1.5h", "-1d", "90days", "1y", "h1"] {
+        for bad in [
+            "", "d", "90", "90 d", "1.5h", "-1d", "90days", "1y", "h1", "5mss",
+        ] {
             let err = parse_duration_ms(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
         }

@@ -22,7 +22,7 @@ pub mod scope;
 pub use catalog::{
     Catalog, CatalogError, CatalogErrors, Location, PermissionSet, Preset, Route, Scope,
 };
-pub use decision::{AuthFailure, Decision, KeyAccess, Outcome};
+pub use decision::{AuthFailure, Decision, KeyAccess, Outcome, check_key_state};
 pub use digest::{Digester, KeyDigest};
 pub use duration::{DurationError, parse_duration_ms};
 pub use grant::{GrantErrors, GrantProblem, GrantRequest, ResolvedGrants, check_no_escalation};

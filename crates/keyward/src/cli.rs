@@ -34,6 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway and verify service (SPEC §3, §6).
+    Serve(ServeArgs),
     /// Validate or show the catalog.
     #[command(subcommand)]
     Catalog(CatalogCmd),
@@ -50,6 +52,41 @@ pub enum Command {
     Orgs(OrgsCmd),
     /// Apply database migrations and create the default organization.
     Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The API keyward protects (`http://host:port`). Without it, allowed
+    /// gateway requests get 502 `UPSTREAM_NOT_CONFIGURED`.
+    #[arg(long, env = "KEYWARD_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Largest request body forwarded, in bytes (413 beyond).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Largest total size of request headers, in bytes (431 beyond).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Time allowed to connect to the upstream (502 beyond).
+    #[arg(long, default_value = "5s")]
+    pub connect_timeout: String,
+    /// Time allowed for the upstream's response head (504 beyond).
+    #[arg(long, default_value = "30s")]
+    pub upstream_timeout: String,
+    /// How often the key snapshot reads the database's change log.
+    #[arg(long, default_value = "250ms")]
+    pub sync_interval: String,
+    /// How often last-use times are written.
+    #[arg(long, default_value = "2s")]
+    pub flush_interval: String,
+    /// Oldest snapshot this node decides with; older, it answers 503.
+    #[arg(long, default_value = "30s")]
+    pub max_staleness: String,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, default_value = "30s")]
+    pub drain_timeout: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -59,10 +59,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| {
+                // A server's operator wants to see refusals; a CLI user does not.
+                let level = if matches!(cli.command, Command::Serve(_)) {
+                    "info,sqlx=warn"
+                } else {
+                    "warn"
+                };
+                tracing_subscriber::EnvFilter::new(level)
+            }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,6 +124,118 @@ fn duration(flag: &str, value: &str) -> Result<i64> {
     parse_duration_ms(value).map_err(|e| CliError::refused(format!("--{flag}: {e}")))
 }
 
+fn std_duration(flag: &str, value: &str) -> Result<std::time::Duration> {
+    let ms = duration(flag, value)?;
+    Ok(std::time::Duration::from_millis(ms.unsigned_abs()))
+}
+
+/// A short random id for this process: request ids are `<node>-<counter>`.
+fn node_id() -> Result<String> {
+    use keyward_app::env::Rng;
+    loop {
+        let mut bytes = [0u8; 16];
+        OsRng.fill(&mut bytes).map_err(|e| CliError {
+            exit: Exit::Failure,
+            message: e.to_string(),
+        })?;
+        if let Some(id) = keyward_core::key::base62_from_random(&bytes, 6) {
+            return Ok(id);
+        }
+    }
+}
+
+async fn serve(app: App<SqliteStore>, args: cli::ServeArgs) -> Result {
+    let nonzero = |flag: &str, v: &str| -> Result<std::time::Duration> {
+        let d = std_duration(flag, v)?;
+        if d.is_zero() {
+            return Err(CliError::refused(format!(
+                "--{flag}: must be greater than zero"
+            )));
+        }
+        Ok(d)
+    };
+    let upstream = match &args.upstream {
+        Some(u) => Some(u.parse::<http::Uri>().map_err(|e| {
+            CliError::refused(format!("--upstream `{u}`: {e}; expected http://host:port"))
+        })?),
+        None => None,
+    };
+    let config = keyward_server::Config {
+        upstream,
+        max_body_bytes: args.max_body_bytes,
+        max_header_bytes: args.max_header_bytes,
+        connect_timeout: nonzero("connect-timeout", &args.connect_timeout)?,
+        upstream_timeout: nonzero("upstream-timeout", &args.upstream_timeout)?,
+        sync_interval: nonzero("sync-interval", &args.sync_interval)?,
+        flush_interval: nonzero("flush-interval", &args.flush_interval)?,
+        max_staleness: nonzero("max-staleness", &args.max_staleness)?,
+        drain_timeout: std_duration("drain-timeout", &args.drain_timeout)?,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::refused(format!("--listen `{}`: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CliError {
+        exit: Exit::Failure,
+        message: e.to_string(),
+    })?;
+    let catalog_name = app.catalog().name().to_owned();
+    let prefix = app.catalog().gateway_prefix().to_owned();
+    let upstream = config
+        .upstream
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    let started = keyward_app::env::Clock::now_ms(&SystemClock);
+    let server = keyward_server::Server::start(app, config, node_id()?, &mut |n| {
+        if n % 100_000 == 0 {
+            tracing::info!(keys = n, "loading keys");
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        keyward_server::ServerError::App(e) => CliError::from(e),
+        other => CliError::refused(other.to_string()),
+    })?;
+    println!(
+        "keyward listening on http://{addr} (catalog `{catalog_name}`, gateway prefix `{prefix}`, upstream {upstream}, {} keys loaded in {} ms)",
+        server.keys(),
+        keyward_app::env::Clock::now_ms(&SystemClock) - started
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush().ok();
+    server
+        .run(listener, shutdown_signal())
+        .await
+        .map_err(|e| CliError {
+            exit: Exit::Failure,
+            message: e.to_string(),
+        })?;
+    Ok(Exit::Ok)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
 async fn run(cli: Cli) -> Result {
     if let Command::Catalog(CatalogCmd::Check { file }) = &cli.command {
         let catalog = load_catalog(Some(file))?;
@@ -167,6 +287,9 @@ async fn run(cli: Cli) -> Result {
     if let Command::Orgs(cmd) = &cli.command {
         return orgs(&app, &actor, cmd).await;
     }
+    if let Command::Serve(args) = cli.command {
+        return serve(app, args).await;
+    }
     let org = app.resolve_org(cli.org.as_deref()).await?;
     match cli.command {
         Command::Keys(cmd) => keys(&app, &actor, &org, cmd).await,
@@ -197,7 +320,9 @@ async fn run(cli: Cli) -> Result {
                 Exit::Refused
             })
         }
-        Command::Catalog(_) | Command::Migrate | Command::Orgs(_) => Ok(Exit::Ok),
+        Command::Catalog(_) | Command::Migrate | Command::Orgs(_) | Command::Serve(_) => {
+            Ok(Exit::Ok)
+        }
     }
 }
 

@@ -1,0 +1,63 @@
+//! The one response body type: a buffer keyward wrote, or an upstream's
+//! stream. An enum rather than a boxed body, so no response allocates for
+//! its body type.
+
+use crate::proxy::UpstreamBody;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Errors a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body.
+pub enum Body {
+    /// Bytes keyward produced (error documents, JSON answers, metrics).
+    Full(Option<Bytes>),
+    /// Streamed from the upstream; returns its connection to the pool at the end.
+    Upstream(UpstreamBody),
+}
+
+impl Body {
+    /// A body of `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Body::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Body::Full(None)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The server's one error type and its one mapping to the contract's error
+//! document (SPEC §3): `{"errors": [{"code", "message", "details"}]}`.
+//!
+//! Every refusal keyward writes goes through [`ApiError::into_response`], so
+//! status, code, body shape and RFC 6750 `WWW-Authenticate` headers cannot
+//! disagree between the gateway, the verify service and the admin API.
+
+use crate::body::Body;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use keyward_app::AppError;
+use keyward_core::AuthFailure;
+use serde_json::{Map, Value, json};
+use std::borrow::Cow;
+
+/// A refusal or failure, ready to be written.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine code, e.g. `FORBIDDEN`.
+    pub code: &'static str,
+    /// Human message.
+    pub message: Cow<'static, str>,
+    /// Extra facts (`required`, `available`, `reason`, `field`…).
+    pub details: Map<String, Value>,
+    /// `WWW-Authenticate` value, for 401 and 403.
+    pub challenge: Option<String>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            challenge: None,
+        }
+    }
+
+    /// Adds one `details` entry.
+    #[must_use]
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// 401 with `details.reason` and the RFC 6750 challenge.
+    pub fn unauthorized(failure: AuthFailure) -> Self {
+        let message = match failure {
+            AuthFailure::Missing => "Missing credentials: send `Authorization: Bearer <key>`",
+            AuthFailure::Malformed => "Malformed credentials: not a valid API key",
+            AuthFailure::Unknown => "Invalid API key",
+            AuthFailure::Revoked => "This API key has been revoked",
+            AuthFailure::Expired => "This API key has expired",
+        };
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+            .detail("reason", failure.reason());
+        e.challenge = Some(r#"Bearer realm="keyward""#.to_owned());
+        e
+    }
+
+    /// 403 naming the missing scopes (`required`) and the key's granted ones
+    /// (`available`), with the `insufficient_scope` challenge.
+    pub fn forbidden(missing: Vec<&str>, available: Vec<&str>) -> Self {
+        let scope = missing.join(" ");
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "Insufficient permissions",
+        )
+        .detail("required", missing)
+        .detail("available", available);
+        e.challenge = Some(format!(
+            r#"Bearer realm="keyward", error="insufficient_scope", scope="{scope}""#
+        ));
+        e
+    }
+
+    /// 404 for a method and path no catalog route covers.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("No route for {method} {path}"),
+        )
+    }
+
+    /// 400 for a request keyward will not interpret.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    /// 422 naming the offending field.
+    pub fn validation(field: &str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_FAILED",
+            message,
+        )
+        .detail("field", field)
+    }
+
+    /// 503: keyward cannot decide safely right now (storage unreachable).
+    pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+    }
+
+    /// The error document as a response. `request_id` is echoed in
+    /// `X-Request-Id` so a client can quote it.
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message.into_owned()));
+        if !self.details.is_empty() {
+            error.insert("details".into(), Value::Object(self.details));
+        }
+        let doc = json!({ "errors": [Value::Object(error)] });
+        let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+        let mut res = Response::new(Body::full(bytes));
+        *res.status_mut() = self.status;
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(c) = self.challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+            h.insert(WWW_AUTHENTICATE, c);
+        }
+        if let Some(id) = request_id {
+            h.insert(crate::X_REQUEST_ID.clone(), id.clone());
+        }
+        res
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Validation { field, message } => ApiError::validation(field, message),
+            AppError::Grants(errors) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION_FAILED",
+                errors.to_string(),
+            ),
+            AppError::BroadAccessUnacknowledged { ref sets } => {
+                let sets = sets.clone();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "BROAD_ACCESS_UNACKNOWLEDGED",
+                    e.to_string(),
+                )
+                .detail("permission_sets", sets)
+            }
+            AppError::Escalation { ref lacking } => {
+                let lacking = lacking.clone();
+                ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", e.to_string())
+                    .detail("required", lacking)
+            }
+            AppError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string())
+            }
+            AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", m),
+            AppError::Catalog(_) | AppError::Store(_) | AppError::Rng(_) => {
+                tracing::error!(error = %e, "internal failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "Internal error; see the server log",
+                )
+            }
+        }
+    }
+}

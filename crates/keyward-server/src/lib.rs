@@ -1,0 +1,424 @@
+//! keyward's HTTP server: the gateway in front of an upstream API, the verify
+//! service, and the operations endpoints (`/healthz`, `/metrics`).
+//!
+//! Every key lives in an in-memory [`Snapshot`] that follows the store's
+//! change log, so deciding a request reads no database. Writes that must
+//! happen (audit records of write requests and 403s, last-use times) go
+//! through the app layer: audit records by group commit before the response,
+//! last-use times in periodic batches. The server reaches storage only
+//! through [`keyward_app::App`].
+//!
+//! Connections are served with hyper's HTTP/1 server directly; keyward's own
+//! endpoints (`/v1/…`, `/healthz`, `/metrics`) are dispatched by path before
+//! the gateway, so a catalog's gateway prefix may not overlap them.
+
+mod audit;
+mod body;
+mod error;
+mod gateway;
+mod own;
+mod proxy;
+mod telemetry;
+
+pub use body::Body;
+pub use error::ApiError;
+
+use audit::AuditWriter;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use keyward_app::{App, AppError, Snapshot};
+use keyward_core::ScopeSet;
+use keyward_core::audit::AuditEntry;
+use keyward_store::Store;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use telemetry::{Metrics, RequestIds};
+use tokio::net::TcpListener;
+
+/// `X-Request-Id`, echoed on every response and forwarded upstream.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How `keyward serve` runs. Defaults are what a first start needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where allowed gateway requests go (`http://host:port`); `None` answers
+    /// 502 `UPSTREAM_NOT_CONFIGURED` where a request would be forwarded.
+    pub upstream: Option<Uri>,
+    /// Largest request body forwarded (413 beyond).
+    pub max_body_bytes: u64,
+    /// Largest total size of request headers (431 beyond).
+    pub max_header_bytes: usize,
+    /// Time allowed to connect to the upstream (502 beyond).
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response head (504 beyond).
+    pub upstream_timeout: Duration,
+    /// How often the snapshot reads the change log.
+    pub sync_interval: Duration,
+    /// How often last-use times are written.
+    pub flush_interval: Duration,
+    /// Oldest snapshot a node still decides with; older, it answers 503.
+    pub max_staleness: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            upstream: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(30),
+            sync_interval: Duration::from_millis(250),
+            flush_interval: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration, named.
+    #[error("{0}")]
+    Config(String),
+    /// Storage or other app failure at start.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// Socket failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by every request.
+pub struct State<S> {
+    app: Arc<App<S>>,
+    snapshot: Snapshot,
+    config: Config,
+    upstream: Option<Arc<proxy::Upstream>>,
+    audit: AuditWriter,
+    metrics: Arc<Metrics>,
+    request_ids: RequestIds,
+    default_org: String,
+    verify_scope: ScopeSet,
+    last_sync_ms: AtomicI64,
+    sync_error: Mutex<Option<String>>,
+}
+
+impl<S: Store> State<S> {
+    /// 431 when the request's headers are larger than configured.
+    fn check_headers(&self, headers: &HeaderMap) -> Option<ApiError> {
+        let total: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        (total > self.config.max_header_bytes).then(|| {
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "REQUEST_HEADER_FIELDS_TOO_LARGE",
+                format!(
+                    "Request headers total {total} bytes; the limit is {}",
+                    self.config.max_header_bytes
+                ),
+            )
+            .detail("limit_bytes", self.config.max_header_bytes)
+        })
+    }
+
+    /// Milliseconds since the snapshot last caught up with the change log.
+    fn snapshot_age_ms(&self) -> i64 {
+        self.app.now() - self.last_sync_ms.load(Ordering::Acquire)
+    }
+
+    /// 503 when the snapshot is too old to trust (revocations may be missed).
+    fn stale(&self) -> Option<ApiError> {
+        let age = self.snapshot_age_ms();
+        let max = i64::try_from(self.config.max_staleness.as_millis()).unwrap_or(i64::MAX);
+        (age > max).then(|| {
+            ApiError::unavailable(format!(
+                "This node has not reached the database for {}s and will not decide on possibly revoked keys",
+                age / 1000
+            ))
+            .detail("snapshot_age_ms", age)
+        })
+    }
+
+    fn note_sync_ok(&self) {
+        self.last_sync_ms
+            .fetch_max(self.app.now(), Ordering::AcqRel);
+    }
+
+    async fn record(&self, mut entry: AuditEntry) -> Result<(), audit::AuditUnavailable> {
+        entry.at_ms = self.app.now();
+        self.audit.record(entry).await
+    }
+}
+
+/// A configured server, snapshot loaded, not yet accepting connections.
+pub struct Server<S> {
+    state: Arc<State<S>>,
+    audit_task: tokio::task::JoinHandle<()>,
+}
+
+impl<S: Store> Server<S> {
+    /// Loads the snapshot and checks the configuration. `progress` receives
+    /// the number of keys loaded so far.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming the problem, or storage failures.
+    pub async fn start(
+        app: App<S>,
+        config: Config,
+        node_id: String,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<Self, ServerError> {
+        let prefix = app.catalog().gateway_prefix();
+        if prefix.is_empty()
+            || prefix == "/"
+            || own::is_own_path(prefix)
+            || own::is_own_path(&format!("{prefix}/"))
+        {
+            return Err(ServerError::Config(format!(
+                "the catalog's gateway prefix `{prefix}` overlaps keyward's own endpoints (/v1, /healthz, /metrics); choose a prefix such as `/api/v1`"
+            )));
+        }
+        let upstream = config
+            .upstream
+            .as_ref()
+            .map(|u| proxy::Upstream::new(u, config.connect_timeout, config.upstream_timeout))
+            .transpose()
+            .map_err(ServerError::Config)?
+            .map(Arc::new);
+        let verify_scope = app
+            .catalog()
+            .scope_id("keyward-api-keys:verify")
+            .map(|id| {
+                let mut s = ScopeSet::EMPTY;
+                s.insert(id);
+                s
+            })
+            .ok_or_else(|| {
+                ServerError::Config("the catalog lacks keyward's reserved scopes".into())
+            })?;
+        let default_org = app.resolve_org(None).await?.id;
+        let snapshot = app.load_snapshot(progress).await?;
+        let metrics = Arc::new(Metrics::new().map_err(ServerError::Config)?);
+        let app = Arc::new(app);
+        let (audit, audit_task) = AuditWriter::start(app.clone(), metrics.clone());
+        let now = app.now();
+        let state = Arc::new(State {
+            snapshot,
+            config,
+            upstream,
+            audit,
+            metrics,
+            request_ids: RequestIds::new(node_id),
+            default_org,
+            verify_scope,
+            last_sync_ms: AtomicI64::new(now),
+            sync_error: Mutex::new(None),
+            app,
+        });
+        Ok(Server { state, audit_task })
+    }
+
+    /// Keys in the snapshot.
+    pub fn keys(&self) -> usize {
+        self.state.snapshot.len()
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops accepting,
+    /// drains in-flight requests (up to the drain timeout), and flushes
+    /// pending audit records and last-use times.
+    ///
+    /// # Errors
+    /// Accept failures that are not transient.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let Server { state, audit_task } = self;
+        let background = tokio::spawn(background(state.clone()));
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Some(Duration::from_secs(30)))
+            .max_buf_size(64 * 1024)
+            .max_headers(256);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            stream.set_nodelay(true).ok();
+            let state = state.clone();
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(dispatch(state, peer, req).await) }
+            });
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        let drain = state.config.drain_timeout;
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "some connections were still open after the drain timeout"
+            );
+        }
+        background.abort();
+        let _ = background.await;
+        flush_uses(&state, &mut Vec::new()).await;
+        // The last reference to the audit writer goes with the state; the
+        // writer then commits what is queued and stops.
+        drop(state);
+        if tokio::time::timeout(Duration::from_secs(10), audit_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("audit writer did not finish within 10s");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Routes a request: keyward's own endpoints, else the gateway.
+async fn dispatch<S: Store>(
+    state: Arc<State<S>>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if own::is_own_path(req.uri().path()) {
+        own::handle(state, peer, req).await
+    } else {
+        gateway::handle(state, peer, req).await
+    }
+}
+
+/// Snapshot sync, last-use flushes and metrics upkeep, until aborted.
+async fn background<S: Store>(state: Arc<State<S>>) {
+    let mut sync = tokio::time::interval(state.config.sync_interval);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(state.config.flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry: Vec<(String, i64)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = sync.tick() => sync_once(&state).await,
+            _ = flush.tick() => {
+                flush_uses(&state, &mut retry).await;
+                state.metrics.upkeep();
+            }
+        }
+    }
+}
+
+async fn sync_once<S: Store>(state: &State<S>) {
+    let result = state.app.sync_snapshot(&state.snapshot).await;
+    let mut error = state
+        .sync_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match result {
+        Ok(n) => {
+            state.note_sync_ok();
+            if error.take().is_some() {
+                tracing::info!("database reachable again; snapshot caught up");
+            }
+            if n > 0 {
+                tracing::debug!(
+                    changes = n,
+                    version = state.snapshot.version(),
+                    "snapshot synced"
+                );
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if error.as_deref() != Some(message.as_str()) {
+                tracing::warn!(error = %message, "cannot read the change log; serving from the snapshot");
+            }
+            *error = Some(message);
+        }
+    }
+    drop(error);
+    #[expect(clippy::cast_precision_loss, reason = "a gauge; exact to 2^53 keys")]
+    state.metrics.snapshot_keys.set(state.snapshot.len() as f64);
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    state
+        .metrics
+        .snapshot_version
+        .set(state.snapshot.version() as f64);
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    state
+        .metrics
+        .sync_lag
+        .set(state.snapshot_age_ms() as f64 / 1000.0);
+}
+
+/// Writes last-use times; keeps them for the next attempt if storage fails.
+async fn flush_uses<S: Store>(state: &State<S>, retry: &mut Vec<(String, i64)>) {
+    retry.extend(state.snapshot.take_uses());
+    if retry.is_empty() {
+        return;
+    }
+    match state.app.flush_uses(retry).await {
+        Ok(()) => retry.clear(),
+        Err(e) => {
+            tracing::warn!(error = %e, pending = retry.len(), "cannot write last-use times; will retry");
+            // Bound memory while storage is down: keep the latest per key.
+            if retry.len() > 100_000 {
+                retry.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                retry.dedup_by(|a, b| a.0 == b.0);
+            }
+        }
+    }
+}
+
+/// Response helpers shared by the modules.
+fn json_response(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut res = Response::new(Body::full(bytes));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    res
+}

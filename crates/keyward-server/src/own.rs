@@ -1,0 +1,332 @@
+//! keyward's own endpoints: `POST /v1/verify`, `GET /v1/whoami`, `GET
+//! /healthz`, `GET /metrics`. Everything else under `/v1` is a JSON 404 until
+//! the admin API serves it.
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::gateway::{Exchange, authenticate, check_token, find_key, refuse};
+use crate::{State, X_REQUEST_ID, json_response};
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, path};
+use keyward_store::Store;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest JSON body keyward's own endpoints read.
+const MAX_JSON_BYTES: usize = 64 * 1024;
+
+/// Whether `path` belongs to keyward rather than the gateway.
+pub fn is_own_path(path: &str) -> bool {
+    path == "/healthz" || path == "/metrics" || path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Handles one request to keyward's own endpoints.
+pub async fn handle<S: Store>(
+    state: Arc<State<S>>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let request_id = state
+        .request_ids
+        .for_request(req.headers().get(&X_REQUEST_ID));
+    let allowed: &[Method] = match req.uri().path() {
+        "/healthz" | "/metrics" | "/v1/whoami" => &[Method::GET, Method::HEAD],
+        "/v1/verify" => &[Method::POST],
+        other => {
+            let e = ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("keyward has no endpoint {other}"),
+            );
+            return e.into_response(Some(&request_id));
+        }
+    };
+    if !allowed.contains(req.method()) {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!(
+                "{} {} is not supported; use {}",
+                req.method(),
+                req.uri().path(),
+                names.join(" or ")
+            ),
+        );
+        let mut res = e.into_response(Some(&request_id));
+        if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+            res.headers_mut().insert(ALLOW, v);
+        }
+        return res;
+    }
+    match req.uri().path() {
+        "/healthz" => healthz(&state, &request_id),
+        "/metrics" => metrics(&state, &request_id),
+        "/v1/whoami" => whoami(&state, client, req, &request_id).await,
+        _ => verify(&state, client, req, &request_id).await,
+    }
+}
+
+fn healthz<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Body> {
+    let error = state
+        .sync_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let stale = state.stale().is_some();
+    let body = serde_json::json!({
+        "status": if stale { "stale" } else { "ok" },
+        "database": if error.is_some() { "unreachable" } else { "reachable" },
+        "database_error": error,
+        "snapshot": {
+            "keys": state.snapshot.len(),
+            "version": state.snapshot.version(),
+            "age_ms": state.snapshot_age_ms(),
+            "max_staleness_ms": u64::try_from(state.config.max_staleness.as_millis()).unwrap_or(u64::MAX),
+        },
+        "upstream": state.config.upstream.as_ref().map(ToString::to_string),
+    });
+    let status = if stale {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut res = json_response(status, &body, request_id);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn metrics<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Body> {
+    let mut res = Response::new(Body::full(state.metrics.render()));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    res
+}
+
+/// Authenticates the caller of an own endpoint: any usable key.
+async fn caller<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: &Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Arc<keyward_app::KeyEntry>, Response<Body>> {
+    let ex = Exchange {
+        method: req.method(),
+        path: req.uri().path(),
+        client,
+        request_id,
+        key: None,
+    };
+    if let Some(e) = state.stale() {
+        return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
+    }
+    let found = match authenticate(state, req.headers()).await {
+        Ok(f) => f,
+        Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
+    };
+    let now = state.app.now();
+    let checked = found.and_then(|e| keyward_core::check_key_state(&e.access(), now).map(|()| e));
+    match checked {
+        Ok(entry) => {
+            state.snapshot.record_use(&entry, now);
+            Ok(entry)
+        }
+        Err(f) => Err(refuse(
+            state,
+            &ex,
+            false,
+            ApiError::unauthorized(f),
+            Vec::new(),
+            f.reason(),
+        )
+        .await),
+    }
+}
+
+async fn whoami<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let entry = match caller(state, client, &req, request_id).await {
+        Ok(e) => e,
+        Err(res) => return res,
+    };
+    match state.app.key_of_request(&entry.org_id, &entry.key_id).await {
+        Ok(view) => json_response(StatusCode::OK, &view, request_id),
+        Err(e) => ApiError::from(e).into_response(Some(request_id)),
+    }
+}
+
+/// `POST /v1/verify` body. Unknown fields are refused so a typo in `scopes`
+/// cannot silently verify nothing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    key: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct VerifyResponse<'a> {
+    valid: bool,
+    allowed: bool,
+    key_id: Option<&'a str>,
+    org_id: Option<&'a str>,
+    scopes: Vec<&'a str>,
+    required: Vec<&'a str>,
+    missing: Vec<&'a str>,
+    reason: &'static str,
+}
+
+/// Reads a JSON body of at most [`MAX_JSON_BYTES`].
+async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let bytes: Bytes = match Limited::new(body, MAX_JSON_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("Request body exceeds the limit of {MAX_JSON_BYTES} bytes"),
+            )
+            .detail("limit_bytes", MAX_JSON_BYTES));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "Could not read the request body: {e}"
+            )));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let message = format!("Invalid JSON body: {e}");
+        match e.classify() {
+            serde_json::error::Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION_FAILED",
+                message,
+            ),
+            _ => ApiError::bad_request(message),
+        }
+    })
+}
+
+async fn verify<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let caller_entry = match caller(state, client, &req, request_id).await {
+        Ok(e) => e,
+        Err(res) => return res,
+    };
+    let catalog = state.app.catalog();
+    let now = state.app.now();
+    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), now, state.verify_scope);
+    if !held.is_allowed() {
+        let ex = Exchange {
+            method: req.method(),
+            path: req.uri().path(),
+            client,
+            request_id,
+            key: Some(&caller_entry),
+        };
+        let missing = catalog.names(held.missing);
+        let required = missing.iter().map(|s| (*s).to_owned()).collect();
+        let e = ApiError::forbidden(missing, catalog.names(held.granted));
+        return refuse(state, &ex, true, e, required, "missing_scopes").await;
+    }
+    let body: VerifyRequest = match read_json(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(Some(request_id)),
+    };
+    let question = match (&body.method, &body.path, &body.scopes) {
+        (Some(m), Some(p), None) => {
+            let route_path = p.split('?').next().unwrap_or(p);
+            if let Err(e) = path::check_normal(route_path) {
+                return ApiError::validation(
+                    "path",
+                    format!("path `{p}` is not in normal form: {e}"),
+                )
+                .into_response(Some(request_id));
+            }
+            let route_path = path::strip_gateway_prefix(catalog.gateway_prefix(), route_path)
+                .unwrap_or(route_path);
+            Question::Route(m.to_ascii_uppercase(), route_path)
+        }
+        (None, None, Some(scopes)) => {
+            let req = GrantRequest {
+                scopes: scopes.clone(),
+                ..GrantRequest::default()
+            };
+            match catalog.resolve_grants(&req) {
+                Ok(r) => Question::Scopes(r.granted),
+                Err(e) => {
+                    return ApiError::validation("scopes", e.to_string())
+                        .into_response(Some(request_id));
+                }
+            }
+        }
+        _ => {
+            return ApiError::validation("method", "send either `method` and `path`, or `scopes`")
+                .into_response(Some(request_id));
+        }
+    };
+    let found = match find_key(state, check_token(&body.key)).await {
+        Ok(f) => f,
+        Err(e) => return e.into_response(Some(request_id)),
+    };
+    // Another organization's key is unknown here.
+    let found = found.and_then(|e| {
+        if e.org_id == caller_entry.org_id {
+            Ok(e)
+        } else {
+            Err(AuthFailure::Unknown)
+        }
+    });
+    let access = found.as_ref().map(|e| e.access()).map_err(|f| *f);
+    let decision: Decision = match &question {
+        Question::Route(m, p) => catalog.authorize(access.as_ref().map_err(|f| *f), now, m, p),
+        Question::Scopes(required) => {
+            catalog.authorize_scopes(access.as_ref().map_err(|f| *f), now, *required)
+        }
+    };
+    let entry = found.as_ref().ok();
+    let valid = !matches!(decision.outcome, Outcome::Unauthenticated(_));
+    let answer = VerifyResponse {
+        valid,
+        allowed: decision.is_allowed(),
+        key_id: entry.filter(|_| valid).map(|e| &*e.key_id),
+        org_id: entry.filter(|_| valid).map(|e| &*e.org_id),
+        scopes: if valid {
+            catalog.names(decision.effective)
+        } else {
+            Vec::new()
+        },
+        required: catalog.names(decision.required),
+        missing: catalog.names(decision.missing),
+        reason: decision.reason(),
+    };
+    json_response(StatusCode::OK, &answer, request_id)
+}
+
+enum Question<'a> {
+    Route(String, &'a str),
+    Scopes(keyward_core::ScopeSet),
+}

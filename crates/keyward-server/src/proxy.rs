@@ -1,0 +1,289 @@
+//! Forwarding to the upstream: header rewriting and a lean connection pool.
+//!
+//! The pool is a lock-free queue of idle HTTP/1 connections (hyper's
+//! `client::conn` handles, no pool keyed by host, no waiters, no timers): a
+//! request pops one or dials a new one, and the connection goes back when the
+//! response body has been read to its end. A response dropped half-read
+//! closes its connection instead, so a connection in the queue is always
+//! between messages. A request that could not be written on a reused
+//! connection (the upstream closed it while idle) is retried once on a new
+//! one; nothing is retried once sent.
+
+use crate::body::BoxError;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body::{Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The request body sent upstream: the client's, streamed, with a size cap.
+pub type ForwardBody = Limited<Incoming>;
+
+/// Idle connections kept per upstream.
+const MAX_IDLE: usize = 1024;
+
+/// Why forwarding failed. Each maps to one status in the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// 502: could not connect, or the connection failed mid-exchange.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// 504: no response head within the timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// 413: the client's body exceeded the limit while streaming.
+    #[error("request body exceeds the limit")]
+    BodyTooLarge,
+}
+
+/// One upstream origin (`http://host:port`).
+pub struct Upstream {
+    /// `host:port` to dial.
+    address: String,
+    /// Value of `Host` sent upstream.
+    host: HeaderValue,
+    idle: ArrayQueue<SendRequest<ForwardBody>>,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// An upstream at `uri` (`http://host[:port]`, no path).
+    ///
+    /// # Errors
+    /// A message naming what is wrong with the URL.
+    pub fn new(uri: &Uri, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "--upstream `{uri}`: only http:// upstreams are supported (keyward sits beside the API it protects; terminate TLS in front of keyward)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("--upstream `{uri}`: missing host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "--upstream `{uri}`: must not have a path; requests are forwarded with their own path"
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("--upstream `{uri}`: {e}"))?;
+        Ok(Upstream {
+            address: format!("{}:{port}", authority.host()),
+            host,
+            idle: ArrayQueue::new(MAX_IDLE),
+            connect_timeout,
+            timeout,
+        })
+    }
+
+    /// The `Host` header value for forwarded requests.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ForwardBody>, ProxyError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(&self.address),
+        )
+        .await
+        .map_err(|_| {
+            ProxyError::Unreachable(format!(
+                "connecting to {} timed out after {:?}",
+                self.address, self.connect_timeout
+            ))
+        })?
+        .map_err(|e| ProxyError::Unreachable(format!("connecting to {}: {e}", self.address)))?;
+        stream.set_nodelay(true).ok();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// An idle connection ready for a request, if the pool has one.
+    async fn pooled(&self) -> Option<SendRequest<ForwardBody>> {
+        while let Some(mut sender) = self.idle.pop() {
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Sends `req` and waits for the response head.
+    ///
+    /// # Errors
+    /// [`ProxyError`].
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut req = req;
+        let mut fresh = false;
+        let (sender, result) = loop {
+            let mut sender = match self.pooled().await {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.connect().await?
+                }
+            };
+            let sent = tokio::time::timeout_at(deadline, sender.try_send_request(req)).await;
+            match sent {
+                Err(_) => return Err(ProxyError::Timeout(self.timeout)),
+                Ok(Ok(res)) => break (sender, res),
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Not written: the idle connection was closed under us.
+                    Some(back) if !fresh => req = back,
+                    _ => return Err(classify(e.into_error())),
+                },
+            }
+        };
+        let (parts, body) = result.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            UpstreamBody {
+                inner: body,
+                sender: Some(sender),
+                pool: self.clone(),
+                done: false,
+            },
+        ))
+    }
+}
+
+fn classify(e: hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge;
+        }
+        source = s.source();
+    }
+    ProxyError::Unreachable(e.to_string())
+}
+
+/// An upstream response body that hands its connection back to the pool once
+/// read to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<SendRequest<ForwardBody>>,
+    pool: Arc<Upstream>,
+    done: bool,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            // A full queue simply closes the surplus connection.
+            let _ = self.pool.idle.push(sender);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.done = true;
+            this.release();
+        }
+        polled.map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.done || http_body::Body::is_end_stream(&self.inner) {
+            self.release();
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus `Expect`, which keyward answers itself.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    header::EXPECT,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// Removes every `X-Keyward-*` header a client sent: only keyward sets them.
+pub fn strip_keyward_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_keyward_header) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_keyward_header(n))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+fn is_keyward_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-keyward-")
+}

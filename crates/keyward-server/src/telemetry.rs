@@ -1,0 +1,224 @@
+//! Metrics, request ids and the monotonic clock.
+//!
+//! Metrics use the `metrics` crate's handles registered once on a private
+//! Prometheus recorder (no global recorder, so several servers can run in one
+//! test process), rendered by keyward's own `/metrics`. Recording is a handle
+//! call: no name lookup, no lock. Labels are fixed strings chosen here (status,
+//! code, outcome): never a key, a path or anything a client chose.
+
+use http::HeaderValue;
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Now, on the monotonic clock (latency measurement only).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the server's one monotonic clock edge, for latency histograms"
+)]
+pub fn monotonic() -> Instant {
+    Instant::now()
+}
+
+/// Buckets, in seconds, for keyward's own decision time.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_000_5,
+    0.000_001,
+    0.000_002,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.001,
+    0.01,
+    0.1,
+];
+/// Buckets, in seconds, for upstream latency.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Status and code pairs keyward answers itself.
+const OUTCOMES: &[(u16, &str)] = &[
+    (400, "BAD_REQUEST"),
+    (401, "UNAUTHORIZED"),
+    (403, "FORBIDDEN"),
+    (404, "NOT_FOUND"),
+    (405, "METHOD_NOT_ALLOWED"),
+    (413, "PAYLOAD_TOO_LARGE"),
+    (422, "VALIDATION_FAILED"),
+    (431, "REQUEST_HEADER_FIELDS_TOO_LARGE"),
+    (500, "INTERNAL"),
+    (502, "BAD_GATEWAY"),
+    (502, "UPSTREAM_NOT_CONFIGURED"),
+    (503, "UNAVAILABLE"),
+    (503, "AUDIT_UNAVAILABLE"),
+    (504, "GATEWAY_TIMEOUT"),
+];
+
+/// Every metric keyward exports.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Time from request arrival to decision, in seconds.
+    pub decision: Histogram,
+    /// Time from forwarding to the upstream's response head, in seconds.
+    pub upstream: Histogram,
+    /// Keys in the snapshot.
+    pub snapshot_keys: Gauge,
+    /// Seconds since the snapshot last caught up with the change log.
+    pub sync_lag: Gauge,
+    /// Change-log version the snapshot reflects.
+    pub snapshot_version: Gauge,
+    /// Audit records written.
+    pub audit_records: Counter,
+    /// Audit transactions (records per transaction = group commit factor).
+    pub audit_batches: Counter,
+    refused: Vec<((u16, &'static str), Counter)>,
+    forwarded: [Counter; 5],
+}
+
+fn meta() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+}
+
+impl Metrics {
+    /// Registers every metric on a fresh recorder.
+    ///
+    /// # Errors
+    /// Invalid bucket configuration (a programming error, reported at start).
+    pub fn new() -> Result<Self, String> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("keyward_decision_seconds".into()),
+                DECISION_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("keyward_upstream_seconds".into()),
+                    UPSTREAM_BUCKETS,
+                )
+            })
+            .map_err(|e| e.to_string())?
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Unit, text: &'static str| {
+            recorder.describe_histogram(KeyName::from(name), Some(unit), SharedString::from(text));
+        };
+        describe(
+            "keyward_decision_seconds",
+            Unit::Seconds,
+            "Time from request arrival to keyward's decision",
+        );
+        describe(
+            "keyward_upstream_seconds",
+            Unit::Seconds,
+            "Time from forwarding to the upstream's response head",
+        );
+        let m = meta();
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &m)
+        };
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &m);
+        let refused = OUTCOMES
+            .iter()
+            .map(|&(status, code)| {
+                let labels = vec![
+                    Label::new("status", status.to_string()),
+                    Label::new("code", code),
+                ];
+                ((status, code), counter("keyward_requests_total", labels))
+            })
+            .collect();
+        let forwarded = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            counter(
+                "keyward_requests_total",
+                vec![Label::new("status", class), Label::new("code", "FORWARDED")],
+            )
+        });
+        Ok(Metrics {
+            decision: recorder
+                .register_histogram(&Key::from_static_name("keyward_decision_seconds"), &m),
+            upstream: recorder
+                .register_histogram(&Key::from_static_name("keyward_upstream_seconds"), &m),
+            snapshot_keys: gauge("keyward_snapshot_keys"),
+            sync_lag: gauge("keyward_snapshot_sync_lag_seconds"),
+            snapshot_version: gauge("keyward_snapshot_version"),
+            audit_records: counter("keyward_audit_records_total", Vec::new()),
+            audit_batches: counter("keyward_audit_transactions_total", Vec::new()),
+            refused,
+            forwarded,
+            recorder,
+            handle,
+        })
+    }
+
+    /// Counts a request keyward answered itself.
+    pub fn refused(&self, status: u16, code: &str) {
+        if let Some((_, c)) = self
+            .refused
+            .iter()
+            .find(|((s, k), _)| *s == status && *k == code)
+        {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a request forwarded upstream, by the upstream's status class.
+    pub fn forwarded(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(c) = self.forwarded.get(class) {
+            c.increment(1);
+        }
+    }
+
+    /// Drains histogram samples into their buckets; call every few seconds so
+    /// memory stays bounded when nobody scrapes `/metrics`.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let _ = &self.recorder;
+        self.handle.render()
+    }
+}
+
+/// Request ids: the client's `X-Request-Id` when it is short and plain,
+/// otherwise `<node>-<counter>`, unique per node without randomness per
+/// request.
+pub struct RequestIds {
+    node: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    /// Ids prefixed by `node` (random per start).
+    pub fn new(node: String) -> Self {
+        RequestIds {
+            node,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The id for a request carrying `given`.
+    pub fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(v) = given
+            && (1..=64).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{}-{n:x}", self.node))
+            .unwrap_or_else(|_| HeaderValue::from_static("keyward"))
+    }
+}
