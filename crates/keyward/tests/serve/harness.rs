@@ -1,0 +1,411 @@
+//! A real `keyward serve` process, a real upstream on a real socket, and a
+//! raw HTTP/1.1 client that can send what well-behaved clients cannot
+//! (duplicate headers, odd bytes), for the gateway tests.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+pub const PREFIX: &str = "/api/third-party/v1";
+
+/// An upstream that echoes what it received as JSON. A request carrying
+/// `x-test-delay-ms` is answered after that many milliseconds.
+pub struct Upstream {
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(echo_server(listener));
+        });
+        Upstream { addr }
+    }
+}
+
+async fn echo_server(listener: std::net::TcpListener) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let delay = req
+                        .headers()
+                        .get("x-test-delay-ms")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let mut headers = serde_json::Map::new();
+                    for (name, value) in req.headers() {
+                        let entry = headers
+                            .entry(name.as_str().to_owned())
+                            .or_insert_with(|| Value::Array(Vec::new()));
+                        if let Value::Array(a) = entry {
+                            a.push(Value::from(value.to_str().unwrap_or("<bytes>")));
+                        }
+                    }
+                    let method = req.method().to_string();
+                    let path = req.uri().to_string();
+                    let body = req.into_body().collect().await.map(|c| c.to_bytes().len());
+                    if let Some(ms) = delay {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let doc = serde_json::json!({
+                        "method": method,
+                        "path": path,
+                        "headers": headers,
+                        "body_len": body.unwrap_or(0),
+                    });
+                    let mut res = hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(doc.to_string()),
+                    ));
+                    res.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    res.headers_mut()
+                        .insert("connection", "x-upstream-private".parse().unwrap());
+                    res.headers_mut()
+                        .insert("x-upstream-private", "hop".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(res)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A response as read off the socket.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{e}: status {} body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    /// The SPEC §3 error document: asserts its shape, returns the one error.
+    pub fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let doc = self.json();
+        let errors = doc["errors"].as_array().expect("an `errors` array");
+        assert_eq!(errors.len(), 1, "{doc}");
+        assert_eq!(errors[0]["code"], code, "{doc}");
+        assert!(
+            errors[0]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{doc}"
+        );
+        errors[0].clone()
+    }
+    /// What the upstream saw (the echo document).
+    pub fn seen(&self) -> Value {
+        assert_eq!(
+            self.status,
+            200,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+}
+
+/// Sends raw bytes, reads the whole response (the request says `close`).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Resp {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+/// A request built line by line.
+pub struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+pub fn req(method: &str, path: &str) -> Req {
+    Req {
+        method: method.into(),
+        path: path.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+impl Req {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn bearer(self, key: &str) -> Self {
+        self.header("Authorization", &format!("Bearer {key}"))
+    }
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = body.to_string().into_bytes();
+        self.header("Content-Type", "application/json")
+    }
+    pub fn body(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: gateway.test\r\n",
+            self.method, self.path
+        );
+        for (n, v) in &self.headers {
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !self.body.is_empty() {
+            out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+    pub fn send(&self, kw: &Server) -> Resp {
+        raw(kw.addr, &self.bytes())
+    }
+}
+
+/// A database, a CLI over it, and (once started) a server process.
+pub struct Kw {
+    pub dir: tempfile::TempDir,
+}
+
+impl Kw {
+    pub fn new() -> Self {
+        Kw {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("k.db").display())
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("KEYWARD_DATABASE_URL", self.url())
+            .env_remove("KEYWARD_CATALOG")
+            .env_remove("KEYWARD_ORG")
+            .env_remove("KEYWARD_DIGEST_SECRET")
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "keyward {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates a key; returns (id, full key).
+    pub fn key(&self, args: &[&str]) -> (String, String) {
+        let mut all = vec!["keys", "create", "--json"];
+        all.extend_from_slice(args);
+        let doc: Value = serde_json::from_str(&self.cli_ok(&all)).unwrap();
+        (
+            doc["id"].as_str().unwrap().to_owned(),
+            doc["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Starts `keyward serve` on a free port with `extra` flags.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        self.cli_ok(&["migrate"]);
+        let log = self.dir.path().join(format!("serve-{}.log", extra.len()));
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--sync-interval",
+                "100ms",
+            ])
+            .args(extra)
+            .env("KEYWARD_DATABASE_URL", self.url())
+            .env("KEYWARD_LOG", "info,sqlx=warn")
+            .env_remove("KEYWARD_CATALOG")
+            .env_remove("KEYWARD_DIGEST_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "server did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Server {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn get(&self, path: &str, key: &str) -> Resp {
+        req("GET", &format!("{PREFIX}{path}"))
+            .bearer(key)
+            .send(self)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `check` every 10 ms until it holds; returns how long it took.
+pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

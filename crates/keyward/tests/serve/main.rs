@@ -1,0 +1,678 @@
+//! `keyward serve` over real sockets: a real server process in front of a
+//! real upstream, written to by the real CLI on the same SQLite file.
+
+#![allow(
+    clippy::disallowed_methods,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test, and deadlines are real time"
+)]
+
+mod harness;
+
+use harness::{Kw, PREFIX, Upstream, raw, req, until};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A key with a valid checksum that no database here holds.
+fn foreign_key() -> String {
+    let other = Kw::new();
+    other.cli_ok(&["migrate"]);
+    other
+        .key(&["--name", "elsewhere", "--scope", "vehicles:read"])
+        .1
+}
+
+fn upstream_flag(up: &Upstream) -> String {
+    format!("http://{}", up.addr)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_row_of_the_spec_table() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, ro) = kw.key(&["--name", "reader", "--preset", "read-only-integration"]);
+    let (expiring_id, expiring) = kw.key(&[
+        "--name",
+        "short",
+        "--scope",
+        "vehicles:read",
+        "--expires-in",
+        "2s",
+    ]);
+    let expiring_created = Instant::now();
+    let (revoked_id, revoked) = kw.key(&["--name", "gone", "--scope", "vehicles:read"]);
+    kw.cli_ok(&["keys", "revoke", &revoked_id]);
+    let server = kw.serve(&["--upstream", &upstream_flag(&up)]);
+
+    // Allowed: forwarded with the path unchanged.
+    let seen = server.get("/vehicles/42", &ro).seen();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], format!("{PREFIX}/vehicles/42"));
+
+    // 401: missing, malformed, unknown, revoked, expired; each with its reason.
+    let unauthorized = |r: &harness::Resp, reason: &str| {
+        let e = r.error(401, "UNAUTHORIZED");
+        assert_eq!(e["details"]["reason"], reason, "{e}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Bearer realm="keyward""#)
+        );
+    };
+    unauthorized(
+        &req("GET", &format!("{PREFIX}/vehicles")).send(&server),
+        "missing",
+    );
+    unauthorized(
+        &req("GET", &format!("{PREFIX}/vehicles"))
+            .header("Authorization", "Basic dXNlcjpwYXNz")
+            .send(&server),
+        "missing",
+    );
+    unauthorized(&server.get("/vehicles", "insp_live_notakey"), "malformed");
+    let mut typo = ro.clone();
+    typo.replace_range(12..13, if &ro[12..13] == "a" { "b" } else { "a" });
+    unauthorized(&server.get("/vehicles", &typo), "malformed");
+    unauthorized(&server.get("/vehicles", &foreign_key()), "unknown");
+    unauthorized(&server.get("/vehicles", &revoked), "revoked");
+    assert_eq!(
+        server.get("/vehicles", &expiring).status,
+        200,
+        "not expired yet"
+    );
+    let waited = until(Duration::from_secs(10), "expiry", || {
+        server.get("/vehicles", &expiring).status == 401
+    });
+    assert!(
+        expiring_created.elapsed() >= Duration::from_millis(1900),
+        "{waited:?}"
+    );
+    unauthorized(&server.get("/vehicles", &expiring), "expired");
+    let _ = expiring_id;
+
+    // 404 after authentication: unknown route, unknown method, outside the prefix.
+    server.get("/no-such-thing", &ro).error(404, "NOT_FOUND");
+    req("PATCH", &format!("{PREFIX}/vehicles/1"))
+        .bearer(&ro)
+        .send(&server)
+        .error(404, "NOT_FOUND");
+    req("GET", "/elsewhere")
+        .bearer(&ro)
+        .send(&server)
+        .error(404, "NOT_FOUND");
+    // Authentication comes first: no key on an unknown route is a 401.
+    req("GET", &format!("{PREFIX}/no-such-thing"))
+        .send(&server)
+        .error(401, "UNAUTHORIZED");
+
+    // 403: required = the missing scopes, available = as granted.
+    let r = req("POST", &format!("{PREFIX}/inspections"))
+        .bearer(&ro)
+        .json(&json!({"vehicle": 1}))
+        .send(&server);
+    let e = r.error(403, "FORBIDDEN");
+    assert_eq!(e["message"], "Insufficient permissions");
+    assert_eq!(strings(&e["details"]["required"]), ["inspections:write"]);
+    let mut available = strings(&e["details"]["available"]);
+    available.sort();
+    assert_eq!(
+        available,
+        [
+            "damages:read",
+            "driver-assignments:read",
+            "inspection-templates:read",
+            "inspections:read",
+            "vehicle-fields:read",
+            "vehicle-groups:read",
+            "vehicles:read"
+        ]
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="keyward", error="insufficient_scope", scope="inspections:write""#)
+    );
+    // A 403 changes nothing: the key keeps working for what it holds.
+    assert_eq!(server.get("/inspections", &ro).status, 200);
+
+    // 400 before anything else, even without a key.
+    for path in [
+        "/vehicles/../admin",
+        "/vehicles/./1",
+        "/vehicles//1",
+        "/vehicles/1%2Fadmin",
+        "/vehicles/%2e%2e",
+        "/vehicles/%FF",
+        "/vehicles/",
+    ] {
+        let e = req("GET", &format!("{PREFIX}{path}"))
+            .send(&server)
+            .error(400, "BAD_REQUEST");
+        assert!(
+            e["message"].as_str().unwrap().contains("normal form"),
+            "{path}: {e}"
+        );
+    }
+}
+
+#[test]
+fn identity_headers_are_injected_and_client_headers_stripped() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (id, key) = kw.key(&["--name", "writer", "--preset", "inspection-submission"]);
+    let shown: Value = serde_json::from_str(&kw.cli_ok(&["keys", "show", &id, "--json"])).unwrap();
+    let server = kw.serve(&["--upstream", &upstream_flag(&up)]);
+
+    let r = req("POST", &format!("{PREFIX}/inspections?draft=1"))
+        .bearer(&key)
+        .header("X-Keyward-Key-Id", "key_forged")
+        .header("x-keyward-scopes", "everything:write")
+        .header("X-Keyward-Anything", "sneaky")
+        .header("Connection", "X-Private-Hop")
+        .header("X-Private-Hop", "secret")
+        .header("Proxy-Authorization", "Basic c2VjcmV0")
+        .header("X-Forwarded-For", "10.0.0.1")
+        .header("X-Request-Id", "client-chosen-1")
+        .header("X-Custom", "kept")
+        .json(&json!({"vehicle": 7}))
+        .send(&server);
+    let seen = r.seen();
+    let h = &seen["headers"];
+    assert_eq!(seen["path"], format!("{PREFIX}/inspections?draft=1"));
+    assert_eq!(seen["body_len"], 13);
+    for gone in [
+        "authorization",
+        "x-keyward-anything",
+        "x-private-hop",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-keyward-key-id"], json!([id]));
+    assert_eq!(h["x-keyward-org-id"], json!([shown["org_id"]]));
+    let effective: Vec<String> = strings(&shown["effective_scopes"]);
+    assert_eq!(h["x-keyward-scopes"], json!([effective.join(" ")]));
+    assert_eq!(h["x-request-id"], json!(["client-chosen-1"]));
+    assert_eq!(h["x-forwarded-for"], json!(["10.0.0.1, 127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], json!(["http"]));
+    assert_eq!(h["x-forwarded-host"], json!(["gateway.test"]));
+    assert_eq!(h["host"], json!([up.addr.to_string()]));
+    assert_eq!(h["x-custom"], json!(["kept"]));
+    // The upstream's hop-by-hop headers stay between keyward and the upstream.
+    assert_eq!(r.header("x-upstream-private"), None);
+    assert_eq!(r.header("x-request-id"), Some("client-chosen-1"));
+
+    // Without one (or with an unusable one), keyward makes the request id.
+    let r = req("GET", &format!("{PREFIX}/vehicles"))
+        .bearer(&key)
+        .header("X-Request-Id", "has spaces and \"quotes\"")
+        .send(&server);
+    let made = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(made, "has spaces and \"quotes\"");
+    assert_eq!(r.seen()["headers"]["x-request-id"], json!([made]));
+}
+
+#[test]
+fn cli_changes_reach_the_running_server_within_a_second() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (a_id, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
+    let (b_id, b) = kw.key(&["--name", "b", "--scope", "vehicles:read"]);
+    let server = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    assert_eq!(server.get("/vehicles", &a).status, 200);
+
+    // Revoked by the CLI: refused within 1 s of the CLI returning.
+    kw.cli_ok(&["keys", "revoke", &a_id]);
+    let took = until(Duration::from_secs(1), "revocation", || {
+        server.get("/vehicles", &a).status == 401
+    });
+    let e = server.get("/vehicles", &a).error(401, "UNAUTHORIZED");
+    assert_eq!(e["details"]["reason"], "revoked");
+    eprintln!("revocation enforced after {took:?}");
+
+    // Created by the CLI: accepted at once, not after the next sync.
+    let (_, c) = kw.key(&["--name", "c", "--scope", "vehicles:read"]);
+    assert_eq!(server.get("/vehicles", &c).status, 200);
+
+    // Rolled with grace: the old key works until the grace ends, then 401 expired.
+    let rolled_at = Instant::now();
+    let out = kw.cli_ok(&["keys", "roll", &b_id, "--grace", "2s", "--json"]);
+    let new_key = serde_json::from_str::<Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(server.get("/vehicles", &new_key).status, 200);
+    assert_eq!(
+        server.get("/vehicles", &b).status,
+        200,
+        "within the grace period"
+    );
+    until(Duration::from_secs(6), "end of grace", || {
+        server.get("/vehicles", &b).status == 401
+    });
+    assert!(rolled_at.elapsed() >= Duration::from_millis(1900));
+    let e = server.get("/vehicles", &b).error(401, "UNAUTHORIZED");
+    assert_eq!(e["details"]["reason"], "expired");
+    assert_eq!(server.get("/vehicles", &new_key).status, 200);
+}
+
+fn audit_rows(kw: &Kw) -> Vec<(String, String, String, i64, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT actor, method, path, status, details FROM audit_log \
+             WHERE action = 'gateway.request' ORDER BY seq",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    })
+}
+
+#[test]
+fn writes_and_403s_are_audited_before_the_response_and_the_chain_verifies() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (rw_id, rw) = kw.key(&["--name", "rw", "--preset", "inspection-submission"]);
+    let (ro_id, ro) = kw.key(&["--name", "ro", "--scope", "vehicles:read"]);
+    let mut server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--flush-interval",
+        "100ms",
+    ]);
+    let post = |key: &str, path: &str| {
+        req("POST", &format!("{PREFIX}{path}"))
+            .bearer(key)
+            .json(&json!({"n": 1}))
+            .send(&server)
+    };
+    assert_eq!(post(&rw, "/inspections").status, 200);
+    assert_eq!(post(&ro, "/inspections").status, 403);
+    assert_eq!(
+        server.get("/inspections", &ro).status,
+        403,
+        "a GET 403 is audited too"
+    );
+    assert_eq!(
+        req("DELETE", &format!("{PREFIX}/nowhere"))
+            .bearer(&rw)
+            .send(&server)
+            .status,
+        404
+    );
+    assert_eq!(
+        req("POST", &format!("{PREFIX}/inspections"))
+            .send(&server)
+            .status,
+        401
+    );
+    assert_eq!(
+        server.get("/vehicles", &ro).status,
+        200,
+        "an allowed read is not audited"
+    );
+    // Many concurrent writers share transactions; every one is recorded.
+    std::thread::scope(|s| {
+        for _ in 0..24 {
+            s.spawn(|| assert_eq!(post(&rw, "/inspections").status, 200));
+        }
+    });
+    let rows = audit_rows(&kw);
+    assert_eq!(rows.len(), 5 + 24, "{rows:#?}");
+    let rw_actor = format!("key:{rw_id}");
+    let ro_actor = format!("key:{ro_id}");
+    let path = format!("{PREFIX}/inspections");
+    assert_eq!(rows[0].0, rw_actor);
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3),
+        ("POST", path.as_str(), 200)
+    );
+    assert_eq!((rows[1].0.as_str(), rows[1].3), (ro_actor.as_str(), 403));
+    assert!(rows[1].4.contains("missing_scopes"), "{}", rows[1].4);
+    assert_eq!((rows[2].1.as_str(), rows[2].3), ("GET", 403));
+    assert_eq!((rows[3].1.as_str(), rows[3].3), ("DELETE", 404));
+    assert_eq!((rows[4].0.as_str(), rows[4].3), ("anonymous", 401));
+    assert!(rows[5..].iter().all(|r| r.0 == rw_actor && r.3 == 200));
+
+    // Last use is flushed in batches.
+    until(Duration::from_secs(5), "last_used_at flushed", || {
+        let shown: Value =
+            serde_json::from_str(&kw.cli_ok(&["keys", "show", &ro_id, "--json"])).unwrap();
+        !shown["last_used_at"].is_null()
+    });
+    assert!(server.stop().success());
+    let out = kw.cli_ok(&["audit", "verify", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(report["first_broken"].is_null(), "{report}");
+    assert!(report["records"].as_u64().unwrap() >= 29 + 2);
+}
+
+#[test]
+fn bad_input_gets_the_error_shape_and_never_a_5xx() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--max-body-bytes",
+        "1024",
+    ]);
+    let path = format!("{PREFIX}/inspections");
+
+    let e = req("GET", &path)
+        .bearer(&key)
+        .header("X-Big", &"a".repeat(20_000))
+        .send(&server)
+        .error(431, "REQUEST_HEADER_FIELDS_TOO_LARGE");
+    assert_eq!(e["details"]["limit_bytes"], 16_384);
+
+    // Too large by Content-Length: refused before forwarding.
+    let e = req("POST", &path)
+        .bearer(&key)
+        .body(&[b'x'; 2000])
+        .send(&server)
+        .error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(e["details"]["limit_bytes"], 1024);
+    // Too large while streaming (chunked, no length): refused as well.
+    let mut chunked = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..4 {
+        chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 600, "y".repeat(600)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    raw(server.addr, &chunked).error(413, "PAYLOAD_TOO_LARGE");
+    // A body within the limit streams through.
+    assert_eq!(
+        req("POST", &path)
+            .bearer(&key)
+            .body(&[b'x'; 1000])
+            .send(&server)
+            .seen()["body_len"],
+        1000
+    );
+
+    let malformed = |r: harness::Resp| {
+        assert_eq!(
+            r.error(401, "UNAUTHORIZED")["details"]["reason"],
+            "malformed"
+        );
+    };
+    malformed(
+        req("GET", &path)
+            .header("Authorization", &format!("Bearer {key} extra"))
+            .send(&server),
+    );
+    malformed(
+        req("GET", &path)
+            .header("Authorization", &format!("Bearer  {key}"))
+            .send(&server),
+    );
+    malformed(req("GET", &path).bearer(&key).bearer(&key).send(&server));
+    malformed(req("GET", &path).bearer(&"k".repeat(600)).send(&server));
+    let e = server
+        .get("/inspections", &foreign_key())
+        .error(401, "UNAUTHORIZED");
+    assert_eq!(e["details"]["reason"], "unknown");
+
+    // Percent-escapes that decode to invalid UTF-8: the SPEC shape.
+    req("GET", &format!("{PREFIX}/vehicles/%C3%28"))
+        .bearer(&key)
+        .send(&server)
+        .error(400, "BAD_REQUEST");
+    // Raw non-ASCII bytes are not HTTP: the parser refuses them with a bare 400.
+    let mut bytes = format!("GET {PREFIX}/vehicles/").into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(server.addr, &bytes).status, 400);
+
+    // keyward's own namespace answers in the same shape.
+    req("GET", "/v1/no-such-endpoint")
+        .send(&server)
+        .error(404, "NOT_FOUND");
+    let r = req("GET", "/v1/verify").send(&server);
+    r.error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert!(!server.log().contains(&key), "the full key reached the log");
+}
+
+#[test]
+fn upstream_failures_are_502_and_504_never_a_hang() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&["--name", "r", "--scope", "vehicles:read"]);
+
+    // Nothing listens on a port we just released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = kw.serve(&["--upstream", &format!("http://{closed}")]);
+    let e = down.get("/vehicles", &key).error(502, "BAD_GATEWAY");
+    assert!(!e["message"].as_str().unwrap().contains(&key));
+    drop(down);
+
+    let slow = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--upstream-timeout",
+        "1s",
+    ]);
+    let started = Instant::now();
+    req("GET", &format!("{PREFIX}/vehicles"))
+        .bearer(&key)
+        .header("X-Test-Delay-Ms", "4000")
+        .send(&slow)
+        .error(504, "GATEWAY_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The pool recovers: the next request is served normally.
+    assert_eq!(slow.get("/vehicles", &key).status, 200);
+    drop(slow);
+
+    let none = kw.serve(&[]);
+    none.get("/vehicles", &key)
+        .error(502, "UPSTREAM_NOT_CONFIGURED");
+    // Refusals do not depend on an upstream.
+    none.get("/inspections", &key).error(403, "FORBIDDEN");
+}
+
+#[test]
+fn verify_whoami_healthz_and_metrics() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, verifier) = kw.key(&["--name", "verifier", "--scope", "keyward-api-keys:verify"]);
+    let (ro_id, ro) = kw.key(&["--name", "reader", "--preset", "read-only-integration"]);
+    let (gone_id, gone) = kw.key(&["--name", "gone", "--scope", "vehicles:read"]);
+    kw.cli_ok(&["keys", "revoke", &gone_id]);
+    let other_org = {
+        kw.cli_ok(&["orgs", "create", "Other Co"]);
+        kw.key(&[
+            "--org",
+            "other-co",
+            "--name",
+            "theirs",
+            "--scope",
+            "vehicles:read",
+        ])
+        .1
+    };
+    let server = kw.serve(&[]);
+    let verify = |body: Value| {
+        req("POST", "/v1/verify")
+            .bearer(&verifier)
+            .json(&body)
+            .send(&server)
+    };
+
+    let a = verify(json!({"key": ro, "method": "GET", "path": "/vehicles"})).json();
+    assert_eq!(a["valid"], true);
+    assert_eq!(a["allowed"], true);
+    assert_eq!(a["key_id"], ro_id);
+    assert_eq!(a["reason"], "allowed");
+    assert_eq!(a["required"], json!(["vehicles:read"]));
+    assert!(strings(&a["scopes"]).contains(&"vehicles:read".to_owned()));
+    let with_prefix =
+        verify(json!({"key": ro, "method": "get", "path": format!("{PREFIX}/vehicles/9")})).json();
+    assert_eq!(with_prefix["allowed"], true);
+    let denied = verify(json!({"key": ro, "method": "POST", "path": "/inspections"})).json();
+    assert_eq!(
+        (denied["valid"].clone(), denied["allowed"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(denied["missing"], json!(["inspections:write"]));
+    assert_eq!(denied["reason"], "missing_scopes");
+    let by_scope = verify(json!({"key": ro, "scopes": ["vehicles:read", "damages:read"]})).json();
+    assert_eq!(by_scope["allowed"], true);
+    for (key, reason) in [
+        ("not-a-key".to_owned(), "malformed"),
+        (foreign_key(), "unknown"),
+        (gone.clone(), "revoked"),
+        (other_org.clone(), "unknown"),
+    ] {
+        let a = verify(json!({"key": key, "scopes": ["vehicles:read"]})).json();
+        assert_eq!(a["valid"], false, "{reason}: {a}");
+        assert_eq!(a["allowed"], false);
+        assert_eq!(a["reason"], reason);
+        assert!(a["key_id"].is_null() && a["org_id"].is_null(), "{a}");
+    }
+    // Bad bodies name what is wrong.
+    let e = req("POST", "/v1/verify")
+        .bearer(&verifier)
+        .header("Content-Type", "application/json")
+        .body(b"{not json")
+        .send(&server)
+        .error(400, "BAD_REQUEST");
+    assert!(e["message"].as_str().unwrap().contains("Invalid JSON"));
+    let e = verify(json!({"key": ro, "scopes": ["vehicles:read"], "scope": "x"}))
+        .error(422, "VALIDATION_FAILED");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `scope`"),
+        "{e}"
+    );
+    let e = verify(json!({"key": 7, "scopes": []})).error(422, "VALIDATION_FAILED");
+    assert!(
+        e["message"].as_str().unwrap().contains("invalid type"),
+        "{e}"
+    );
+    let e = verify(json!({"key": ro})).error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "method");
+    let e = verify(json!({"key": ro, "scopes": ["vehicles:fly"]})).error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "scopes");
+    assert!(
+        e["message"].as_str().unwrap().contains("vehicles:fly"),
+        "{e}"
+    );
+    let e = verify(json!({"key": ro, "method": "GET", "path": "/a/../b"}))
+        .error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "path");
+    let big = json!({"key": "x".repeat(70_000), "scopes": []});
+    verify(big).error(413, "PAYLOAD_TOO_LARGE");
+    // The caller needs keyward-api-keys:verify.
+    let e = req("POST", "/v1/verify")
+        .bearer(&ro)
+        .json(&json!({"key": ro, "scopes": ["vehicles:read"]}))
+        .send(&server)
+        .error(403, "FORBIDDEN");
+    assert_eq!(e["details"]["required"], json!(["keyward-api-keys:verify"]));
+    req("POST", "/v1/verify")
+        .json(&json!({"key": ro, "scopes": ["vehicles:read"]}))
+        .send(&server)
+        .error(401, "UNAUTHORIZED");
+
+    // whoami: any valid key.
+    let me = req("GET", "/v1/whoami").bearer(&ro).send(&server).json();
+    assert_eq!(me["id"], ro_id);
+    assert_eq!(me["name"], "reader");
+    assert!(strings(&me["effective_scopes"]).contains(&"vehicles:read".to_owned()));
+    assert!(me.get("key").is_none() && !me.to_string().contains(&ro));
+    req("GET", "/v1/whoami")
+        .bearer(&gone)
+        .send(&server)
+        .error(401, "UNAUTHORIZED");
+
+    let health = req("GET", "/healthz").send(&server);
+    assert_eq!(health.status, 200);
+    let h = health.json();
+    assert_eq!(
+        (h["status"].clone(), h["database"].clone()),
+        (json!("ok"), json!("reachable"))
+    );
+    assert_eq!(h["snapshot"]["keys"], 4);
+    assert!(h["snapshot"]["age_ms"].as_i64().unwrap() < 5_000);
+
+    let metrics = req("GET", "/metrics").send(&server);
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    for needle in [
+        "keyward_decision_seconds_bucket",
+        "keyward_requests_total{status=\"403\",code=\"FORBIDDEN\"} 1",
+        "keyward_snapshot_keys",
+        "keyward_snapshot_sync_lag_seconds",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    for secret in [&verifier, &ro, &gone] {
+        assert!(!text.contains(secret.as_str()));
+        assert!(
+            !server.log().contains(secret.as_str()),
+            "a key reached the log"
+        );
+    }
+}
+
+#[test]
+fn shutdown_drains_in_flight_requests_and_keeps_their_audit() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let mut server = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    let request = req("POST", &format!("{PREFIX}/inspections"))
+        .bearer(&key)
+        .header("X-Test-Delay-Ms", "1500")
+        .json(&json!({"slow": true}));
+    let addr = server.addr;
+    let in_flight = std::thread::spawn(move || raw(addr, &request.bytes()));
+    std::thread::sleep(Duration::from_millis(400));
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        in_flight.join().unwrap().status,
+        200,
+        "the in-flight request completed"
+    );
+    let rows = audit_rows(&kw);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].3, 200);
+    // And the port is closed.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
