@@ -44,11 +44,11 @@ trap cleanup EXIT
 export KEYWARD_DATABASE_URL="${KEYWARD_BENCH_DATABASE:-sqlite://$WORK/bench.db}"
 unset KEYWARD_CATALOG KEYWARD_ORG
 
-key_of() { "$BIN" keys create --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'; }
+key_of() { "$BIN" keys create --json "$@" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], " ".join(d["effective_scopes"]))'; }
 "$BIN" migrate >/dev/null
-RO_KEY="$(key_of --name bench-reader --preset read-only-integration)"
-RW_KEY="$(key_of --name bench-writer --preset inspection-submission)"
-VERIFIER_KEY="$(key_of --name bench-verifier --scope keyward-api-keys:verify)"
+read -r RO_KEY RO_SCOPES <<<"$(key_of --name bench-reader --preset read-only-integration)"
+read -r RW_KEY RW_SCOPES <<<"$(key_of --name bench-writer --preset inspection-submission)"
+read -r VERIFIER_KEY _ <<<"$(key_of --name bench-verifier --scope keyward-api-keys:verify)"
 # A snapshot that is not trivially small: 10 000 more keys (legacy import is
 # the fast way to add many through the CLI).
 python3 - "$WORK/legacy.txt" <<'EOF'
@@ -99,6 +99,16 @@ http {
     "Bearer $RO_KEY" "key_reader";
     "Bearer $RW_KEY" "key_writer";
   }
+  map \$http_authorization \$org_id {
+    default "";
+    "Bearer $RO_KEY" "org_bench";
+    "Bearer $RW_KEY" "org_bench";
+  }
+  map \$http_authorization \$scopes {
+    default "";
+    "Bearer $RO_KEY" "$RO_SCOPES";
+    "Bearer $RW_KEY" "$RW_SCOPES";
+  }
   map \$http_authorization \$can_vehicles_read {
     default 0;
     "Bearer $RO_KEY" 1;
@@ -114,7 +124,15 @@ http {
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Authorization "";
-    proxy_set_header X-Key-Id \$key_id;
+    # The same identity and forwarding headers keyward sends, so the upstream
+    # parses the same request from both.
+    proxy_set_header X-Keyward-Key-Id \$key_id;
+    proxy_set_header X-Keyward-Org-Id \$org_id;
+    proxy_set_header X-Keyward-Scopes \$scopes;
+    proxy_set_header X-Request-Id \$request_id;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_set_header X-Forwarded-Host \$http_host;
     location ~ ^/api/third-party/v1/vehicles(/[^/]+)?\$ {
       if (\$key_id = "") { return 401 '{"errors":[{"code":"UNAUTHORIZED","message":"Invalid API key"}]}'; }
       if (\$can_vehicles_read = 0) { return 403 '{"errors":[{"code":"FORBIDDEN","message":"Insufficient permissions"}]}'; }

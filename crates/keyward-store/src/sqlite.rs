@@ -87,6 +87,9 @@ fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
 }
 
 /// Links `entries` into the chain. Caller holds the write lock.
+/// Audit rows per `INSERT` (15 parameters each; SQLite allows 32 766).
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
 async fn append_audit_tx(conn: &mut SqliteConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
     if entries.is_empty() {
         return Ok(Vec::new());
@@ -96,34 +99,40 @@ async fn append_audit_tx(conn: &mut SqliteConnection, entries: &[&AuditEntry]) -
             .fetch_one(&mut *conn)
             .await?;
     let mut prev = hash32(&head, "audit head hash")?;
-    let mut seqs = Vec::with_capacity(entries.len());
+    let mut links = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
         let hash = chain_link(&prev, seq, e);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, status, required, \
-             client, request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(e.at_ms)
-        .bind(&e.org_id)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.key_id)
-        .bind(&e.method)
-        .bind(&e.path)
-        .bind(e.status.map(i64::from))
-        .bind(e.required.join(" "))
-        .bind(&e.client)
-        .bind(&e.request_id)
-        .bind(&e.details)
-        .bind(prev.as_slice())
-        .bind(hash.as_slice())
-        .execute(&mut *conn)
-        .await?;
-        seqs.push(seq);
+        links.push((seq, *e, prev, hash));
         prev = hash;
     }
+    // Multi-row inserts: one statement per chunk instead of one per record,
+    // which is what lets a group commit of hundreds of records stay cheap.
+    for chunk in links.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, status, \
+             required, client, request_id, details, prev_hash, hash) ",
+        );
+        qb.push_values(chunk, |mut b, (seq, e, prev, hash)| {
+            b.push_bind(*seq)
+                .push_bind(e.at_ms)
+                .push_bind(e.org_id.as_str())
+                .push_bind(e.actor.as_str())
+                .push_bind(e.action.as_str())
+                .push_bind(e.key_id.as_deref())
+                .push_bind(e.method.as_deref())
+                .push_bind(e.path.as_deref())
+                .push_bind(e.status.map(i64::from))
+                .push_bind(e.required.join(" "))
+                .push_bind(e.client.as_deref())
+                .push_bind(e.request_id.as_deref())
+                .push_bind(e.details.as_str())
+                .push_bind(prev.to_vec())
+                .push_bind(hash.to_vec());
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    let seqs = links.iter().map(|l| l.0).collect();
     sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
         .bind(seq)
         .bind(prev.as_slice())
