@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
 SERVER_CORE="${SERVER_CORE:-1}"
 LOAD_CORE="${LOAD_CORE:-0}"
@@ -40,6 +41,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+[ -n "${KEEP_WORK:-}" ] && trap "for p in \"\${PIDS[@]}\"; do kill \"\$p\" 2>/dev/null; done; echo kept \"$WORK\"" EXIT
 
 export KEYWARD_DATABASE_URL="${KEYWARD_BENCH_DATABASE:-sqlite://$WORK/bench.db}"
 unset KEYWARD_CATALOG KEYWARD_ORG
@@ -173,8 +175,8 @@ def ms(v):
     n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errors = int(non2xx.group(1)) if non2xx else 0
 print(f"{rps:.0f} {p50:.3f} {p99:.3f} {errors}")
@@ -186,9 +188,16 @@ EOF
 echo "== load: wrk -t1 -c$CONNECTIONS -d${DURATION}s on core $LOAD_CORE; servers on core $SERVER_CORE"
 WRK_ARGS=()
 run bare_upstream "http://127.0.0.1:$UP_PORT/api/third-party/v1/vehicles"
+# The headline pair runs ROUNDS times, interleaved, and each keeps its median
+# round (by req/s): one noisy round cannot decide the ratio.
 WRK_ARGS=(-H "Authorization: Bearer $RO_KEY")
-run nginx_map_get "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/vehicles"
-run keyward_get "http://127.0.0.1:$KW_PORT/api/third-party/v1/vehicles"
+for r in $(seq 1 "$ROUNDS"); do
+  run "nginx_map_get_$r" "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/vehicles"
+  run "keyward_get_$r" "http://127.0.0.1:$KW_PORT/api/third-party/v1/vehicles"
+done
+median() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1_$r"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p" >"$WORK/$1"; }
+median nginx_map_get
+median keyward_get
 WRK_ARGS=(-H "Authorization: Bearer $VERIFIER_KEY" -s "$WORK/verify.lua")
 run keyward_verify "http://127.0.0.1:$KW_PORT/v1/verify"
 WRK_ARGS=(-H "Authorization: Bearer $RW_KEY" -s "$WORK/post.lua")
@@ -201,7 +210,7 @@ read -r ng ng50 ng99 _ <"$WORK/nginx_map_get"
 read -r kw kw50 kw99 _ <"$WORK/keyward_get"
 read -r vf _ _ _ <"$WORK/keyward_verify"
 read -r post _ _ _ <"$WORK/keyward_audited_post"
-echo "== ratios (targets in brackets)"
+echo "== ratios (targets in brackets; GET pair: median of $ROUNDS interleaved rounds)"
 echo "keyward GET / nginx GET req/s        $(ratio "$kw" "$ng")   [>= 1.0]"
 echo "keyward GET p99 / nginx GET p99      $(ratio "$kw99" "$ng99")   [<= 1.5]"
 echo "keyward GET / bare upstream          $(ratio "$kw" "$bare")   [ceiling ~0.33 on one shared core]"

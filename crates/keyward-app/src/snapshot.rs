@@ -40,8 +40,9 @@ pub struct Grants {
     pub granted: ScopeSet,
     /// Closure under `implies`.
     pub effective: ScopeSet,
-    /// Effective scope names, space-separated (the `X-Keyward-Scopes` header).
-    pub effective_text: Box<str>,
+    /// Effective scope names, space-separated (the `X-Keyward-Scopes`
+    /// header), as shared bytes so a request can send them without copying.
+    pub effective_text: bytes::Bytes,
 }
 
 /// What the gateway knows about one key.
@@ -103,22 +104,35 @@ type DigestMap<V> = papaya::HashMap<KeyDigest, V, BuildHasherDefault<DigestHashe
 /// Interning tables, used only while loading and syncing.
 #[derive(Default)]
 struct Interner {
-    grants: HashMap<(bool, String), Arc<Grants>>,
+    grants: HashMap<String, Arc<Grants>>,
+    /// Every legacy key holds the same: everything available.
+    legacy: Option<Arc<Grants>>,
     orgs: HashMap<String, Arc<str>>,
 }
 
 impl Interner {
     fn entry(&mut self, catalog: &Catalog, k: &SnapshotKey) -> KeyEntry {
-        let grants = self
-            .grants
-            .entry((k.legacy, k.grants.clone()))
-            .or_insert_with(|| Arc::new(grants_of(catalog, k)))
-            .clone();
-        let org_id = self
-            .orgs
-            .entry(k.org_id.clone())
-            .or_insert_with(|| Arc::from(k.org_id.as_str()))
-            .clone();
+        // Look up before inserting: cloning the strings for every key would
+        // cost two allocations per key on a million-key load.
+        let grants = if k.legacy {
+            self.legacy
+                .get_or_insert_with(|| Arc::new(grants_of(catalog, k)))
+                .clone()
+        } else if let Some(g) = self.grants.get(k.grants.as_str()) {
+            g.clone()
+        } else {
+            let g = Arc::new(grants_of(catalog, k));
+            self.grants.insert(k.grants.clone(), g.clone());
+            g
+        };
+        let org_id = match self.orgs.get(k.org_id.as_str()) {
+            Some(o) => o.clone(),
+            None => {
+                let o: Arc<str> = Arc::from(k.org_id.as_str());
+                self.orgs.insert(k.org_id.clone(), o.clone());
+                o
+            }
+        };
         KeyEntry {
             key_id: k.id.as_str().into(),
             org_id,
@@ -145,7 +159,7 @@ fn grants_of(catalog: &Catalog, k: &SnapshotKey) -> Grants {
     Grants {
         granted,
         effective,
-        effective_text: catalog.names(effective).join(" ").into(),
+        effective_text: bytes::Bytes::from(catalog.names(effective).join(" ")),
     }
 }
 
@@ -169,7 +183,7 @@ impl Snapshot {
         version: i64,
         keys: impl IntoIterator<Item = SnapshotKey>,
     ) -> Self {
-        let snapshot = Snapshot::empty(version);
+        let snapshot = Snapshot::empty(version, 0);
         let mut page = Vec::with_capacity(LOAD_PAGE as usize);
         for k in keys {
             page.push(k);
@@ -182,9 +196,12 @@ impl Snapshot {
         snapshot
     }
 
-    fn empty(version: i64) -> Self {
+    fn empty(version: i64, capacity: usize) -> Self {
         Snapshot {
-            by_digest: papaya::HashMap::with_hasher(BuildHasherDefault::default()),
+            by_digest: papaya::HashMap::builder()
+                .hasher(BuildHasherDefault::default())
+                .capacity(capacity)
+                .build(),
             version: AtomicI64::new(version),
             interner: Mutex::new(Interner::default()),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -206,7 +223,9 @@ impl Snapshot {
         progress: &mut (dyn FnMut(usize) + Send),
     ) -> Result<Self, AppError> {
         let (_, version) = store.changes_since(i64::MAX).await?;
-        let snapshot = Snapshot::empty(version);
+        // Headroom for keys created while serving, before the first resize.
+        let expected = usize::try_from(store.count_keys().await?).unwrap_or(0);
+        let snapshot = Snapshot::empty(version, expected + expected / 4 + 1024);
         let mut after = String::new();
         let mut loaded = 0;
         loop {

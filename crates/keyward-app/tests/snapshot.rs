@@ -62,8 +62,8 @@ async fn snapshot_follows_the_change_log() {
         ["vehicles:read", "vehicle-fields:read"]
     );
     assert_eq!(
-        &*entry.grants.effective_text,
-        "vehicles:read vehicle-fields:read"
+        &entry.grants.effective_text[..],
+        b"vehicles:read vehicle-fields:read"
     );
     assert!(entry.access().revoked_at.is_none());
     assert_eq!(snapshot.sync(server.store(), &catalog).await.unwrap(), 0);

@@ -168,9 +168,10 @@ impl Exchange<'_> {
 /// Handles one gateway request.
 pub async fn handle<S: Store>(
     state: Arc<State<S>>,
-    client: SocketAddr,
+    peer: crate::Client,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let client = peer.addr;
     let started = monotonic();
     let request_id = state
         .request_ids
@@ -303,7 +304,7 @@ pub async fn handle<S: Store>(
         &mut parts.headers,
         key,
         &request_id,
-        client,
+        &peer.ip,
         upstream.host(),
     );
     parts.uri = origin_form(&uri);
@@ -485,26 +486,33 @@ fn rewrite_request(
     headers: &mut HeaderMap,
     entry: &KeyEntry,
     request_id: &HeaderValue,
-    client: SocketAddr,
+    client_ip: &HeaderValue,
     upstream_host: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     strip_keyward_headers(headers);
+    // One growth of the map instead of several.
+    headers.reserve(8);
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     headers.insert(X_KEYWARD_KEY_ID.clone(), value(&entry.key_id));
     headers.insert(X_KEYWARD_ORG_ID.clone(), value(&entry.org_id));
-    headers.insert(
-        X_KEYWARD_SCOPES.clone(),
-        value(&entry.grants.effective_text),
-    );
+    // Shared bytes: no copy of the (long) scope list per request.
+    let scopes = HeaderValue::from_maybe_shared(entry.grants.effective_text.clone())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    headers.insert(X_KEYWARD_SCOPES.clone(), scopes);
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    let ip = client.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), value(&xff));
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);

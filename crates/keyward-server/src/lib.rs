@@ -272,9 +272,16 @@ impl<S: Store> Server<S> {
             };
             stream.set_nodelay(true).ok();
             let state = state.clone();
+            // Rendered once per connection, shared by its requests.
+            let client = Client {
+                addr: peer,
+                ip: HeaderValue::try_from(peer.ip().to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            };
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(dispatch(state, peer, req).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(dispatch(state, client, req).await) }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
@@ -312,16 +319,24 @@ impl<S: Store> Server<S> {
     }
 }
 
+/// The peer of a connection.
+#[derive(Clone)]
+struct Client {
+    addr: SocketAddr,
+    /// Its address as a header value (`X-Forwarded-For`).
+    ip: HeaderValue,
+}
+
 /// Routes a request: keyward's own endpoints, else the gateway.
 async fn dispatch<S: Store>(
     state: Arc<State<S>>,
-    peer: SocketAddr,
+    client: Client,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if own::is_own_path(req.uri().path()) {
-        own::handle(state, peer, req).await
+        own::handle(state, client.addr, req).await
     } else {
-        gateway::handle(state, peer, req).await
+        gateway::handle(state, client, req).await
     }
 }
 

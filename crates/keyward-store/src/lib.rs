@@ -282,6 +282,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         digest: &KeyDigest,
     ) -> impl Future<Output = Result<Option<KeyRecord>>> + Send;
+    /// Number of keys of every organization: lets a node size its snapshot
+    /// once instead of growing it through twenty resizes.
+    fn count_keys(&self) -> impl Future<Output = Result<u64>> + Send;
     /// Up to `limit` keys of every organization with `id > after`, in id
     /// order: a node loads its in-memory snapshot page by page.
     fn snapshot_keys(

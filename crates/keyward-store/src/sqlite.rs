@@ -59,7 +59,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Rows cross from sqlx's worker thread in batches this large: the
+            // default (50) costs a thread hand-off every 50 rows, which
+            // dominated loading a million-key snapshot.
+            .row_buffer_size(4096);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -615,6 +619,13 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(self.with_grants(row.into_iter().collect()).await?.pop())
+    }
+
+    async fn count_keys(&self) -> Result<u64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn snapshot_keys(&self, after: &str, limit: u32) -> Result<Vec<SnapshotKey>> {

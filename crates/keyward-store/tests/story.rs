@@ -392,6 +392,7 @@ async fn story(store: &impl Store) {
         paged.extend(page);
     }
     assert_eq!(paged.len(), 5);
+    assert_eq!(store.count_keys().await.unwrap(), 5);
     assert!(paged.windows(2).all(|w| w[0].id < w[1].id));
     for k in &paged {
         let record = store.get_key(&k.org_id, &k.id).await.unwrap().unwrap();
