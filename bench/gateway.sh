@@ -186,20 +186,19 @@ EOF
 }
 
 echo "== load: wrk -t1 -c$CONNECTIONS -d${DURATION}s on core $LOAD_CORE; servers on core $SERVER_CORE"
-WRK_ARGS=()
-run bare_upstream "http://127.0.0.1:$UP_PORT/api/third-party/v1/vehicles"
-# The headline pair runs ROUNDS times, interleaved, and each keeps its median
-# round (by req/s): one noisy round cannot decide the ratio.
-WRK_ARGS=(-H "Authorization: Bearer $RO_KEY")
+# The one-hop scenarios run ROUNDS times, interleaved, and each keeps its
+# median round (by req/s): one noisy round cannot decide a ratio.
 for r in $(seq 1 "$ROUNDS"); do
+  WRK_ARGS=()
+  run "bare_upstream_$r" "http://127.0.0.1:$UP_PORT/api/third-party/v1/vehicles"
+  WRK_ARGS=(-H "Authorization: Bearer $RO_KEY")
   run "nginx_map_get_$r" "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/vehicles"
   run "keyward_get_$r" "http://127.0.0.1:$KW_PORT/api/third-party/v1/vehicles"
+  WRK_ARGS=(-H "Authorization: Bearer $VERIFIER_KEY" -s "$WORK/verify.lua")
+  run "keyward_verify_$r" "http://127.0.0.1:$KW_PORT/v1/verify"
 done
 median() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1_$r"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p" >"$WORK/$1"; }
-median nginx_map_get
-median keyward_get
-WRK_ARGS=(-H "Authorization: Bearer $VERIFIER_KEY" -s "$WORK/verify.lua")
-run keyward_verify "http://127.0.0.1:$KW_PORT/v1/verify"
+for name in bare_upstream nginx_map_get keyward_get keyward_verify; do median "$name"; done
 WRK_ARGS=(-H "Authorization: Bearer $RW_KEY" -s "$WORK/post.lua")
 run keyward_audited_post "http://127.0.0.1:$KW_PORT/api/third-party/v1/inspections"
 run nginx_map_post "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/inspections"
@@ -210,7 +209,7 @@ read -r ng ng50 ng99 _ <"$WORK/nginx_map_get"
 read -r kw kw50 kw99 _ <"$WORK/keyward_get"
 read -r vf _ _ _ <"$WORK/keyward_verify"
 read -r post _ _ _ <"$WORK/keyward_audited_post"
-echo "== ratios (targets in brackets; GET pair: median of $ROUNDS interleaved rounds)"
+echo "== ratios (targets in brackets; one-hop scenarios: median of $ROUNDS interleaved rounds)"
 echo "keyward GET / nginx GET req/s        $(ratio "$kw" "$ng")   [>= 1.0]"
 echo "keyward GET p99 / nginx GET p99      $(ratio "$kw99" "$ng99")   [<= 1.5]"
 echo "keyward GET / bare upstream          $(ratio "$kw" "$bare")   [ceiling ~0.33 on one shared core]"

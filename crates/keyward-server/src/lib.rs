@@ -426,7 +426,10 @@ fn json_response(
     value: &impl serde::Serialize,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut bytes = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut bytes, value).is_err() {
+        bytes.clear();
+    }
     let mut res = Response::new(Body::full(bytes));
     *res.status_mut() = status;
     res.headers_mut().insert(

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, path};
 use keyward_store::Store;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -173,12 +174,13 @@ async fn whoami<S: Store>(
 /// cannot silently verify nothing.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VerifyRequest {
-    key: String,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
+struct VerifyRequest<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    path: Option<Cow<'a, str>>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
 }
@@ -196,24 +198,43 @@ struct VerifyResponse<'a> {
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
-    let bytes: Bytes = match Limited::new(body, MAX_JSON_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!("Request body exceeds the limit of {MAX_JSON_BYTES} bytes"),
-            )
-            .detail("limit_bytes", MAX_JSON_BYTES));
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "Could not read the request body: {e}"
-            )));
-        }
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    let mut body = Limited::new(body, MAX_JSON_BYTES);
+    // The common case is one data frame: take it without collecting.
+    let first = match body.frame().await {
+        None => return Ok(Bytes::new()),
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        Some(Err(e)) => return Err(body_error(&*e)),
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(first);
+    }
+    match body.collect().await {
+        Ok(rest) => {
+            let mut all = first.to_vec();
+            all.extend_from_slice(&rest.to_bytes());
+            Ok(Bytes::from(all))
+        }
+        Err(e) => Err(body_error(&*e)),
+    }
+}
+
+fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("Request body exceeds the limit of {MAX_JSON_BYTES} bytes"),
+        )
+        .detail("limit_bytes", MAX_JSON_BYTES)
+    } else {
+        ApiError::bad_request(format!("Could not read the request body: {e}"))
+    }
+}
+
+/// Parses a JSON body; syntax errors are 400, wrong shapes 422.
+fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         let message = format!("Invalid JSON body: {e}");
         match e.classify() {
             serde_json::error::Category::Data => ApiError::new(
@@ -252,7 +273,11 @@ async fn verify<S: Store>(
         let e = ApiError::forbidden(missing, catalog.names(held.granted));
         return refuse(state, &ex, true, e, required, "missing_scopes").await;
     }
-    let body: VerifyRequest = match read_json(req.into_body()).await {
+    let bytes = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(Some(request_id)),
+    };
+    let body: VerifyRequest<'_> = match parse_json(&bytes) {
         Ok(b) => b,
         Err(e) => return e.into_response(Some(request_id)),
     };
