@@ -120,8 +120,8 @@ pub struct SnapshotKey {
 }
 
 impl SnapshotKey {
-    /// The snapshot view of a full record.
-    pub fn from_record(r: &KeyRecord) -> Self {
+    /// The canonical grants text of a record (see [`SnapshotKey::grants`]).
+    pub fn grants_text(r: &KeyRecord) -> String {
         let mut sets: Vec<&str> = r.permission_sets.iter().map(String::as_str).collect();
         let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
         sets.sort_unstable();
@@ -131,6 +131,11 @@ impl SnapshotKey {
             .map(|s| format!("permission_set {s}"))
             .chain(scopes.iter().map(|s| format!("scope {s}")))
             .collect();
+        lines.join("\n")
+    }
+
+    /// The snapshot view of a full record.
+    pub fn from_record(r: &KeyRecord) -> Self {
         SnapshotKey {
             id: r.id.clone(),
             org_id: r.org_id.clone(),
@@ -139,7 +144,7 @@ impl SnapshotKey {
             expires_at: r.expires_at,
             revoked_at: r.revoked_at,
             last_used_at: r.last_used_at,
-            grants: lines.join("\n"),
+            grants: SnapshotKey::grants_text(r),
         }
     }
 

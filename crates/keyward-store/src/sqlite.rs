@@ -176,11 +176,12 @@ async fn insert_key_tx(
 ) -> Result<bool> {
     let sql = if skip_existing {
         "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (digest) DO NOTHING"
+         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
     } else {
         "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     };
     let done = sqlx::query(sql)
         .bind(&k.id)
@@ -197,6 +198,7 @@ async fn insert_key_tx(
         .bind(k.revoked_at)
         .bind(&k.rolled_to)
         .bind(k.last_used_at)
+        .bind(SnapshotKey::grants_text(k))
         .execute(&mut *conn)
         .await
         .map_err(conflict_or)?;
@@ -630,10 +632,8 @@ impl Store for SqliteStore {
 
     async fn snapshot_keys(&self, after: &str, limit: u32) -> Result<Vec<SnapshotKey>> {
         let rows: Vec<SnapshotRow> = sqlx::query_as(
-            "SELECT k.id, k.org_id, k.digest, k.legacy, k.expires_at, k.revoked_at, \
-             k.last_used_at, COALESCE((SELECT group_concat(g.kind || ' ' || g.name, char(10) \
-             ORDER BY g.kind, g.name) FROM key_grants g WHERE g.key_id = k.id), '') AS grants \
-             FROM keys k WHERE k.id > ? ORDER BY k.id LIMIT ?",
+            "SELECT id, org_id, digest, legacy, expires_at, revoked_at, last_used_at, grants \
+             FROM keys WHERE id > ? ORDER BY id LIMIT ?",
         )
         .bind(after)
         .bind(i64::from(limit))
