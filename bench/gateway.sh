@@ -199,22 +199,33 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1_$r"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p" >"$WORK/$1"; }
 for name in bare_upstream nginx_map_get keyward_get keyward_verify; do median "$name"; done
+# Paired ratios: each round's pair ran back to back, so their ratio cancels
+# most of the machine's drift; the median of those is the headline.
+paired() {
+  python3 - "$WORK" "$ROUNDS" "$1" "$2" "$3" <<'EOF'
+import statistics, sys
+work, rounds, a, b, col = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+ratios = []
+for r in range(1, rounds + 1):
+    x = float(open(f"{work}/{a}_{r}").read().split()[col])
+    y = float(open(f"{work}/{b}_{r}").read().split()[col])
+    ratios.append(x / y)
+print(f"{statistics.median(ratios):.2f} (rounds: {' '.join(f'{v:.2f}' for v in ratios)})")
+EOF
+}
 WRK_ARGS=(-H "Authorization: Bearer $RW_KEY" -s "$WORK/post.lua")
 run keyward_audited_post "http://127.0.0.1:$KW_PORT/api/third-party/v1/inspections"
 run nginx_map_post "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/inspections"
 
 ratio() { python3 -c "a,b=$1,$2; print(f'{a/b:.2f}')"; }
-read -r bare _ _ _ <"$WORK/bare_upstream"
-read -r ng ng50 ng99 _ <"$WORK/nginx_map_get"
-read -r kw kw50 kw99 _ <"$WORK/keyward_get"
-read -r vf _ _ _ <"$WORK/keyward_verify"
+read -r kw _ _ _ <"$WORK/keyward_get"
 read -r post _ _ _ <"$WORK/keyward_audited_post"
-echo "== ratios (targets in brackets; one-hop scenarios: median of $ROUNDS interleaved rounds)"
-echo "keyward GET / nginx GET req/s        $(ratio "$kw" "$ng")   [>= 1.0]"
-echo "keyward GET p99 / nginx GET p99      $(ratio "$kw99" "$ng99")   [<= 1.5]"
-echo "keyward GET / bare upstream          $(ratio "$kw" "$bare")   [ceiling ~0.33 on one shared core]"
-echo "nginx GET / bare upstream            $(ratio "$ng" "$bare")"
-echo "verify / bare upstream               $(ratio "$vf" "$bare")   [>= 0.7]"
+echo "== ratios (targets in brackets; one-hop scenarios: median of $ROUNDS paired rounds)"
+echo "keyward GET / nginx GET req/s        $(paired keyward_get nginx_map_get 0)   [>= 1.0]"
+echo "keyward GET p99 / nginx GET p99      $(paired keyward_get nginx_map_get 2)   [<= 1.5]"
+echo "keyward GET / bare upstream          $(paired keyward_get bare_upstream 0)   [ceiling ~0.33 on one shared core]"
+echo "nginx GET / bare upstream            $(paired nginx_map_get bare_upstream 0)"
+echo "verify / bare upstream               $(paired keyward_verify bare_upstream 0)   [>= 0.7]"
 echo "audited POST / keyward GET           $(ratio "$post" "$kw")   [>= 0.5]"
 AUDITED="$(curl -s "http://127.0.0.1:$KW_PORT/metrics" | awk '/^keyward_audit_records_total/ {r=$2} /^keyward_audit_transactions_total/ {t=$2} END {if (t>0) printf "%d records in %d transactions (%.1f per commit)", r, t, r/t}')"
 echo "audit group commit: $AUDITED"

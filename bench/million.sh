@@ -60,6 +60,19 @@ echo "== $(cat "$OUT")"
 echo "cold start (exec to listening): $(( (END_NS - START_NS) / 1000000 )) ms   [<= 5000]"
 grep -E "VmRSS|VmHWM" "/proc/$KW/status" | sed 's/^/after start: /'
 
+# The same start without pinning, for comparison (on this VM, cross-core
+# wake-ups between sqlx's worker thread and the runtime make it slower).
+OUT2="$(mktemp)"
+START_NS="$(date +%s%N)"
+KEYWARD_LOG=warn "$BIN" serve --listen "127.0.0.1:$((KW_PORT + 1))" >"$OUT2" 2>&1 &
+KW2=$!
+until grep -q "listening" "$OUT2" 2>/dev/null; do
+  kill -0 "$KW2" 2>/dev/null || { cat "$OUT2"; exit 1; }
+  sleep 0.01
+done
+echo "cold start unpinned (both cores): $(( ($(date +%s%N) - START_NS) / 1000000 )) ms"
+kill "$KW2"; wait "$KW2" 2>/dev/null || true
+
 cat >"$DATA/spread.lua" <<EOF
 local keys = {}
 for line in io.lines("$SAMPLE") do keys[#keys + 1] = "Bearer " .. line end
