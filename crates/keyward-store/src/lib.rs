@@ -14,7 +14,12 @@ use keyward_core::audit::AuditEntry;
 use std::future::Future;
 use thiserror::Error;
 
+mod any;
+mod postgres;
+mod rows;
 mod sqlite;
+pub use any::AnyStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What went wrong in storage. The app layer maps each variant once.
@@ -36,7 +41,9 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The URL names no supported backend.
-    #[error("unsupported database url `{0}`: expected `sqlite://PATH`")]
+    #[error(
+        "unsupported database url `{0}`: expected `sqlite://PATH` or `postgres://USER@HOST/DB`"
+    )]
     UnsupportedUrl(String),
 }
 
@@ -327,13 +334,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
 }
 
-/// Opens the store a URL names, creating a SQLite file if needed.
+/// Opens the store a URL names: `sqlite://PATH` (the file is created if
+/// missing) or `postgres://…` / `postgresql://…`.
 ///
 /// # Errors
 /// [`StoreError::UnsupportedUrl`] or a connection error.
-pub async fn open(url: &str) -> Result<SqliteStore> {
+pub async fn open(url: &str) -> Result<AnyStore> {
     if url.starts_with("sqlite:") {
-        SqliteStore::connect(url).await
+        Ok(AnyStore::Sqlite(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(AnyStore::Postgres(PgStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }

@@ -6,6 +6,7 @@
 //! beside a running server) wrote in between, and the busy timeout cannot
 //! save it. Readers never block thanks to WAL.
 
+use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
 use crate::{
     AuditRecord, Change, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey, Store, StoreError,
 };
@@ -74,20 +75,6 @@ impl SqliteStore {
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-fn conflict_or(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.message().to_owned())
-        }
-        _ => StoreError::Database(e),
-    }
-}
-
-fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
-    <[u8; 32]>::try_from(bytes)
-        .map_err(|_| StoreError::Corrupt(format!("{what} is {} bytes, expected 32", bytes.len())))
 }
 
 /// Links `entries` into the chain. Caller holds the write lock.
@@ -222,137 +209,6 @@ async fn insert_key_tx(
     }
     log_change(conn, &k.org_id, Some(&k.id), "key.created", k.created_at).await?;
     Ok(true)
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: String,
-    org_id: String,
-    name: String,
-    description: String,
-    environment: String,
-    digest: Vec<u8>,
-    display_prefix: String,
-    legacy: bool,
-    created_at: i64,
-    created_by: String,
-    expires_at: Option<i64>,
-    revoked_at: Option<i64>,
-    rolled_to: Option<String>,
-    last_used_at: Option<i64>,
-}
-
-#[derive(sqlx::FromRow)]
-struct SnapshotRow {
-    id: String,
-    org_id: String,
-    digest: Vec<u8>,
-    legacy: bool,
-    expires_at: Option<i64>,
-    revoked_at: Option<i64>,
-    last_used_at: Option<i64>,
-    grants: String,
-}
-
-impl SnapshotRow {
-    fn into_key(self) -> Result<SnapshotKey> {
-        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "key `{}` has a digest of {} bytes",
-                self.id,
-                self.digest.len()
-            ))
-        })?;
-        Ok(SnapshotKey {
-            id: self.id,
-            org_id: self.org_id,
-            digest,
-            legacy: self.legacy,
-            expires_at: self.expires_at,
-            revoked_at: self.revoked_at,
-            last_used_at: self.last_used_at,
-            grants: self.grants,
-        })
-    }
-}
-
-impl KeyRow {
-    fn into_record(self) -> Result<KeyRecord> {
-        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "key `{}` has a digest of {} bytes",
-                self.id,
-                self.digest.len()
-            ))
-        })?;
-        Ok(KeyRecord {
-            id: self.id,
-            org_id: self.org_id,
-            name: self.name,
-            description: self.description,
-            environment: self.environment,
-            digest,
-            display_prefix: self.display_prefix,
-            legacy: self.legacy,
-            created_at: self.created_at,
-            created_by: self.created_by,
-            expires_at: self.expires_at,
-            revoked_at: self.revoked_at,
-            rolled_to: self.rolled_to,
-            last_used_at: self.last_used_at,
-            scopes: Vec::new(),
-            permission_sets: Vec::new(),
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    seq: i64,
-    at: i64,
-    org_id: String,
-    actor: String,
-    action: String,
-    key_id: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
-    status: Option<i64>,
-    required: String,
-    client: Option<String>,
-    request_id: Option<String>,
-    details: String,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-}
-
-impl AuditRow {
-    fn into_record(self) -> Result<AuditRecord> {
-        Ok(AuditRecord {
-            seq: self.seq,
-            prev_hash: hash32(&self.prev_hash, "audit prev_hash")?,
-            hash: hash32(&self.hash, "audit hash")?,
-            entry: AuditEntry {
-                at_ms: self.at,
-                org_id: self.org_id,
-                actor: self.actor,
-                action: self.action,
-                key_id: self.key_id,
-                method: self.method,
-                path: self.path,
-                // A status outside u16 cannot have been written by keyward;
-                // keep it visible to verification as an impossible value.
-                status: self.status.map(|s| u16::try_from(s).unwrap_or(u16::MAX)),
-                required: self
-                    .required
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
-                client: self.client,
-                request_id: self.request_id,
-                details: self.details,
-            },
-        })
-    }
 }
 
 impl SqliteStore {

@@ -11,7 +11,7 @@
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
-    KeyFilter, KeyRecord, Org, Revoked, SnapshotKey, SqliteStore, Store, StoreError,
+    KeyFilter, KeyRecord, Org, PgStore, Revoked, SnapshotKey, SqliteStore, Store, StoreError,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -452,4 +452,52 @@ async fn sqlite_story() {
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     story(&store).await;
+}
+
+/// A fresh PostgreSQL database for one test, dropped afterwards; `None` (after
+/// a loud message) when `KEYWARD_TEST_POSTGRES_URL` is unset or unreachable.
+async fn scratch_postgres(name: &str) -> Option<(sqlx::PgPool, String, String)> {
+    let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
+        eprintln!("\n*** SKIPPED {name}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+        return None;
+    };
+    let admin = match sqlx::PgPool::connect(&admin_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("\n*** SKIPPED {name}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
+            return None;
+        }
+    };
+    let nanos = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let db = format!("keyward_{name}_{}_{nanos}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    Some((admin, db.clone(), format!("{base}/{db}")))
+}
+
+async fn drop_postgres(admin: sqlx::PgPool, db: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_story() {
+    let Some((admin, db, url)) = scratch_postgres("story").await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    story(&store).await;
+    drop(store);
+    drop_postgres(admin, &db).await;
 }

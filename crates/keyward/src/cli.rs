@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "keyward", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Database URL: `sqlite://PATH` (created if missing).
+    /// Database URL: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER@HOST/DB`.
     #[arg(
         long,
         global = true,

@@ -9,7 +9,7 @@ use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd};
 use keyward_app::env::{OsRng, SystemClock};
 use keyward_app::{Actor, App, AppError, CreateKey, ExplainSubject, parse_legacy_file};
 use keyward_core::{Catalog, Digester, Environment, GrantRequest, parse_duration_ms};
-use keyward_store::{KeyFilter, SqliteStore};
+use keyward_store::{AnyStore, KeyFilter};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -150,7 +150,7 @@ fn node_id() -> Result<String> {
     }
 }
 
-async fn serve(app: App<SqliteStore>, args: cli::ServeArgs) -> Result {
+async fn serve(app: App<AnyStore>, args: cli::ServeArgs) -> Result {
     let nonzero = |flag: &str, v: &str| -> Result<std::time::Duration> {
         let d = std_duration(flag, v)?;
         if d.is_zero() {
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> Result {
     }
 }
 
-async fn orgs(app: &App<SqliteStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
+async fn orgs(app: &App<AnyStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
     match cmd {
         OrgsCmd::Create { name, json } => {
             let org = app.create_org(actor, name).await?;
@@ -344,7 +344,7 @@ async fn orgs(app: &App<SqliteStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
 }
 
 async fn keys(
-    app: &App<SqliteStore>,
+    app: &App<AnyStore>,
     actor: &Actor,
     org: &keyward_store::Org,
     cmd: KeysCmd,

@@ -261,17 +261,32 @@ impl Req {
 /// A database, a CLI over it, and (once started) a server process.
 pub struct Kw {
     pub dir: tempfile::TempDir,
+    /// A PostgreSQL database instead of the SQLite file, dropped on drop.
+    pub postgres: Option<ScratchPostgres>,
 }
 
 impl Kw {
     pub fn new() -> Self {
         Kw {
             dir: tempfile::tempdir().unwrap(),
+            postgres: None,
         }
     }
 
+    /// On a fresh PostgreSQL database; `None` (after a loud message) when
+    /// `KEYWARD_TEST_POSTGRES_URL` is unset or unreachable.
+    pub fn postgres(name: &str) -> Option<Self> {
+        Some(Kw {
+            postgres: Some(ScratchPostgres::create(name)?),
+            ..Kw::new()
+        })
+    }
+
     pub fn url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("k.db").display())
+        match &self.postgres {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("k.db").display()),
+        }
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
@@ -310,7 +325,9 @@ impl Kw {
     /// Starts `keyward serve` on a free port with `extra` flags.
     pub fn serve(&self, extra: &[&str]) -> Server {
         self.cli_ok(&["migrate"]);
-        let log = self.dir.path().join(format!("serve-{}.log", extra.len()));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("serve-{n}.log"));
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -407,5 +424,65 @@ pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Du
         }
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A uniquely named PostgreSQL database, created through the server at
+/// `KEYWARD_TEST_POSTGRES_URL` and dropped when this value is.
+pub struct ScratchPostgres {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+fn psql_admin(admin_url: &str, sql: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(admin_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        pool.close().await;
+        Ok(())
+    })
+}
+
+impl ScratchPostgres {
+    pub fn create(test: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
+            eprintln!("\n*** SKIPPED {test}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+            return None;
+        };
+        let nanos = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!("keyward_{test}_{}_{nanos}", std::process::id());
+        if let Err(e) = psql_admin(&admin_url, &format!("CREATE DATABASE {name}")) {
+            eprintln!("\n*** SKIPPED {test}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
+            return None;
+        }
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        Some(ScratchPostgres {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        let _ = psql_admin(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }

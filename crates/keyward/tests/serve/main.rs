@@ -676,3 +676,52 @@ fn shutdown_drains_in_flight_requests_and_keeps_their_audit() {
     // And the port is closed.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn two_nodes_on_one_postgres_database() {
+    let Some(kw) = Kw::postgres("two_nodes") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (a_id, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
+    let (_, w) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let mut node_a = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    let mut node_b = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    for node in [&node_a, &node_b] {
+        assert_eq!(node.get("/vehicles", &a).status, 200);
+    }
+    // Created elsewhere: accepted by both at once.
+    let (_, c) = kw.key(&["--name", "c", "--scope", "vehicles:read"]);
+    for node in [&node_a, &node_b] {
+        assert_eq!(node.get("/vehicles", &c).status, 200);
+    }
+    // Revoked elsewhere: refused by both within 1 s.
+    kw.cli_ok(&["keys", "revoke", &a_id]);
+    for node in [&node_a, &node_b] {
+        let took = until(Duration::from_secs(1), "revocation on every node", || {
+            node.get("/vehicles", &a).status == 401
+        });
+        eprintln!("revocation enforced after {took:?}");
+    }
+    // Concurrent audited writes through both nodes: one unbroken chain.
+    std::thread::scope(|s| {
+        for i in 0..30 {
+            let node = if i % 2 == 0 { &node_a } else { &node_b };
+            let w = &w;
+            s.spawn(move || {
+                let r = req("POST", &format!("{PREFIX}/inspections"))
+                    .bearer(w)
+                    .json(&json!({"n": i}))
+                    .send(node);
+                assert_eq!(r.status, 200);
+            });
+        }
+    });
+    assert!(node_a.stop().success());
+    assert!(node_b.stop().success());
+    let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
+    assert!(report["first_broken"].is_null(), "{report}");
+    // org.created, 3 keys created, 1 revoked, 30 requests.
+    assert_eq!(report["records"], 35, "{report}");
+}

@@ -1,0 +1,122 @@
+//! The store a URL names, as one type: what the binary holds, so every
+//! command works on SQLite and PostgreSQL alike (`--database URL`).
+
+use crate::{
+    AuditRecord, Change, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked, SnapshotKey,
+    SqliteStore, Store,
+};
+use keyward_core::KeyDigest;
+use keyward_core::audit::AuditEntry;
+
+/// SQLite or PostgreSQL, chosen by the URL scheme.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// `sqlite://PATH`
+    Sqlite(SqliteStore),
+    /// `postgres://…` or `postgresql://…`
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// `sqlite` or `postgres`, for messages.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call.await,
+            AnyStore::Postgres($s) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<()> {
+        delegate!(self, s => s.migrate())
+    }
+    async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Org> {
+        delegate!(self, s => s.create_org(org, audit))
+    }
+    async fn default_org(&self) -> Result<Option<Org>> {
+        delegate!(self, s => s.default_org())
+    }
+    async fn org_by_slug(&self, slug: &str) -> Result<Option<Org>> {
+        delegate!(self, s => s.org_by_slug(slug))
+    }
+    async fn list_orgs(&self) -> Result<Vec<Org>> {
+        delegate!(self, s => s.list_orgs())
+    }
+    async fn insert_keys(
+        &self,
+        org_id: &str,
+        keys: &[KeyRecord],
+        audits: &[AuditEntry],
+        skip_existing: bool,
+    ) -> Result<Vec<bool>> {
+        delegate!(self, s => s.insert_keys(org_id, keys, audits, skip_existing))
+    }
+    async fn revoke_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Revoked> {
+        delegate!(self, s => s.revoke_key(org_id, key_id, at, audit))
+    }
+    async fn roll_key(
+        &self,
+        org_id: &str,
+        old_id: &str,
+        old_expires_at: i64,
+        new_key: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        delegate!(self, s => s.roll_key(org_id, old_id, old_expires_at, new_key, audit))
+    }
+    async fn get_key(&self, org_id: &str, key_id: &str) -> Result<Option<KeyRecord>> {
+        delegate!(self, s => s.get_key(org_id, key_id))
+    }
+    async fn list_keys(&self, org_id: &str, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
+        delegate!(self, s => s.list_keys(org_id, filter))
+    }
+    async fn key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
+        delegate!(self, s => s.key_by_digest(digest))
+    }
+    async fn count_keys(&self) -> Result<u64> {
+        delegate!(self, s => s.count_keys())
+    }
+    async fn snapshot_keys(&self, after: &str, limit: u32) -> Result<Vec<SnapshotKey>> {
+        delegate!(self, s => s.snapshot_keys(after, limit))
+    }
+    async fn touch_keys(&self, uses: &[(String, i64)]) -> Result<()> {
+        delegate!(self, s => s.touch_keys(uses))
+    }
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
+        delegate!(self, s => s.append_audit(entries))
+    }
+    async fn audit_chain(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        delegate!(self, s => s.audit_chain(after, limit))
+    }
+    async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
+        delegate!(self, s => s.audit_head())
+    }
+    async fn audit_for_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        delegate!(self, s => s.audit_for_key(org_id, key_id, limit))
+    }
+    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
+        delegate!(self, s => s.changes_since(version))
+    }
+}

@@ -1,0 +1,151 @@
+//! Row shapes shared by the backends: sqlx's `FromRow` derive is generic
+//! over the database, so SQLite and PostgreSQL decode the same structs.
+
+use crate::{AuditRecord, KeyRecord, Result, SnapshotKey, StoreError};
+use keyward_core::KeyDigest;
+use keyward_core::audit::AuditEntry;
+
+pub(crate) fn conflict_or(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        _ => StoreError::Database(e),
+    }
+}
+
+pub(crate) fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{what} is {} bytes, expected 32", bytes.len())))
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct KeyRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) environment: String,
+    pub(crate) digest: Vec<u8>,
+    pub(crate) display_prefix: String,
+    pub(crate) legacy: bool,
+    pub(crate) created_at: i64,
+    pub(crate) created_by: String,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) rolled_to: Option<String>,
+    pub(crate) last_used_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) digest: Vec<u8>,
+    pub(crate) legacy: bool,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) grants: String,
+}
+
+impl SnapshotRow {
+    pub(crate) fn into_key(self) -> Result<SnapshotKey> {
+        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "key `{}` has a digest of {} bytes",
+                self.id,
+                self.digest.len()
+            ))
+        })?;
+        Ok(SnapshotKey {
+            id: self.id,
+            org_id: self.org_id,
+            digest,
+            legacy: self.legacy,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            last_used_at: self.last_used_at,
+            grants: self.grants,
+        })
+    }
+}
+
+impl KeyRow {
+    pub(crate) fn into_record(self) -> Result<KeyRecord> {
+        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "key `{}` has a digest of {} bytes",
+                self.id,
+                self.digest.len()
+            ))
+        })?;
+        Ok(KeyRecord {
+            id: self.id,
+            org_id: self.org_id,
+            name: self.name,
+            description: self.description,
+            environment: self.environment,
+            digest,
+            display_prefix: self.display_prefix,
+            legacy: self.legacy,
+            created_at: self.created_at,
+            created_by: self.created_by,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            rolled_to: self.rolled_to,
+            last_used_at: self.last_used_at,
+            scopes: Vec::new(),
+            permission_sets: Vec::new(),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    pub(crate) seq: i64,
+    pub(crate) at: i64,
+    pub(crate) org_id: String,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) key_id: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) status: Option<i64>,
+    pub(crate) required: String,
+    pub(crate) client: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) details: String,
+    pub(crate) prev_hash: Vec<u8>,
+    pub(crate) hash: Vec<u8>,
+}
+
+impl AuditRow {
+    pub(crate) fn into_record(self) -> Result<AuditRecord> {
+        Ok(AuditRecord {
+            seq: self.seq,
+            prev_hash: hash32(&self.prev_hash, "audit prev_hash")?,
+            hash: hash32(&self.hash, "audit hash")?,
+            entry: AuditEntry {
+                at_ms: self.at,
+                org_id: self.org_id,
+                actor: self.actor,
+                action: self.action,
+                key_id: self.key_id,
+                method: self.method,
+                path: self.path,
+                // A status outside u16 cannot have been written by keyward;
+                // keep it visible to verification as an impossible value.
+                status: self.status.map(|s| u16::try_from(s).unwrap_or(u16::MAX)),
+                required: self
+                    .required
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                client: self.client,
+                request_id: self.request_id,
+                details: self.details,
+            },
+        })
+    }
+}
