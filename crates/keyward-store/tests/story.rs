@@ -454,17 +454,26 @@ async fn sqlite_story() {
     story(&store).await;
 }
 
+/// A message that reaches the terminal even though the test harness
+/// captures `eprintln!`: a skipped test must never pass silently.
+macro_rules! loud {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// A fresh PostgreSQL database for one test, dropped afterwards; `None` (after
 /// a loud message) when `KEYWARD_TEST_POSTGRES_URL` is unset or unreachable.
 async fn scratch_postgres(name: &str) -> Option<(sqlx::PgPool, String, String)> {
     let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
-        eprintln!("\n*** SKIPPED {name}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+        loud!("\n*** SKIPPED {name}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
         return None;
     };
     let admin = match sqlx::PgPool::connect(&admin_url).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("\n*** SKIPPED {name}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
+            loud!("\n*** SKIPPED {name}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
             return None;
         }
     };

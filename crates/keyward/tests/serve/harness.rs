@@ -427,11 +427,20 @@ pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Du
     }
 }
 
+/// A message that reaches the terminal even though the test harness
+/// captures `eprintln!`: a skipped test must never pass silently.
+macro_rules! loud {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// A uniquely named PostgreSQL database, created through the server at
 /// `KEYWARD_TEST_POSTGRES_URL` and dropped when this value is.
 pub struct ScratchPostgres {
     admin_url: String,
-    name: String,
+    pub name: String,
     pub url: String,
 }
 
@@ -454,9 +463,14 @@ fn psql_admin(admin_url: &str, sql: &str) -> Result<(), String> {
 }
 
 impl ScratchPostgres {
+    /// Runs one statement as the administrator (another database).
+    pub fn admin(&self, sql: &str) {
+        psql_admin(&self.admin_url, sql).unwrap();
+    }
+
     pub fn create(test: &str) -> Option<Self> {
         let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
-            eprintln!("\n*** SKIPPED {test}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+            loud!("\n*** SKIPPED {test}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
             return None;
         };
         let nanos = std::time::SystemTime::UNIX_EPOCH
@@ -465,7 +479,7 @@ impl ScratchPostgres {
             .unwrap_or_default();
         let name = format!("keyward_{test}_{}_{nanos}", std::process::id());
         if let Err(e) = psql_admin(&admin_url, &format!("CREATE DATABASE {name}")) {
-            eprintln!("\n*** SKIPPED {test}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
+            loud!("\n*** SKIPPED {test}: PostgreSQL at {admin_url} is unreachable: {e} ***\n");
             return None;
         }
         let (base, _) = admin_url.rsplit_once('/').unwrap();

@@ -725,3 +725,88 @@ fn two_nodes_on_one_postgres_database() {
     // org.created, 3 keys created, 1 revoked, 30 requests.
     assert_eq!(report["records"], 35, "{report}");
 }
+
+#[test]
+fn nodes_recover_when_postgres_drops_their_connections() {
+    let Some(kw) = Kw::postgres("reconnect") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (a_id, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
+    let (_, w) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let mut node = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    let post = |i: usize| {
+        req("POST", &format!("{PREFIX}/inspections"))
+            .bearer(&w)
+            .json(&json!({"n": i}))
+            .send(&node)
+            .status
+    };
+    let mut acknowledged = 0;
+    for i in 0..5 {
+        assert_eq!(post(i), 200);
+        acknowledged += 1;
+    }
+    // Every connection keyward holds is killed by the server.
+    let db = kw.url().rsplit_once('/').unwrap().1.to_owned();
+    kw.postgres
+        .as_ref()
+        .unwrap()
+        .admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        ));
+    // Writes go on (a request may be refused while the pool reconnects, but
+    // none is acknowledged without its audit record).
+    for i in 5..25 {
+        match post(i) {
+            200 => acknowledged += 1,
+            503 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        acknowledged >= 20,
+        "the node did not recover: {acknowledged}"
+    );
+    // The change log is followed again: a revocation is still seen within 1 s.
+    kw.cli_ok(&["keys", "revoke", &a_id]);
+    until(Duration::from_secs(1), "revocation after reconnect", || {
+        node.get("/vehicles", &a).status == 401
+    });
+    assert!(node.stop().success());
+    let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
+    assert!(report["first_broken"].is_null(), "{report}");
+    // org.created, 2 keys, 1 revocation, and every acknowledged request.
+    assert_eq!(report["records"], 4 + acknowledged, "{report}");
+}
+
+#[test]
+fn a_node_that_loses_its_database_fails_closed() {
+    let Some(kw) = Kw::postgres("fail_closed") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
+    let node = kw.serve(&["--upstream", &upstream_flag(&up), "--max-staleness", "1s"]);
+    assert_eq!(node.get("/vehicles", &a).status, 200);
+    // The database goes away for good.
+    let pg = kw.postgres.as_ref().unwrap();
+    pg.admin(&format!("DROP DATABASE {} WITH (FORCE)", pg.name));
+    until(
+        Duration::from_secs(5),
+        "503 once the snapshot is stale",
+        || node.get("/vehicles", &a).status == 503,
+    );
+    let e = node.get("/vehicles", &a).error(503, "UNAVAILABLE");
+    assert!(
+        e["details"]["snapshot_age_ms"].as_i64().unwrap() > 1_000,
+        "{e}"
+    );
+    let health = req("GET", "/healthz").send(&node);
+    assert_eq!(health.status, 503);
+    let h = health.json();
+    assert_eq!(h["status"], "stale");
+    assert_eq!(h["database"], "unreachable");
+}
