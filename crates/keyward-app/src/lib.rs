@@ -768,6 +768,15 @@ impl<S: Store> App<S> {
         Ok(KeyView::new(&self.catalog, record, self.now()))
     }
 
+    /// A wake-up for changes committed elsewhere, where the backend has one
+    /// (see [`keyward_store::ChangeNotifier`]).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn change_notifier(&self) -> Result<Option<keyward_store::ChangeNotifier>, AppError> {
+        Ok(self.store.change_notifier().await?)
+    }
+
     /// Appends audit records of requests, in one transaction.
     ///
     /// # Errors

@@ -340,21 +340,60 @@ async fn dispatch<S: Store>(
     }
 }
 
-/// Snapshot sync, last-use flushes and metrics upkeep, until aborted.
+/// Snapshot sync, last-use flushes and metrics upkeep, until aborted. Where
+/// the store notifies of changes (PostgreSQL), a notification triggers a sync
+/// at once; the timed sync stays, so a missed notification costs at most one
+/// interval.
 async fn background<S: Store>(state: Arc<State<S>>) {
     let mut sync = tokio::time::interval(state.config.sync_interval);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(state.config.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Vec<(String, i64)> = Vec::new();
+    let mut notifier = listen(&state).await;
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
-            _ = sync.tick() => sync_once(&state).await,
+            _ = sync.tick() => {
+                sync_once(&state).await;
+                ticks = ticks.wrapping_add(1);
+                // Re-listen now and then after a failure (never on SQLite,
+                // which has nothing to listen to and answers at once).
+                if notifier.is_none() && ticks.is_multiple_of(20) {
+                    notifier = listen(&state).await;
+                }
+            }
+            woke = notified(&mut notifier) => match woke {
+                Ok(()) => sync_once(&state).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change notifications lost; polling until they are back");
+                    notifier = None;
+                }
+            },
             _ = flush.tick() => {
                 flush_uses(&state, &mut retry).await;
                 state.metrics.upkeep();
             }
         }
+    }
+}
+
+async fn listen<S: Store>(state: &State<S>) -> Option<keyward_store::ChangeNotifier> {
+    match state.app.change_notifier().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for change notifications; polling only");
+            None
+        }
+    }
+}
+
+async fn notified(
+    notifier: &mut Option<keyward_store::ChangeNotifier>,
+) -> keyward_store::Result<()> {
+    match notifier {
+        Some(n) => n.wait().await,
+        None => std::future::pending().await,
     }
 }
 

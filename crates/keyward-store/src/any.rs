@@ -2,8 +2,8 @@
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
 use crate::{
-    AuditRecord, Change, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked, SnapshotKey,
-    SqliteStore, Store,
+    AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
+    SnapshotKey, SqliteStore, Store,
 };
 use keyward_core::KeyDigest;
 use keyward_core::audit::AuditEntry;
@@ -115,6 +115,9 @@ impl Store for AnyStore {
         limit: u32,
     ) -> Result<Vec<AuditRecord>> {
         delegate!(self, s => s.audit_for_key(org_id, key_id, limit))
+    }
+    async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
+        delegate!(self, s => s.change_notifier())
     }
     async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
         delegate!(self, s => s.changes_since(version))

@@ -327,11 +327,39 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
 
+    /// A wake-up for when the change log grows, where the backend has one
+    /// (PostgreSQL LISTEN/NOTIFY); `None` otherwise. Only an accelerator:
+    /// callers keep polling [`Store::changes_since`].
+    fn change_notifier(&self) -> impl Future<Output = Result<Option<ChangeNotifier>>> + Send;
+
     /// Change-log entries after `version`, oldest first, and the current version.
     fn changes_since(
         &self,
         version: i64,
     ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
+}
+
+/// Wakes a node when another one (or the CLI) committed a change.
+///
+/// A notification can be missed (a dropped connection, a node starting), so
+/// it only tells the caller to read the change log now instead of at its next
+/// poll; it carries nothing the change log does not.
+pub struct ChangeNotifier(sqlx::postgres::PgListener);
+
+impl ChangeNotifier {
+    /// The channel writers notify on commit.
+    pub const CHANNEL: &'static str = "keyward_changes";
+
+    /// Waits until the change log should be read: a change was committed, or
+    /// the connection was lost and re-established (notifications sent in
+    /// between are gone, so catch up).
+    ///
+    /// # Errors
+    /// The listening connection failed and could not be re-established.
+    pub async fn wait(&mut self) -> Result<()> {
+        self.0.try_recv().await?;
+        Ok(())
+    }
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (the file is created if

@@ -9,7 +9,8 @@
 
 use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
 use crate::{
-    AuditRecord, Change, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey, Store, StoreError,
+    AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey,
+    Store, StoreError,
 };
 use keyward_core::KeyDigest;
 use keyward_core::audit::{AuditEntry, chain_link};
@@ -148,6 +149,12 @@ async fn log_change(
     .bind(at)
     .execute(&mut *conn)
     .await?;
+    // Delivered when (and only if) the transaction commits.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(ChangeNotifier::CHANNEL)
+        .bind(version.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -555,6 +562,12 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(ChangeNotifier::CHANNEL).await?;
+        Ok(Some(ChangeNotifier(listener)))
     }
 
     async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {

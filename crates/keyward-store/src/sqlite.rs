@@ -8,7 +8,8 @@
 
 use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
 use crate::{
-    AuditRecord, Change, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey, Store, StoreError,
+    AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey,
+    Store, StoreError,
 };
 use keyward_core::KeyDigest;
 use keyward_core::audit::{AuditEntry, chain_link};
@@ -557,6 +558,11 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
+        // SQLite has no notifications: the poll alone carries changes.
+        Ok(None)
     }
 
     async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {

@@ -177,6 +177,12 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs) -> Result {
         max_staleness: nonzero("max-staleness", &args.max_staleness)?,
         drain_timeout: std_duration("drain-timeout", &args.drain_timeout)?,
     };
+    if config.sync_interval >= config.max_staleness {
+        return Err(CliError::refused(format!(
+            "--sync-interval ({}) must be shorter than --max-staleness ({}): the node would refuse every request between syncs",
+            args.sync_interval, args.max_staleness
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| CliError::refused(format!("--listen `{}`: {e}", args.listen)))?;

@@ -329,13 +329,12 @@ impl Kw {
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("serve-{n}.log"));
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--sync-interval",
-                "100ms",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--sync-interval") {
+                &[][..]
+            } else {
+                &["--sync-interval", "100ms"][..]
+            })
             .args(extra)
             .env("KEYWARD_DATABASE_URL", self.url())
             .env("KEYWARD_LOG", "info,sqlx=warn")

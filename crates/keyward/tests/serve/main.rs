@@ -810,3 +810,25 @@ fn a_node_that_loses_its_database_fails_closed() {
     assert_eq!(h["status"], "stale");
     assert_eq!(h["database"], "unreachable");
 }
+
+#[test]
+fn postgres_notifications_carry_changes_between_polls() {
+    let Some(kw) = Kw::postgres("notify") else {
+        return;
+    };
+    kw.cli_ok(&["migrate"]);
+    let (a_id, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
+    // Polling alone would take up to a minute here.
+    let node = kw.serve(&["--sync-interval", "60s", "--max-staleness", "120s"]);
+    let accepted = |key: &str| node.get("/vehicles", key).status == 502;
+    assert!(accepted(&a));
+    kw.cli_ok(&["keys", "revoke", &a_id]);
+    let took = until(Duration::from_secs(5), "revocation by notification", || {
+        !accepted(&a)
+    });
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(
+        node.get("/vehicles", &a).error(401, "UNAUTHORIZED")["details"]["reason"],
+        "revoked"
+    );
+}
