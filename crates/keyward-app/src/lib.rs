@@ -302,6 +302,22 @@ impl<S: Store> App<S> {
         }
     }
 
+    /// An organization by id (a request's key carries its organization's id).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`].
+    pub async fn org_by_id(&self, id: &str) -> Result<Org, AppError> {
+        self.store
+            .list_orgs()
+            .await?
+            .into_iter()
+            .find(|o| o.id == id)
+            .ok_or_else(|| AppError::NotFound {
+                what: "organization",
+                id: id.to_owned(),
+            })
+    }
+
     /// Every organization.
     ///
     /// # Errors

@@ -35,7 +35,11 @@ pub async fn handle<S: Store>(
     let request_id = state
         .request_ids
         .for_request(req.headers().get(&X_REQUEST_ID));
-    let allowed: &[Method] = match req.uri().path() {
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/v1/keys/") {
+        return keys(&state, client, req, rest, &request_id).await;
+    }
+    let allowed: &[Method] = match path.as_str() {
         "/healthz" | "/metrics" | "/v1/whoami" => &[Method::GET, Method::HEAD],
         "/v1/verify" => &[Method::POST],
         other => {
@@ -48,28 +52,145 @@ pub async fn handle<S: Store>(
         }
     };
     if !allowed.contains(req.method()) {
-        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        let e = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            format!(
-                "{} {} is not supported; use {}",
-                req.method(),
-                req.uri().path(),
-                names.join(" or ")
-            ),
-        );
-        let mut res = e.into_response(Some(&request_id));
-        if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
-            res.headers_mut().insert(ALLOW, v);
-        }
-        return res;
+        return method_not_allowed(req.method(), &path, allowed, &request_id);
     }
     match req.uri().path() {
         "/healthz" => healthz(&state, &request_id),
         "/metrics" => metrics(&state, &request_id),
         "/v1/whoami" => whoami(&state, client, req, &request_id).await,
         _ => verify(&state, client, req, &request_id).await,
+    }
+}
+
+/// `/v1/keys/{id}…`: so far revocation, and the refusal to edit a key. The
+/// rest of the admin API arrives with its own issue.
+async fn keys<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    rest: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let (id, action) = match rest.split_once('/') {
+        Some((id, action)) => (id, Some(action)),
+        None => (rest, None),
+    };
+    match (action, req.method()) {
+        (None, &Method::PUT | &Method::PATCH) => {
+            let mut e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "KEY_IMMUTABLE",
+                "API keys cannot be edited: create a new key with the access you need, then revoke this one",
+            );
+            e.details.insert("key_id".into(), id.into());
+            let mut res = e.into_response(Some(request_id));
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            res
+        }
+        (Some("revoke"), &Method::POST) => revoke(state, client, req, id, request_id).await,
+        (Some("revoke"), _) => {
+            method_not_allowed(req.method(), req.uri().path(), &[Method::POST], request_id)
+        }
+        _ => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!(
+                "keyward has no endpoint {} {}",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response(Some(request_id)),
+    }
+}
+
+fn method_not_allowed(
+    method: &Method,
+    path: &str,
+    allowed: &[Method],
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let e = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{method} {path} is not supported; use {}",
+            names.join(" or ")
+        ),
+    );
+    let mut res = e.into_response(Some(request_id));
+    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+        res.headers_mut().insert(ALLOW, v);
+    }
+    res
+}
+
+/// The revocation answer: the key as it now is, and whether it already was.
+#[derive(Serialize)]
+struct Revocation {
+    #[serde(flatten)]
+    key: keyward_app::views::KeyView,
+    already_revoked: bool,
+}
+
+/// `POST /v1/keys/{id}/revoke` with a key holding `keyward-api-keys:write`.
+/// Another organization's key is "not found"; the action is audited by the
+/// same use case the CLI calls.
+async fn revoke<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    key_id: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let caller_entry = match caller(state, client, &req, request_id).await {
+        Ok(e) => e,
+        Err(res) => return res,
+    };
+    let catalog = state.app.catalog();
+    let Some(write) = catalog.scope_id("keyward-api-keys:write") else {
+        return ApiError::unavailable("the catalog lacks keyward's reserved scopes")
+            .into_response(Some(request_id));
+    };
+    let mut required = keyward_core::ScopeSet::EMPTY;
+    required.insert(write);
+    let access = caller_entry.access();
+    let held = catalog.authorize_scopes(Ok(&access), state.app.now(), required);
+    if !held.is_allowed() {
+        let ex = Exchange {
+            method: req.method(),
+            path: req.uri().path(),
+            client,
+            request_id,
+            key: Some(&caller_entry),
+        };
+        let missing = catalog.names(held.missing);
+        let names = missing.iter().map(|s| (*s).to_owned()).collect();
+        let e = ApiError::forbidden(missing, catalog.names(held.granted));
+        return refuse(state, &ex, true, e, names, "missing_scopes").await;
+    }
+    let org = match state.app.org_by_id(&caller_entry.org_id).await {
+        Ok(o) => o,
+        Err(e) => return ApiError::from(e).into_response(Some(request_id)),
+    };
+    let actor = keyward_app::Actor {
+        id: format!("key:{}", caller_entry.key_id),
+        effective: access.effective,
+        client: Some(client.ip().to_string()),
+        request_id: request_id.to_str().ok().map(str::to_owned),
+    };
+    match state.app.revoke_key(&actor, &org, key_id).await {
+        Ok((key, outcome)) => json_response(
+            StatusCode::OK,
+            &Revocation {
+                key,
+                already_revoked: matches!(outcome, keyward_store::Revoked::Already(_)),
+            },
+            request_id,
+        ),
+        Err(e) => ApiError::from(e).into_response(Some(request_id)),
     }
 }
 

@@ -686,6 +686,7 @@ fn two_nodes_on_one_postgres_database() {
     kw.cli_ok(&["migrate"]);
     let (a_id, a) = kw.key(&["--name", "a", "--scope", "vehicles:read"]);
     let (_, w) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let (_, admin) = kw.key(&["--name", "admin", "--scope", "keyward-api-keys:write"]);
     let mut node_a = kw.serve(&["--upstream", &upstream_flag(&up)]);
     let mut node_b = kw.serve(&["--upstream", &upstream_flag(&up)]);
     for node in [&node_a, &node_b] {
@@ -696,8 +697,11 @@ fn two_nodes_on_one_postgres_database() {
     for node in [&node_a, &node_b] {
         assert_eq!(node.get("/vehicles", &c).status, 200);
     }
-    // Revoked elsewhere: refused by both within 1 s.
-    kw.cli_ok(&["keys", "revoke", &a_id]);
+    // Revoked through node A's API: refused by both within 1 s.
+    let r = req("POST", &format!("/v1/keys/{a_id}/revoke"))
+        .bearer(&admin)
+        .send(&node_a);
+    assert_eq!(r.json()["status"], "revoked", "{:?}", r.json());
     for node in [&node_a, &node_b] {
         let took = until(Duration::from_secs(1), "revocation on every node", || {
             node.get("/vehicles", &a).status == 401
@@ -722,8 +726,8 @@ fn two_nodes_on_one_postgres_database() {
     assert!(node_b.stop().success());
     let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
     assert!(report["first_broken"].is_null(), "{report}");
-    // org.created, 3 keys created, 1 revoked, 30 requests.
-    assert_eq!(report["records"], 35, "{report}");
+    // org.created, 4 keys created, 1 revoked, 30 requests.
+    assert_eq!(report["records"], 36, "{report}");
 }
 
 #[test]
@@ -831,4 +835,87 @@ fn postgres_notifications_carry_changes_between_polls() {
         node.get("/vehicles", &a).error(401, "UNAUTHORIZED")["details"]["reason"],
         "revoked"
     );
+}
+
+#[test]
+fn keys_are_revoked_through_the_api_and_never_edited() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, admin) = kw.key(&["--name", "admin", "--scope", "keyward-api-keys:write"]);
+    let (_, reader) = kw.key(&["--name", "reader", "--scope", "keyward-api-keys:read"]);
+    let (target_id, target) = kw.key(&["--name", "target", "--scope", "vehicles:read"]);
+    kw.cli_ok(&["orgs", "create", "Other Co"]);
+    let (theirs_id, _) = kw.key(&[
+        "--org",
+        "other-co",
+        "--name",
+        "theirs",
+        "--scope",
+        "vehicles:read",
+    ]);
+    let server = kw.serve(&[]);
+    let revoke = |id: &str, key: &str| {
+        req("POST", &format!("/v1/keys/{id}/revoke"))
+            .bearer(key)
+            .send(&server)
+    };
+
+    // Without keyward-api-keys:write: 403, audited, nothing revoked.
+    let e = revoke(&target_id, &reader).error(403, "FORBIDDEN");
+    assert_eq!(e["details"]["required"], json!(["keyward-api-keys:write"]));
+    assert_eq!(
+        server.get("/vehicles", &target).status,
+        502,
+        "still accepted"
+    );
+    revoke(&target_id, "not-a-key").error(401, "UNAUTHORIZED");
+    // Another organization's key does not exist here.
+    revoke(&theirs_id, &admin).error(404, "NOT_FOUND");
+    revoke("key_doesnotexist", &admin).error(404, "NOT_FOUND");
+
+    let r = revoke(&target_id, &admin);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(
+        (v["id"].clone(), v["status"].clone()),
+        (json!(target_id), json!("revoked"))
+    );
+    assert_eq!(v["already_revoked"], false);
+    assert!(!v.to_string().contains(&target));
+    // Enforced at once on this node (it wrote the change), and idempotent.
+    until(Duration::from_secs(1), "revocation", || {
+        server.get("/vehicles", &target).status == 401
+    });
+    assert_eq!(revoke(&target_id, &admin).json()["already_revoked"], true);
+
+    // Keys are immutable through every editing verb.
+    for method in ["PUT", "PATCH"] {
+        let r = req(method, &format!("/v1/keys/{target_id}"))
+            .bearer(&admin)
+            .json(&json!({"name": "renamed", "scopes": ["vehicles:write"]}))
+            .send(&server);
+        let e = r.error(405, "KEY_IMMUTABLE");
+        assert!(
+            e["message"].as_str().unwrap().contains("create a new key"),
+            "{e}"
+        );
+    }
+    let r = req("GET", &format!("/v1/keys/{target_id}/revoke"))
+        .bearer(&admin)
+        .send(&server);
+    r.error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    // The refusal and the revocation are in the audit log.
+    let refused = audit_rows(&kw);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        (refused[0].2.as_str(), refused[0].3),
+        (format!("/v1/keys/{target_id}/revoke").as_str(), 403)
+    );
+    let out = kw.cli_ok(&["keys", "show", &target_id, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["status"], "revoked");
+    let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
+    assert!(report["first_broken"].is_null(), "{report}");
 }
