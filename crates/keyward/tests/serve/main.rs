@@ -693,7 +693,7 @@ fn two_nodes_on_one_postgres_database() {
         assert_eq!(node.get("/vehicles", &a).status, 200);
     }
     // Created elsewhere: accepted by both at once.
-    let (_, c) = kw.key(&["--name", "c", "--scope", "vehicles:read"]);
+    let (c_id, c) = kw.key(&["--name", "c", "--scope", "vehicles:read"]);
     for node in [&node_a, &node_b] {
         assert_eq!(node.get("/vehicles", &c).status, 200);
     }
@@ -707,6 +707,19 @@ fn two_nodes_on_one_postgres_database() {
             node.get("/vehicles", &a).status == 401
         });
         eprintln!("revocation enforced after {took:?}");
+    }
+    // Rolled elsewhere: the new key works on both at once, the old one until
+    // its grace ends, then on neither.
+    let out = kw.cli_ok(&["keys", "roll", &c_id, "--grace", "1s", "--json"]);
+    let rolled = serde_json::from_str::<Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in [&node_a, &node_b] {
+        assert_eq!(node.get("/vehicles", &rolled).status, 200);
+        until(Duration::from_secs(3), "end of grace on every node", || {
+            node.get("/vehicles", &c).status == 401
+        });
     }
     // Concurrent audited writes through both nodes: one unbroken chain.
     std::thread::scope(|s| {
@@ -726,8 +739,8 @@ fn two_nodes_on_one_postgres_database() {
     assert!(node_b.stop().success());
     let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
     assert!(report["first_broken"].is_null(), "{report}");
-    // org.created, 4 keys created, 1 revoked, 30 requests.
-    assert_eq!(report["records"], 36, "{report}");
+    // org.created, 4 keys created, 1 revoked, 1 rolled, 30 requests.
+    assert_eq!(report["records"], 37, "{report}");
 }
 
 #[test]
