@@ -149,28 +149,16 @@ async fn revoke<S: Store>(
         Ok(e) => e,
         Err(res) => return res,
     };
-    let catalog = state.app.catalog();
-    let Some(write) = catalog.scope_id("keyward-api-keys:write") else {
+    let Some(write) = state.app.catalog().scope_id("keyward-api-keys:write") else {
         return ApiError::unavailable("the catalog lacks keyward's reserved scopes")
             .into_response(Some(request_id));
     };
     let mut required = keyward_core::ScopeSet::EMPTY;
     required.insert(write);
-    let access = caller_entry.access();
-    let held = catalog.authorize_scopes(Ok(&access), state.app.now(), required);
-    if !held.is_allowed() {
-        let ex = Exchange {
-            method: req.method(),
-            path: req.uri().path(),
-            client,
-            request_id,
-            key: Some(&caller_entry),
-        };
-        let missing = catalog.names(held.missing);
-        let names = missing.iter().map(|s| (*s).to_owned()).collect();
-        let e = ApiError::forbidden(missing, catalog.names(held.granted));
-        return refuse(state, &ex, true, e, names, "missing_scopes").await;
+    if let Err(res) = require(state, client, &req, request_id, &caller_entry, required).await {
+        return res;
     }
+    let access = caller_entry.access();
     let org = match state.app.org_by_id(&caller_entry.org_id).await {
         Ok(o) => o,
         Err(e) => return ApiError::from(e).into_response(Some(request_id)),
@@ -273,6 +261,33 @@ async fn caller<S: Store>(
         )
         .await),
     }
+}
+
+/// 403 (audited) unless the caller's key holds every scope in `required`.
+async fn require<S: Store>(
+    state: &State<S>,
+    client: SocketAddr,
+    req: &Request<Incoming>,
+    request_id: &HeaderValue,
+    caller_entry: &keyward_app::KeyEntry,
+    required: keyward_core::ScopeSet,
+) -> Result<(), Response<Body>> {
+    let catalog = state.app.catalog();
+    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), state.app.now(), required);
+    if held.is_allowed() {
+        return Ok(());
+    }
+    let ex = Exchange {
+        method: req.method(),
+        path: req.uri().path(),
+        client,
+        request_id,
+        key: Some(caller_entry),
+    };
+    let missing = catalog.names(held.missing);
+    let names = missing.iter().map(|s| (*s).to_owned()).collect();
+    let e = ApiError::forbidden(missing, catalog.names(held.granted));
+    Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
 }
 
 async fn whoami<S: Store>(
@@ -378,22 +393,20 @@ async fn verify<S: Store>(
         Ok(e) => e,
         Err(res) => return res,
     };
+    if let Err(res) = require(
+        state,
+        client,
+        &req,
+        request_id,
+        &caller_entry,
+        state.verify_scope,
+    )
+    .await
+    {
+        return res;
+    }
     let catalog = state.app.catalog();
     let now = state.app.now();
-    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), now, state.verify_scope);
-    if !held.is_allowed() {
-        let ex = Exchange {
-            method: req.method(),
-            path: req.uri().path(),
-            client,
-            request_id,
-            key: Some(&caller_entry),
-        };
-        let missing = catalog.names(held.missing);
-        let required = missing.iter().map(|s| (*s).to_owned()).collect();
-        let e = ApiError::forbidden(missing, catalog.names(held.granted));
-        return refuse(state, &ex, true, e, required, "missing_scopes").await;
-    }
     let bytes = match read_body(req.into_body()).await {
         Ok(b) => b,
         Err(e) => return e.into_response(Some(request_id)),
