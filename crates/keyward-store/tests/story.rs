@@ -490,13 +490,30 @@ async fn scratch_postgres(name: &str) -> Option<(sqlx::PgPool, String, String)> 
     Some((admin, db.clone(), format!("{base}/{db}")))
 }
 
-async fn drop_postgres(admin: sqlx::PgPool, db: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+/// Drops the scratch database when the test ends, also when it panics: on a
+/// thread of its own, since a runtime cannot block inside another.
+struct DropDatabase {
+    admin_url: String,
+    db: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let (url, db) = (self.admin_url.clone(), self.db.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(admin) = sqlx::PgPool::connect(&url).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 #[tokio::test]
@@ -504,9 +521,12 @@ async fn postgres_story() {
     let Some((admin, db, url)) = scratch_postgres("story").await else {
         return;
     };
+    admin.close().await;
+    let _cleanup = DropDatabase {
+        admin_url: std::env::var("KEYWARD_TEST_POSTGRES_URL").unwrap(),
+        db,
+    };
     let store = PgStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     story(&store).await;
-    drop(store);
-    drop_postgres(admin, &db).await;
 }
