@@ -107,6 +107,16 @@ impl ApiError {
         .detail("field", field)
     }
 
+    /// 413 naming the limit, for the gateway's and keyward's own bodies.
+    pub fn payload_too_large(limit_bytes: u64) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("Request body exceeds the limit of {limit_bytes} bytes"),
+        )
+        .detail("limit_bytes", limit_bytes)
+    }
+
     /// 503: keyward cannot decide safely right now (storage unreachable).
     pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)

@@ -287,7 +287,7 @@ pub async fn handle<S: Store>(
     if let Some(len) = content_length(&parts.headers)
         && len > state.config.max_body_bytes
     {
-        let e = body_too_large(state.config.max_body_bytes);
+        let e = ApiError::payload_too_large(state.config.max_body_bytes);
         return refuse(
             &state,
             &ex,
@@ -332,7 +332,7 @@ pub async fn handle<S: Store>(
                     "upstream_timeout",
                 ),
                 ProxyError::BodyTooLarge => (
-                    body_too_large(state.config.max_body_bytes),
+                    ApiError::payload_too_large(state.config.max_body_bytes),
                     "body_too_large",
                 ),
                 ProxyError::Unreachable(_) => {
@@ -439,15 +439,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn body_too_large(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "PAYLOAD_TOO_LARGE",
-        format!("Request body exceeds the limit of {max} bytes"),
-    )
-    .detail("limit_bytes", max)
 }
 
 /// 503 after the upstream answered but the audit record could not be

@@ -357,12 +357,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 
 fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiError {
     if e.is::<http_body_util::LengthLimitError>() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("Request body exceeds the limit of {MAX_JSON_BYTES} bytes"),
-        )
-        .detail("limit_bytes", MAX_JSON_BYTES)
+        ApiError::payload_too_large(MAX_JSON_BYTES as u64)
     } else {
         ApiError::bad_request(format!("Could not read the request body: {e}"))
     }

@@ -10,7 +10,7 @@ use http::HeaderValue;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -63,7 +63,6 @@ const OUTCOMES: &[(u16, &str)] = &[
 
 /// Every metric keyward exports.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Time from request arrival to decision, in seconds.
     pub decision: Histogram,
@@ -153,7 +152,6 @@ impl Metrics {
             audit_batches: counter("keyward_audit_transactions_total", Vec::new()),
             refused,
             forwarded,
-            recorder,
             handle,
         })
     }
@@ -185,7 +183,6 @@ impl Metrics {
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        let _ = &self.recorder;
         self.handle.render()
     }
 }

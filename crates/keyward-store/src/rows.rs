@@ -14,6 +14,13 @@ pub(crate) fn conflict_or(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// A stored key digest, or `Corrupt` naming the key.
+fn digest_of(id: &str, bytes: &[u8]) -> Result<KeyDigest> {
+    KeyDigest::from_slice(bytes).ok_or_else(|| {
+        StoreError::Corrupt(format!("key `{id}` has a digest of {} bytes", bytes.len()))
+    })
+}
+
 pub(crate) fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
     <[u8; 32]>::try_from(bytes)
         .map_err(|_| StoreError::Corrupt(format!("{what} is {} bytes, expected 32", bytes.len())))
@@ -51,13 +58,7 @@ pub(crate) struct SnapshotRow {
 
 impl SnapshotRow {
     pub(crate) fn into_key(self) -> Result<SnapshotKey> {
-        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "key `{}` has a digest of {} bytes",
-                self.id,
-                self.digest.len()
-            ))
-        })?;
+        let digest = digest_of(&self.id, &self.digest)?;
         Ok(SnapshotKey {
             id: self.id,
             org_id: self.org_id,
@@ -73,13 +74,7 @@ impl SnapshotRow {
 
 impl KeyRow {
     pub(crate) fn into_record(self) -> Result<KeyRecord> {
-        let digest = KeyDigest::from_slice(&self.digest).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "key `{}` has a digest of {} bytes",
-                self.id,
-                self.digest.len()
-            ))
-        })?;
+        let digest = digest_of(&self.id, &self.digest)?;
         Ok(KeyRecord {
             id: self.id,
             org_id: self.org_id,
