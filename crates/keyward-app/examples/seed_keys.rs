@@ -66,7 +66,7 @@ fn main() {
             Arc::new(SystemClock),
             Arc::new(OsRng),
         );
-        let org = app
+        let (org, _) = app
             .bootstrap(&Actor::operator("cli:seed", &catalog))
             .await
             .expect("bootstrap");

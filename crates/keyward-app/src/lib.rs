@@ -12,6 +12,7 @@
 pub mod env;
 mod error;
 mod legacy;
+pub mod people;
 pub mod snapshot;
 pub mod views;
 
@@ -225,28 +226,44 @@ impl<S: Store> App<S> {
 
     // ---- organizations ------------------------------------------------
 
-    /// Migrates the database and creates the default organization on first
-    /// start. Safe to call on every start.
+    /// Migrates the database and, on first start, creates the default
+    /// organization with its owner. Safe to call on every start, from
+    /// several nodes at once. The owner's one-time password is returned only
+    /// to the call that created it.
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn bootstrap(&self, actor: &Actor) -> Result<Org, AppError> {
+    pub async fn bootstrap(
+        &self,
+        actor: &Actor,
+    ) -> Result<(Org, Option<people::OwnerCredentials>), AppError> {
         self.store.migrate().await?;
         if let Some(org) = self.store.default_org().await? {
-            return Ok(org);
+            return Ok((org, None));
         }
-        let (org, audit) = self.new_org(actor, "default", "Default", true)?;
-        Ok(self.store.create_org(&org, &audit).await?)
+        let (org, audits, owner, creds) = self.new_org(actor, "default", "Default", true)?;
+        let stored = self.store.create_org(&org, Some(&owner), &audits).await?;
+        let created = stored.id == org.id;
+        Ok((stored, created.then_some(creds)))
     }
 
-    /// A new organization row and its `org.created` audit record.
+    /// A new organization row, its owner, their audit records, and the
+    /// owner's one-time password.
     fn new_org(
         &self,
         actor: &Actor,
         slug: &str,
         name: &str,
         is_default: bool,
-    ) -> Result<(Org, AuditEntry), AppError> {
+    ) -> Result<
+        (
+            Org,
+            Vec<AuditEntry>,
+            keyward_store::UserRecord,
+            people::OwnerCredentials,
+        ),
+        AppError,
+    > {
         let org = Org {
             id: self.random_id("org", 12)?,
             slug: slug.to_owned(),
@@ -261,7 +278,15 @@ impl<S: Store> App<S> {
             None,
             json!({"slug": slug, "name": name}),
         );
-        Ok((org, audit))
+        let (owner, creds) = self.new_owner(&org.id)?;
+        let owner_audit = self.audit(
+            actor,
+            &org,
+            "user.created",
+            None,
+            json!({"email": owner.email, "name": owner.name, "groups": owner.groups, "owner": true}),
+        );
+        Ok((org, vec![audit, owner_audit], owner, creds))
     }
 
     /// The organization a command acts in: `slug`, or the default one.
@@ -279,11 +304,16 @@ impl<S: Store> App<S> {
         })
     }
 
-    /// Creates an organization; its slug derives from the name.
+    /// Creates an organization with its owner; its slug derives from the
+    /// name. Returns the owner's one-time password, shown once.
     ///
     /// # Errors
     /// Invalid name, or [`AppError::Conflict`] when the slug is taken.
-    pub async fn create_org(&self, actor: &Actor, name: &str) -> Result<Org, AppError> {
+    pub async fn create_org(
+        &self,
+        actor: &Actor,
+        name: &str,
+    ) -> Result<(Org, people::OwnerCredentials), AppError> {
         let name = validate_name(name)?;
         let slug = slugify(&name);
         if slug.is_empty() {
@@ -292,9 +322,9 @@ impl<S: Store> App<S> {
                 format!("`{name}` needs at least one letter or digit"),
             ));
         }
-        let (org, audit) = self.new_org(actor, &slug, &name, false)?;
-        match self.store.create_org(&org, &audit).await {
-            Ok(o) => Ok(o),
+        let (org, audits, owner, creds) = self.new_org(actor, &slug, &name, false)?;
+        match self.store.create_org(&org, Some(&owner), &audits).await {
+            Ok(o) => Ok((o, creds)),
             Err(StoreError::Conflict(_)) => Err(AppError::Conflict(format!(
                 "organization `{slug}` already exists"
             ))),

@@ -43,7 +43,7 @@ async fn snapshot_follows_the_change_log() {
     let server = app(&url, &catalog).await;
     let cli = app(&url, &catalog).await;
     let actor = Actor::operator("cli:test", &catalog);
-    let org = server.bootstrap(&actor).await.unwrap();
+    let (org, _) = server.bootstrap(&actor).await.unwrap();
     let digest = |key: &str| Digester::sha256().digest(key);
 
     let first = cli
@@ -138,7 +138,7 @@ async fn keys_with_equal_grants_share_them_and_uses_are_flushed_once() {
     let catalog = Arc::new(Catalog::fleet().unwrap());
     let app = app(&url, &catalog).await;
     let actor = Actor::operator("cli:test", &catalog);
-    let org = app.bootstrap(&actor).await.unwrap();
+    let (org, _) = app.bootstrap(&actor).await.unwrap();
     let mut keys = Vec::new();
     for i in 0..25 {
         let scope = if i % 2 == 0 {

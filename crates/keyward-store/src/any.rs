@@ -1,6 +1,7 @@
 //! The store a URL names, as one type: what the binary holds, so every
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
+use crate::{AuditQuery, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
     SnapshotKey, SqliteStore, Store,
@@ -41,8 +42,13 @@ impl Store for AnyStore {
     async fn migrate(&self) -> Result<()> {
         delegate!(self, s => s.migrate())
     }
-    async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Org> {
-        delegate!(self, s => s.create_org(org, audit))
+    async fn create_org(
+        &self,
+        org: &Org,
+        owner: Option<&UserRecord>,
+        audits: &[AuditEntry],
+    ) -> Result<Org> {
+        delegate!(self, s => s.create_org(org, owner, audits))
     }
     async fn default_org(&self) -> Result<Option<Org>> {
         delegate!(self, s => s.default_org())
@@ -116,6 +122,48 @@ impl Store for AnyStore {
     ) -> Result<Vec<AuditRecord>> {
         delegate!(self, s => s.audit_for_key(org_id, key_id, limit))
     }
+    async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
+        delegate!(self, s => s.create_user(user, audit))
+    }
+
+    async fn get_user(&self, org_id: &str, user_id: &str) -> Result<Option<UserRecord>> {
+        delegate!(self, s => s.get_user(org_id, user_id))
+    }
+
+    async fn user_by_email(&self, org_id: &str, email: &str) -> Result<Option<UserRecord>> {
+        delegate!(self, s => s.user_by_email(org_id, email))
+    }
+
+    async fn list_users(&self, org_id: &str, group_id: Option<&str>) -> Result<Vec<UserRecord>> {
+        delegate!(self, s => s.list_users(org_id, group_id))
+    }
+
+    async fn set_membership(
+        &self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        member: bool,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        delegate!(self, s => s.set_membership(org_id, group_id, user_id, member, audit))
+    }
+
+    async fn set_password(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        password_hash: &str,
+        must_change: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        delegate!(self, s => s.set_password(org_id, user_id, password_hash, must_change, audit))
+    }
+
+    async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        delegate!(self, s => s.query_audit(org_id, query))
+    }
+
     async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
         delegate!(self, s => s.change_notifier())
     }

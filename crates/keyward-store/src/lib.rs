@@ -15,6 +15,7 @@ use std::future::Future;
 use thiserror::Error;
 
 mod any;
+mod people;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -191,6 +192,69 @@ pub struct KeyFilter {
     pub limit: Option<u32>,
 }
 
+/// Id of the built-in group holding every scope, in every organization.
+pub const ADMINISTRATORS: &str = "administrators";
+
+/// A person who administers an organization (console, and later sessions).
+/// Their access is the union of their groups' permission sets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// `usr_…`
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Sign-in name, unique in the organization (lowercased).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// argon2id PHC string; `None` until a password is set.
+    pub password_hash: Option<String>,
+    /// Set for one-time passwords: the next sign-in must choose a new one.
+    pub must_change_password: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Set when the user may no longer sign in.
+    pub disabled_at: Option<i64>,
+    /// Ids of the groups the user belongs to, sorted.
+    pub groups: Vec<String>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("email", &self.email)
+            .field("groups", &self.groups)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to narrow [`Store::query_audit`]. All conditions must hold; newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records about this key.
+    pub key_id: Option<String>,
+    /// Only records by this actor (`key:…`, `user:…`, `cli:…`).
+    pub actor: Option<String>,
+    /// Only this action (`key.created`, `request`, …).
+    pub action: Option<String>,
+    /// Only this HTTP status.
+    pub status: Option<u16>,
+    /// Only records at or after this time (unix ms).
+    pub since: Option<i64>,
+    /// Only records before this time (unix ms).
+    pub until: Option<i64>,
+    /// Page: only records with a smaller sequence number.
+    pub before_seq: Option<i64>,
+    /// At most this many records.
+    pub limit: u32,
+}
+
 /// One committed audit record, as stored, with its chain links.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditRecord {
@@ -235,10 +299,16 @@ pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Creates `org` (audited), unless a default organization already exists
-    /// and `org.is_default`; returns the default organization then.
-    fn create_org(&self, org: &Org, audit: &AuditEntry)
-    -> impl Future<Output = Result<Org>> + Send;
+    /// Creates `org` and its first user `owner` (audited: `audits` are
+    /// written in order), unless a default organization already exists and
+    /// `org.is_default`; returns the existing default organization then, and
+    /// writes nothing.
+    fn create_org(
+        &self,
+        org: &Org,
+        owner: Option<&UserRecord>,
+        audits: &[AuditEntry],
+    ) -> impl Future<Output = Result<Org>> + Send;
     /// The default organization, if created.
     fn default_org(&self) -> impl Future<Output = Result<Option<Org>>> + Send;
     /// An organization by slug.
@@ -325,6 +395,59 @@ pub trait Store: Send + Sync + 'static {
         org_id: &str,
         key_id: &str,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+
+    /// Creates a user with its memberships (audited), in one transaction.
+    /// `Conflict` when the email is taken in the organization.
+    fn create_user(
+        &self,
+        user: &UserRecord,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// One user of the organization, with groups.
+    fn get_user(
+        &self,
+        org_id: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<UserRecord>>> + Send;
+    /// A user by sign-in name.
+    fn user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<UserRecord>>> + Send;
+    /// Users of the organization (only members of `group_id` when given),
+    /// by email.
+    fn list_users(
+        &self,
+        org_id: &str,
+        group_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<UserRecord>>> + Send;
+    /// Adds (`member`) or removes a membership. Returns whether anything
+    /// changed; the audit record is written only then. `NotFound` when the
+    /// user is not in the organization.
+    fn set_membership(
+        &self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        member: bool,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Replaces a user's password hash. `NotFound` for an unknown user.
+    fn set_password(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        password_hash: &str,
+        must_change: bool,
+        audit: Option<&AuditEntry>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Audit records of one organization matching `query`, newest first.
+    fn query_audit(
+        &self,
+        org_id: &str,
+        query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
 
     /// A wake-up for when the change log grows, where the backend has one

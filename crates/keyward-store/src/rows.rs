@@ -1,7 +1,7 @@
 //! Row shapes shared by the backends: sqlx's `FromRow` derive is generic
 //! over the database, so SQLite and PostgreSQL decode the same structs.
 
-use crate::{AuditRecord, KeyRecord, Result, SnapshotKey, StoreError};
+use crate::{AuditRecord, KeyRecord, Result, SnapshotKey, StoreError, UserRecord};
 use keyward_core::KeyDigest;
 use keyward_core::audit::AuditEntry;
 
@@ -142,5 +142,33 @@ impl AuditRow {
                 details: self.details,
             },
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) email: String,
+    pub(crate) name: String,
+    pub(crate) password_hash: Option<String>,
+    pub(crate) must_change_password: bool,
+    pub(crate) created_at: i64,
+    pub(crate) disabled_at: Option<i64>,
+}
+
+impl UserRow {
+    pub(crate) fn into_record(self) -> UserRecord {
+        UserRecord {
+            id: self.id,
+            org_id: self.org_id,
+            email: self.email,
+            name: self.name,
+            password_hash: self.password_hash,
+            must_change_password: self.must_change_password,
+            created_at: self.created_at,
+            disabled_at: self.disabled_at,
+            groups: Vec::new(),
+        }
     }
 }

@@ -6,11 +6,14 @@
 //! beside a running server) wrote in between, and the busy timeout cannot
 //! save it. Readers never block thanks to WAL.
 
+use crate::AuditQuery;
 use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey,
-    Store, StoreError,
+    Store, StoreError, UserRecord,
 };
+
+crate::people::people_impl!(SqliteStore, sqlx::Sqlite);
 use keyward_core::KeyDigest;
 use keyward_core::audit::{AuditEntry, chain_link};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -254,7 +257,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Org> {
+    async fn create_org(
+        &self,
+        org: &Org,
+        owner: Option<&UserRecord>,
+        audits: &[AuditEntry],
+    ) -> Result<Org> {
         let mut tx = self.write_tx().await?;
         if org.is_default {
             let existing: Option<Org> = sqlx::query_as(
@@ -277,7 +285,11 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(conflict_or)?;
-        append_audit_tx(&mut tx, &[audit]).await?;
+        if let Some(owner) = owner {
+            Self::insert_user_tx(&mut tx, owner).await?;
+        }
+        let audits: Vec<&AuditEntry> = audits.iter().collect();
+        append_audit_tx(&mut tx, &audits).await?;
         tx.commit().await?;
         Ok(org.clone())
     }
@@ -558,6 +570,50 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
+        self.create_user_impl(user, audit).await
+    }
+
+    async fn get_user(&self, org_id: &str, user_id: &str) -> Result<Option<UserRecord>> {
+        self.get_user_impl(org_id, user_id).await
+    }
+
+    async fn user_by_email(&self, org_id: &str, email: &str) -> Result<Option<UserRecord>> {
+        self.user_by_email_impl(org_id, email).await
+    }
+
+    async fn list_users(&self, org_id: &str, group_id: Option<&str>) -> Result<Vec<UserRecord>> {
+        self.list_users_impl(org_id, group_id).await
+    }
+
+    async fn set_membership(
+        &self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        member: bool,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.set_membership_impl(org_id, group_id, user_id, member, audit)
+            .await
+    }
+
+    async fn set_password(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        password_hash: &str,
+        must_change: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        self.set_password_impl(org_id, user_id, password_hash, must_change, audit)
+            .await
+    }
+
+    async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.query_audit_impl(org_id, query).await
     }
 
     async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {

@@ -11,7 +11,8 @@
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
-    KeyFilter, KeyRecord, Org, PgStore, Revoked, SnapshotKey, SqliteStore, Store, StoreError,
+    AuditQuery, KeyFilter, KeyRecord, Org, PgStore, Revoked, SnapshotKey, SqliteStore, Store,
+    StoreError, UserRecord,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -57,6 +58,196 @@ fn key(id: &str, org_id: &str, secret: &str, created_at: i64) -> KeyRecord {
     }
 }
 
+fn user(id: &str, org_id: &str, email: &str, groups: &[&str]) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        org_id: org_id.into(),
+        email: email.into(),
+        name: email.to_uppercase(),
+        password_hash: Some("$argon2id$stand-in".into()),
+        must_change_password: true,
+        created_at: 5,
+        disabled_at: None,
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    }
+}
+
+/// Users, memberships and audit queries: the second half of the story.
+async fn people(store: &impl Store) {
+    // The owner created with the organization, in its group.
+    let owner = store.get_user("org_a", "usr_owner").await.unwrap().unwrap();
+    assert_eq!(owner.groups, ["administrators"]);
+    assert!(owner.must_change_password);
+    // Users are per organization: same email elsewhere is fine, twice is not.
+    let alice = user(
+        "usr_alice",
+        "org_a",
+        "alice@example.com",
+        &["vehicles:read"],
+    );
+    let a1 = audit("org_a", "user.created", None);
+    store.create_user(&alice, &a1).await.unwrap();
+    let twin = user("usr_twin", "org_a", "alice@example.com", &[]);
+    let dup = store.create_user(&twin, &a1).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let other = user("usr_b", "org_b", "alice@example.com", &[]);
+    store
+        .create_user(&other, &audit("org_b", "user.created", None))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_user("org_b", "usr_alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .user_by_email("org_a", "alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "usr_alice"
+    );
+    // Memberships: changes are reported and audited, repeats are not.
+    let head = store.audit_head().await.unwrap().0;
+    let add = audit("org_a", "group.member_added", None);
+    assert!(
+        store
+            .set_membership("org_a", "inspections:write", "usr_alice", true, &add)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_membership("org_a", "inspections:write", "usr_alice", true, &add)
+            .await
+            .unwrap()
+    );
+    let rm = audit("org_a", "group.member_removed", None);
+    assert!(
+        store
+            .set_membership("org_a", "vehicles:read", "usr_alice", false, &rm)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_membership("org_a", "vehicles:read", "usr_alice", false, &rm)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.audit_head().await.unwrap().0, head + 2);
+    // Another organization's user is not found, and nothing is written.
+    let cross = store
+        .set_membership("org_a", "vehicles:read", "usr_b", true, &add)
+        .await;
+    assert!(matches!(cross, Err(StoreError::NotFound)), "{cross:?}");
+    let members: Vec<String> = store
+        .list_users("org_a", Some("inspections:write"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(members, ["usr_alice"]);
+    let all: Vec<(String, Vec<String>)> = store
+        .list_users("org_a", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.email, u.groups))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            (
+                "alice@example.com".to_owned(),
+                vec!["inspections:write".to_owned()]
+            ),
+            ("owner".to_owned(), vec!["administrators".to_owned()]),
+        ]
+    );
+    // Passwords.
+    store
+        .set_password("org_a", "usr_alice", "$argon2id$new", false, None)
+        .await
+        .unwrap();
+    let alice = store.get_user("org_a", "usr_alice").await.unwrap().unwrap();
+    assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$new"));
+    assert!(!alice.must_change_password);
+    let missing = store
+        .set_password("org_b", "usr_alice", "x", false, None)
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    // Audit queries: one organization, filters, newest first, pages.
+    let everything = AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    let a_all = store.query_audit("org_a", &everything).await.unwrap();
+    assert!(a_all.iter().all(|r| r.entry.org_id == "org_a"));
+    assert!(a_all.windows(2).all(|w| w[0].seq > w[1].seq));
+    let by_action = AuditQuery {
+        action: Some("group.member_added".into()),
+        ..everything.clone()
+    };
+    assert_eq!(
+        store.query_audit("org_a", &by_action).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .query_audit("org_b", &by_action)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let by_key = AuditQuery {
+        key_id: Some("key_1".into()),
+        ..everything.clone()
+    };
+    let actions: Vec<String> = store
+        .query_audit("org_a", &by_key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.entry.action)
+        .collect();
+    assert_eq!(actions, ["key.revoked", "key.created"]);
+    let mut page = AuditQuery {
+        limit: 3,
+        ..everything.clone()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let got = store.query_audit("org_a", &page).await.unwrap();
+        let Some(last) = got.last() else { break };
+        page.before_seq = Some(last.seq);
+        seen.extend(got.into_iter().map(|r| r.seq));
+    }
+    assert_eq!(seen, a_all.iter().map(|r| r.seq).collect::<Vec<_>>());
+    let timed = AuditQuery {
+        since: Some(10),
+        until: Some(11),
+        actor: Some("cli:test".into()),
+        status: None,
+        ..everything.clone()
+    };
+    assert_eq!(
+        store.query_audit("org_a", &timed).await.unwrap().len(),
+        a_all.len()
+    );
+    let later = AuditQuery {
+        since: Some(11),
+        ..everything
+    };
+    assert!(store.query_audit("org_a", &later).await.unwrap().is_empty());
+}
+
 async fn ids(store: &impl Store, org_id: &str, f: KeyFilter) -> Vec<String> {
     store
         .list_keys(org_id, &f)
@@ -73,17 +264,23 @@ async fn story(store: &impl Store) {
     store.migrate().await.unwrap();
 
     // Organizations: exactly one default, slugs unique.
+    let owner = user("usr_owner", "org_a", "owner", &["administrators"]);
     let a = store
         .create_org(
             &org("org_a", "acme", true),
-            &audit("org_a", "org.created", None),
+            Some(&owner),
+            &[
+                audit("org_a", "org.created", None),
+                audit("org_a", "user.created", None),
+            ],
         )
         .await
         .unwrap();
     let again = store
         .create_org(
             &org("org_x", "other", true),
-            &audit("org_x", "org.created", None),
+            None,
+            &[audit("org_x", "org.created", None)],
         )
         .await
         .unwrap();
@@ -91,14 +288,16 @@ async fn story(store: &impl Store) {
     store
         .create_org(
             &org("org_b", "beta", false),
-            &audit("org_b", "org.created", None),
+            None,
+            &[audit("org_b", "org.created", None)],
         )
         .await
         .unwrap();
     let dup = store
         .create_org(
             &org("org_c", "beta", false),
-            &audit("org_c", "org.created", None),
+            None,
+            &[audit("org_c", "org.created", None)],
         )
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
@@ -426,8 +625,9 @@ async fn story(store: &impl Store) {
         );
         prev = r.hash;
     }
-    // org.created ×2, key.created ×3, key.imported, key.revoked, key.rolled, 2 appended.
-    assert_eq!(chain.len(), 10);
+    // org.created ×2, user.created, key.created ×3, key.imported,
+    // key.revoked, key.rolled, 2 appended.
+    assert_eq!(chain.len(), 11);
     assert_eq!(chain.last().unwrap().seq, *seqs.last().unwrap());
     assert_eq!(
         store.audit_head().await.unwrap(),
@@ -452,6 +652,7 @@ async fn sqlite_story() {
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     story(&store).await;
+    people(&store).await;
 }
 
 /// A message that reaches the terminal even though the test harness
@@ -529,4 +730,5 @@ async fn postgres_story() {
     let store = PgStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     story(&store).await;
+    people(&store).await;
 }

@@ -51,6 +51,9 @@ pub enum Command {
     /// Manage organizations.
     #[command(subcommand)]
     Orgs(OrgsCmd),
+    /// Manage the people who administer an organization, and their groups.
+    #[command(subcommand)]
+    Users(UsersCmd),
     /// Apply database migrations and create the default organization.
     Migrate,
 }
@@ -238,6 +241,62 @@ pub enum OrgsCmd {
     },
     /// List organizations.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Create a user; prints a one-time password, shown once.
+    Create {
+        /// Sign-in name, e.g. an email address.
+        #[arg(long)]
+        email: String,
+        /// Display name (the email when not given).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A group to join (repeatable): a permission set id, or `administrators`.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users, by email.
+    List {
+        /// Only members of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user to a group.
+    AddToGroup {
+        /// User id (`usr_…`) or email.
+        user: String,
+        /// Group id.
+        group: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user from a group.
+    RemoveFromGroup {
+        /// User id (`usr_…`) or email.
+        user: String,
+        /// Group id.
+        group: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a user's password with a one-time password, shown once.
+    ResetPassword {
+        /// User id (`usr_…`) or email.
+        user: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -5,7 +5,7 @@ mod cli;
 mod output;
 
 use clap::Parser;
-use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd};
+use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, UsersCmd};
 use keyward_app::env::{OsRng, SystemClock};
 use keyward_app::{Actor, App, AppError, CreateKey, ExplainSubject, parse_legacy_file};
 use keyward_core::{Catalog, Digester, Environment, GrantRequest, parse_duration_ms};
@@ -288,7 +288,10 @@ async fn run(cli: Cli) -> Result {
         Arc::new(OsRng),
     );
     let actor = Actor::operator(operator_id(), &catalog);
-    let default_org = app.bootstrap(&actor).await?;
+    let (default_org, owner) = app.bootstrap(&actor).await?;
+    if let Some(owner) = owner {
+        output::first_start(&default_org, &owner);
+    }
     if let Command::Migrate = cli.command {
         println!(
             "database is up to date; default organization `{}` ({})",
@@ -305,6 +308,7 @@ async fn run(cli: Cli) -> Result {
     let org = app.resolve_org(cli.org.as_deref()).await?;
     match cli.command {
         Command::Keys(cmd) => keys(&app, &actor, &org, cmd).await,
+        Command::Users(cmd) => users(&app, &actor, &org, cmd).await,
         Command::Explain(args) => {
             let subject = match args.key_id {
                 Some(id) => ExplainSubject::KeyId(id),
@@ -341,10 +345,45 @@ async fn run(cli: Cli) -> Result {
 async fn orgs(app: &App<AnyStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
     match cmd {
         OrgsCmd::Create { name, json } => {
-            let org = app.create_org(actor, name).await?;
-            output::orgs(std::slice::from_ref(&org), *json, true);
+            let (org, owner) = app.create_org(actor, name).await?;
+            output::org_created(&org, &owner, *json);
         }
         OrgsCmd::List { json } => output::orgs(&app.list_orgs().await?, *json, false),
+    }
+    Ok(Exit::Ok)
+}
+
+async fn users(
+    app: &App<AnyStore>,
+    actor: &Actor,
+    org: &keyward_store::Org,
+    cmd: UsersCmd,
+) -> Result {
+    match cmd {
+        UsersCmd::Create {
+            email,
+            name,
+            groups,
+            json,
+        } => {
+            let created = app.create_user(actor, org, &email, &name, &groups).await?;
+            output::user_with_password(&created, json, "Created user");
+        }
+        UsersCmd::List { group, json } => {
+            output::users(&app.list_users(org, group.as_deref()).await?, json);
+        }
+        UsersCmd::AddToGroup { user, group, json } => {
+            let (user, changed) = app.set_membership(actor, org, &group, &user, true).await?;
+            output::membership(&user, &group, true, changed, json);
+        }
+        UsersCmd::RemoveFromGroup { user, group, json } => {
+            let (user, changed) = app.set_membership(actor, org, &group, &user, false).await?;
+            output::membership(&user, &group, false, changed, json);
+        }
+        UsersCmd::ResetPassword { user, json } => {
+            let reset = app.reset_password(actor, org, &user).await?;
+            output::user_with_password(&reset, json, "New one-time password for");
+        }
     }
     Ok(Exit::Ok)
 }

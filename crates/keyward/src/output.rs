@@ -3,6 +3,7 @@
 //! stdout, so scripts can rely on it.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keyward_app::people::{OwnerCredentials, UserView, UserWithPassword};
 use keyward_app::views::{CreatedKey, KeyView, human_time};
 use keyward_app::{ChainReport, Explanation, ImportReport};
 use keyward_core::Catalog;
@@ -252,6 +253,89 @@ pub fn chain(r: &ChainReport, json: bool) {
             "audit chain BROKEN at record {}: {} ({} records verified before it)",
             b.seq, b.reason, r.records
         ),
+    }
+}
+
+/// The owner's one-time password, printed once by the command that created
+/// the organization (to stderr, so `--json` output stays one object).
+pub fn first_start(org: &Org, owner: &OwnerCredentials) {
+    eprintln!(
+        "keyward: first start: created organization `{}` and its owner.\n  sign in as: {}\n  one-time password: {}\n  It is shown once and must be changed at first sign-in; `keyward users reset-password {}` makes a new one.",
+        org.slug, owner.email, owner.password, owner.email
+    );
+}
+
+pub fn org_created(org: &Org, owner: &OwnerCredentials, json: bool) {
+    if json {
+        return print_json(&json!({
+            "id": org.id, "slug": org.slug, "name": org.name, "default": org.is_default,
+            "owner": {"email": owner.email, "one_time_password": owner.password},
+        }));
+    }
+    println!(
+        "Created organization {} {} \"{}\"",
+        org.slug, org.id, org.name
+    );
+    println!(
+        "  owner: {}\n  one-time password: {}\n  It is shown once and must be changed at first sign-in.",
+        owner.email, owner.password
+    );
+}
+
+pub fn user_with_password(u: &UserWithPassword, json: bool, verb: &str) {
+    if json {
+        return print_json(u);
+    }
+    println!("{verb} {} ({})", u.user.email, u.user.id);
+    println!("  groups: {}", list_or_none(&u.user.groups));
+    println!(
+        "  one-time password: {}\n  It is shown once and must be changed at first sign-in.",
+        u.one_time_password
+    );
+}
+
+pub fn users(users: &[UserView], json: bool) {
+    if json {
+        return print_json(&users);
+    }
+    if users.is_empty() {
+        println!("No users.");
+    }
+    for u in users {
+        println!(
+            "{}  {}  {}  groups: {}",
+            u.id,
+            u.email,
+            u.name,
+            list_or_none(&u.groups)
+        );
+    }
+}
+
+pub fn membership(u: &UserView, group: &str, added: bool, changed: bool, json: bool) {
+    if json {
+        return print_json(
+            &json!({"user": u, "group": group, "member": added, "changed": changed}),
+        );
+    }
+    let what = match (added, changed) {
+        (true, true) => "added to",
+        (true, false) => "was already in",
+        (false, true) => "removed from",
+        (false, false) => "was not in",
+    };
+    println!(
+        "{} {what} group `{group}`; groups now: {}",
+        u.email,
+        list_or_none(&u.groups)
+    );
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
     }
 }
 

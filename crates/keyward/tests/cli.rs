@@ -237,6 +237,8 @@ fn create_shows_the_key_once_and_stores_only_its_digest() {
 #[test]
 fn bad_input_is_refused_clearly_and_writes_nothing() {
     let kw = Kw::new();
+    // First start says its piece on stderr; later errors start with `error: `.
+    kw.run(&["migrate"]).ok();
     let cases: &[(&[&str], &str)] = &[
         (
             &["--name", "", "--scope", "vehicles:read"],
@@ -635,7 +637,7 @@ async fn audit_verify_finds_the_first_altered_record() {
     }
     let ok = kw.run(&["audit", "verify"]).ok();
     assert!(
-        ok.stdout.contains("audit chain verified: 4 records"),
+        ok.stdout.contains("audit chain verified: 5 records"),
         "{}",
         ok.stdout
     );
@@ -670,14 +672,14 @@ async fn audit_verify_detects_a_removed_tail() {
         &kw,
         &[
             "DROP TRIGGER audit_log_no_delete",
-            "DELETE FROM audit_log WHERE seq = 3",
+            "DELETE FROM audit_log WHERE seq = 4",
         ],
     )
     .await;
     let broken = kw.run(&["audit", "verify", "--json"]);
     assert_eq!(broken.code, 1, "{}", broken.stdout);
     let report = broken.json();
-    assert_eq!(report["first_broken"]["seq"], 3);
+    assert_eq!(report["first_broken"]["seq"], 4);
     assert!(
         report["first_broken"]["reason"]
             .as_str()
@@ -747,4 +749,127 @@ fn migrate_is_idempotent() {
     assert!(first.stdout.contains("default organization `default`"));
     assert_eq!(first.stdout, second.stdout);
     assert!(Path::new(&kw.db_path()).exists());
+}
+
+#[test]
+fn first_start_creates_an_owner_and_users_manage_groups() {
+    let kw = Kw::new();
+    // The first command creates the default organization and its owner, and
+    // prints the one-time password once, on stderr.
+    let first = kw.run(&["migrate"]).ok();
+    assert!(
+        first.stderr.contains("sign in as: owner"),
+        "{}",
+        first.stderr
+    );
+    let password = first
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("one-time password: "))
+        .unwrap()
+        .to_owned();
+    assert_eq!(password.len(), 20);
+    let again = kw.run(&["migrate"]).ok();
+    assert!(
+        !again.stderr.contains("one-time password"),
+        "{}",
+        again.stderr
+    );
+    // Only the argon2id hash is stored.
+    let bytes = std::fs::read(kw.db_path()).unwrap_or_default();
+    let wal = std::fs::read(kw.db_path().with_extension("db-wal")).unwrap_or_default();
+    for b in [&bytes, &wal] {
+        assert!(!b.windows(password.len()).any(|w| w == password.as_bytes()));
+    }
+    let users = kw.run(&["users", "list", "--json"]).ok().json();
+    assert_eq!(users[0]["email"], "owner");
+    assert_eq!(users[0]["groups"], serde_json::json!(["administrators"]));
+    assert_eq!(users[0]["must_change_password"], true);
+    assert!(users[0].get("password_hash").is_none());
+
+    let alice = kw
+        .run(&[
+            "users",
+            "create",
+            "--email",
+            "Alice@Example.com",
+            "--group",
+            "vehicles:read",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(alice["email"], "alice@example.com");
+    assert_eq!(alice["one_time_password"].as_str().unwrap().len(), 20);
+    kw.run(&["users", "create", "--email", "alice@example.com"])
+        .refused("already exists");
+    kw.run(&["users", "create", "--email", "bob", "--group", "nope"])
+        .refused("unknown group `nope`");
+    let added = kw
+        .run(&[
+            "users",
+            "add-to-group",
+            "alice@example.com",
+            "inspections:write",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(added["changed"], true);
+    assert_eq!(
+        added["user"]["groups"],
+        serde_json::json!(["inspections:write", "vehicles:read"])
+    );
+    let repeat = kw
+        .run(&[
+            "users",
+            "add-to-group",
+            "alice@example.com",
+            "inspections:write",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(repeat["changed"], false);
+    kw.run(&[
+        "users",
+        "remove-from-group",
+        "alice@example.com",
+        "vehicles:read",
+    ])
+    .ok();
+    let members = kw
+        .run(&["users", "list", "--group", "inspections:write", "--json"])
+        .ok()
+        .json();
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    kw.run(&[
+        "users",
+        "add-to-group",
+        "nobody@example.com",
+        "vehicles:read",
+    ])
+    .refused("user `nobody@example.com` not found");
+    let reset = kw
+        .run(&["users", "reset-password", "alice@example.com", "--json"])
+        .ok()
+        .json();
+    assert_ne!(reset["one_time_password"], alice["one_time_password"]);
+    // Another organization starts with its own owner; users do not cross.
+    let org = kw
+        .run(&["orgs", "create", "Acme Corp", "--json"])
+        .ok()
+        .json();
+    assert_eq!(org["owner"]["email"], "owner");
+    kw.run(&[
+        "--org",
+        "acme-corp",
+        "users",
+        "add-to-group",
+        "alice@example.com",
+        "vehicles:read",
+    ])
+    .refused("not found");
+    // Every change is in the chain.
+    kw.run(&["audit", "verify"]).ok();
 }
