@@ -848,6 +848,30 @@ fn not_found_key(id: &str) -> AppError {
     }
 }
 
+/// Narrows `filter` to keys whose status is `status` (`active`, `revoked`
+/// or `expired`) at `now`: the one reading of key status shared by the CLI's
+/// `--status`, the admin API's `?status=` and the console's filters.
+///
+/// # Errors
+/// [`AppError::Validation`] for another word.
+pub fn filter_status(filter: &mut KeyFilter, status: &str, now: i64) -> Result<(), AppError> {
+    match status {
+        "active" => filter.active_at = Some(now),
+        "revoked" => filter.revoked = Some(true),
+        "expired" => {
+            filter.inactive_at = Some(now);
+            filter.revoked = Some(false);
+        }
+        other => {
+            return Err(AppError::validation(
+                "status",
+                format!("unknown status `{other}`: expected active, revoked or expired"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Trims and checks a key or organization name.
 fn validate_name(raw: &str) -> Result<String, AppError> {
     let name = raw.trim();

@@ -26,7 +26,7 @@ pub const ONE_TIME_PASSWORD_CHARS: usize = 20;
 pub const MAX_AUDIT_PAGE: u32 = 500;
 
 /// A user as administrators see them. Never carries the password hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     /// `usr_…`
     pub id: String,
@@ -42,9 +42,11 @@ pub struct UserView {
     pub must_change_password: bool,
     /// Creation time.
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Option<i64>,
     /// Set when the user can no longer sign in.
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub disabled_at: Option<i64>,
 }
 
@@ -65,7 +67,7 @@ impl From<UserRecord> for UserView {
 
 /// An authorization group: a permission set of the catalog, or
 /// `administrators`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct GroupView {
     /// The permission set id (`administrators` for the built-in group).
     pub id: String,
@@ -108,12 +110,13 @@ impl std::fmt::Debug for UserWithPassword {
 }
 
 /// One audit record as `GET /v1/audit` and the console show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditView {
     /// Position in the hash chain.
     pub seq: i64,
     /// When.
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Option<i64>,
     /// Organization.
     pub org_id: String,
@@ -136,6 +139,7 @@ pub struct AuditView {
     /// Request id.
     pub request_id: Option<String>,
     /// Action-specific details.
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// Hex of this record's chain hash.
     pub hash: String,
@@ -157,7 +161,10 @@ impl From<keyward_store::AuditRecord> for AuditView {
             required: e.required,
             client: e.client,
             request_id: e.request_id,
-            details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
+            details: serde_json::from_str(&e.details)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({})),
             hash: r.hash.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }

@@ -31,7 +31,7 @@ pub fn human_time(ms: Option<i64>) -> String {
 }
 
 /// Whether a key works now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     /// Usable.
@@ -54,7 +54,7 @@ impl KeyStatus {
 }
 
 /// A key as shown to administrators. Never contains the secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     /// `key_…`
     pub id: String,
@@ -74,19 +74,23 @@ pub struct KeyView {
     pub status: KeyStatus,
     /// Creation time.
     #[serde(serialize_with = "ser_time_req")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Actor that created it.
     pub created_by: String,
     /// Expiry, if any.
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
     /// Revocation time, if revoked.
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<i64>,
     /// The key that replaced it in a roll.
     pub rolled_to: Option<String>,
     /// Last time a request used it (flushed in batches).
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     /// Scopes granted directly.
     pub scopes: Vec<String>,
@@ -98,6 +102,7 @@ pub struct KeyView {
     pub effective_scopes: Vec<String>,
     /// Stored grants the current catalog no longer defines (they grant nothing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub unknown_grants: Vec<String>,
 }
 
@@ -154,7 +159,7 @@ pub(crate) fn names(catalog: &Catalog, set: ScopeSet) -> Vec<String> {
 }
 
 /// A key just created or rolled: the record plus the full key, shown once.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     /// The stored record.
     #[serde(flatten)]
@@ -214,6 +219,156 @@ impl DecisionView {
             missing: names(catalog, d.missing),
             granted: names(catalog, d.granted),
             effective: names(catalog, d.effective),
+        }
+    }
+}
+
+/// The catalog as clients read it (`GET /v1/catalog`, `keyward catalog show
+/// --json`): what can be granted and what each route requires.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogView {
+    /// Catalog id.
+    pub name: String,
+    /// Display title.
+    pub title: String,
+    /// Prefix of every key, e.g. `insp`.
+    pub key_prefix: String,
+    /// Path prefix of gateway routes.
+    pub gateway_prefix: String,
+    /// Every scope, keyward's reserved ones last.
+    pub scopes: Vec<ScopeView>,
+    /// Permission sets, including one per available scope.
+    pub permission_sets: Vec<PermissionSetView>,
+    /// Named selections offered at key creation.
+    pub presets: Vec<PresetView>,
+    /// Routes and the scopes each requires.
+    pub routes: Vec<RouteView>,
+}
+
+/// One scope of the catalog.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ScopeView {
+    /// `resource:action`.
+    pub name: String,
+    /// What it allows.
+    pub description: String,
+    /// Product area.
+    pub area: String,
+    /// `available`, `planned`, `under-review` or `deprecated`.
+    pub status: String,
+    /// Whether it allows writes.
+    pub write: bool,
+    /// One of keyward's own `keyward-*` scopes.
+    pub reserved: bool,
+    /// Scopes it implies directly.
+    pub implies: Vec<String>,
+    /// Endpoints it covers, as the catalog describes them.
+    pub endpoints: Option<String>,
+}
+
+/// One permission set (and authorization group).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PermissionSetView {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Product area.
+    pub area: String,
+    /// What it is for.
+    pub description: String,
+    /// Whether any of its scopes allows writes.
+    pub write: bool,
+    /// Derived from one available scope.
+    pub single_scope: bool,
+    /// Scopes it grants.
+    pub scopes: Vec<String>,
+}
+
+/// One preset.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PresetView {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Scopes it selects.
+    pub scopes: Vec<String>,
+    /// Permission sets it selects.
+    pub permission_sets: Vec<String>,
+}
+
+/// One gateway route.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RouteView {
+    /// HTTP methods.
+    pub methods: Vec<String>,
+    /// Path template under the gateway prefix.
+    pub path: String,
+    /// Scopes required (all of them).
+    pub scopes: Vec<String>,
+}
+
+impl CatalogView {
+    /// Renders `c`.
+    pub fn new(c: &Catalog) -> Self {
+        let scope_names = |ids: &[keyward_core::ScopeId]| -> Vec<String> {
+            ids.iter().map(|i| c.scope(*i).name().to_owned()).collect()
+        };
+        CatalogView {
+            name: c.name().to_owned(),
+            title: c.title().to_owned(),
+            key_prefix: c.key_prefix().to_owned(),
+            gateway_prefix: c.gateway_prefix().to_owned(),
+            scopes: c
+                .scopes()
+                .iter()
+                .map(|s| ScopeView {
+                    name: s.name().to_owned(),
+                    description: s.description().to_owned(),
+                    area: s.area().to_owned(),
+                    status: s.status().as_str().to_owned(),
+                    write: s.is_write(),
+                    reserved: s.is_reserved(),
+                    implies: scope_names(s.implies()),
+                    endpoints: s.endpoints().map(str::to_owned),
+                })
+                .collect(),
+            permission_sets: c
+                .permission_sets()
+                .iter()
+                .map(|p| PermissionSetView {
+                    id: p.id().to_owned(),
+                    name: p.name().to_owned(),
+                    area: p.area().to_owned(),
+                    description: p.description().to_owned(),
+                    write: p.is_write(),
+                    single_scope: p.is_single_scope(),
+                    scopes: scope_names(p.scopes()),
+                })
+                .collect(),
+            presets: c
+                .presets()
+                .iter()
+                .map(|p| PresetView {
+                    id: p.id().to_owned(),
+                    name: p.name().to_owned(),
+                    description: p.description().to_owned(),
+                    scopes: p.scopes().to_vec(),
+                    permission_sets: p.permission_sets().to_vec(),
+                })
+                .collect(),
+            routes: c
+                .routes()
+                .iter()
+                .map(|r| RouteView {
+                    methods: r.methods().to_vec(),
+                    path: r.template().to_owned(),
+                    scopes: names(c, r.required()),
+                })
+                .collect(),
         }
     }
 }

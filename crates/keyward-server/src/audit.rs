@@ -9,7 +9,7 @@
 
 use keyward_app::App;
 use keyward_core::audit::AuditEntry;
-use keyward_store::Store;
+use keyward_store::AnyStore;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -33,8 +33,8 @@ pub struct AuditWriter {
 
 impl AuditWriter {
     /// Starts the writer task over `app`.
-    pub fn start<S: Store>(
-        app: Arc<App<S>>,
+    pub fn start(
+        app: Arc<App<AnyStore>>,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -59,8 +59,8 @@ impl AuditWriter {
     }
 }
 
-async fn write_loop<S: Store>(
-    app: Arc<App<S>>,
+async fn write_loop(
+    app: Arc<App<AnyStore>>,
     metrics: Arc<crate::telemetry::Metrics>,
     mut rx: mpsc::Receiver<(AuditEntry, Ack)>,
 ) {

@@ -17,6 +17,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// Streamed from the upstream; returns its connection to the pool at the end.
     Upstream(UpstreamBody),
+    /// Produced by the admin API's router.
+    Admin(axum::body::Body),
 }
 
 impl Body {
@@ -43,6 +45,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Admin(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -50,6 +53,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::Upstream(b) => b.is_end_stream(),
+            Body::Admin(b) => b.is_end_stream(),
         }
     }
 
@@ -58,6 +62,7 @@ impl http_body::Body for Body {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Upstream(b) => b.size_hint(),
+            Body::Admin(b) => b.size_hint(),
         }
     }
 }

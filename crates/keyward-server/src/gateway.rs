@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use keyward_app::KeyEntry;
 use keyward_core::audit::AuditEntry;
 use keyward_core::{AuthFailure, Decision, Outcome, ScopeSet, key, path};
-use keyward_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,8 +72,8 @@ pub fn check_token(token: &str) -> Result<&str, AuthFailure> {
 /// # Errors
 /// The authentication failure, or 503 when storage cannot be reached to
 /// look for a well-formed unknown key.
-pub async fn authenticate<S: Store>(
-    state: &State<S>,
+pub async fn authenticate(
+    state: &State,
     headers: &HeaderMap,
 ) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
     find_key(state, bearer(headers)).await
@@ -84,8 +83,8 @@ pub async fn authenticate<S: Store>(
 ///
 /// # Errors
 /// 503 when storage cannot be reached to look for a well-formed unknown key.
-pub async fn find_key<S: Store>(
-    state: &State<S>,
+pub async fn find_key(
+    state: &State,
     token: Result<&str, AuthFailure>,
 ) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
     let token = match token {
@@ -166,8 +165,8 @@ impl Exchange<'_> {
 }
 
 /// Handles one gateway request.
-pub async fn handle<S: Store>(
-    state: Arc<State<S>>,
+pub async fn handle(
+    state: Arc<State>,
     peer: crate::Client,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -378,8 +377,8 @@ pub async fn handle<S: Store>(
 }
 
 /// Answers a refusal; audits it first when `audited`.
-pub async fn refuse<S: Store>(
-    state: &State<S>,
+pub async fn refuse(
+    state: &State,
     ex: &Exchange<'_>,
     audited: bool,
     error: ApiError,
@@ -407,7 +406,7 @@ pub async fn refuse<S: Store>(
     error.into_response(Some(ex.request_id))
 }
 
-fn required_names<S: Store>(state: &State<S>, decision: &Decision) -> Vec<String> {
+fn required_names(state: &State, decision: &Decision) -> Vec<String> {
     state
         .app
         .catalog()
@@ -443,8 +442,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// 503 after the upstream answered but the audit record could not be
 /// committed: the client must not take silence for success, nor retry blindly.
-pub fn audit_unavailable<S: Store>(
-    state: &State<S>,
+pub fn audit_unavailable(
+    state: &State,
     request_id: &HeaderValue,
     upstream_status: Option<u16>,
 ) -> Response<Body> {

@@ -12,6 +12,7 @@
 //! endpoints (`/v1/…`, `/healthz`, `/metrics`) are dispatched by path before
 //! the gateway, so a catalog's gateway prefix may not overlap them.
 
+mod admin;
 mod audit;
 mod body;
 mod error;
@@ -20,6 +21,7 @@ mod own;
 mod proxy;
 mod telemetry;
 
+pub use admin::openapi;
 pub use body::Body;
 pub use error::ApiError;
 
@@ -33,7 +35,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use keyward_app::{App, AppError, Snapshot};
 use keyward_core::ScopeSet;
 use keyward_core::audit::AuditEntry;
-use keyward_store::Store;
+use keyward_store::AnyStore;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,8 +103,8 @@ pub enum ServerError {
 }
 
 /// State shared by every request.
-pub struct State<S> {
-    app: Arc<App<S>>,
+pub struct State {
+    app: Arc<App<AnyStore>>,
     snapshot: Snapshot,
     config: Config,
     upstream: Option<Arc<proxy::Upstream>>,
@@ -115,7 +117,7 @@ pub struct State<S> {
     sync_error: Mutex<Option<String>>,
 }
 
-impl<S: Store> State<S> {
+impl State {
     /// 431 when the request's headers are larger than configured.
     fn check_headers(&self, headers: &HeaderMap) -> Option<ApiError> {
         let total: usize = headers
@@ -165,19 +167,19 @@ impl<S: Store> State<S> {
 }
 
 /// A configured server, snapshot loaded, not yet accepting connections.
-pub struct Server<S> {
-    state: Arc<State<S>>,
+pub struct Server {
+    state: Arc<State>,
     audit_task: tokio::task::JoinHandle<()>,
 }
 
-impl<S: Store> Server<S> {
+impl Server {
     /// Loads the snapshot and checks the configuration. `progress` receives
     /// the number of keys loaded so far.
     ///
     /// # Errors
     /// [`ServerError::Config`] naming the problem, or storage failures.
     pub async fn start(
-        app: App<S>,
+        app: App<AnyStore>,
         config: Config,
         node_id: String,
         progress: &mut (dyn FnMut(usize) + Send),
@@ -250,6 +252,7 @@ impl<S: Store> Server<S> {
     ) -> Result<(), ServerError> {
         let Server { state, audit_task } = self;
         let background = tokio::spawn(background(state.clone()));
+        let admin = Arc::new(admin::Admin::new(state.clone()));
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -272,6 +275,7 @@ impl<S: Store> Server<S> {
             };
             stream.set_nodelay(true).ok();
             let state = state.clone();
+            let admin = admin.clone();
             // Rendered once per connection, shared by its requests.
             let client = Client {
                 addr: peer,
@@ -281,7 +285,8 @@ impl<S: Store> Server<S> {
             let service = service_fn(move |req| {
                 let state = state.clone();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(dispatch(state, client, req).await) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(dispatch(state, client, &admin, req).await) }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
@@ -291,6 +296,8 @@ impl<S: Store> Server<S> {
             });
         }
         drop(listener);
+        // The admin router holds the state too; it must go before the state.
+        drop(admin);
         tracing::info!("shutting down: draining in-flight requests");
         let drain = state.config.drain_timeout;
         if tokio::time::timeout(drain, graceful.shutdown())
@@ -328,13 +335,14 @@ struct Client {
 }
 
 /// Routes a request: keyward's own endpoints, else the gateway.
-async fn dispatch<S: Store>(
-    state: Arc<State<S>>,
+async fn dispatch(
+    state: Arc<State>,
     client: Client,
+    admin: &admin::Admin,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if own::is_own_path(req.uri().path()) {
-        own::handle(state, client.addr, req).await
+        own::handle(state, client.addr, admin, req).await
     } else {
         gateway::handle(state, client, req).await
     }
@@ -344,7 +352,7 @@ async fn dispatch<S: Store>(
 /// the store notifies of changes (PostgreSQL), a notification triggers a sync
 /// at once; the timed sync stays, so a missed notification costs at most one
 /// interval.
-async fn background<S: Store>(state: Arc<State<S>>) {
+async fn background(state: Arc<State>) {
     let mut sync = tokio::time::interval(state.config.sync_interval);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(state.config.flush_interval);
@@ -378,7 +386,7 @@ async fn background<S: Store>(state: Arc<State<S>>) {
     }
 }
 
-async fn listen<S: Store>(state: &State<S>) -> Option<keyward_store::ChangeNotifier> {
+async fn listen(state: &State) -> Option<keyward_store::ChangeNotifier> {
     match state.app.change_notifier().await {
         Ok(n) => n,
         Err(e) => {
@@ -397,7 +405,7 @@ async fn notified(
     }
 }
 
-async fn sync_once<S: Store>(state: &State<S>) {
+async fn sync_once(state: &State) {
     let result = state.app.sync_snapshot(&state.snapshot).await;
     let mut error = state
         .sync_error
@@ -441,7 +449,7 @@ async fn sync_once<S: Store>(state: &State<S>) {
 }
 
 /// Writes last-use times; keeps them for the next attempt if storage fails.
-async fn flush_uses<S: Store>(state: &State<S>, retry: &mut Vec<(String, i64)>) {
+async fn flush_uses(state: &State, retry: &mut Vec<(String, i64)>) {
     retry.extend(state.snapshot.take_uses());
     if retry.is_empty() {
         return;

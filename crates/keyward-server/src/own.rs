@@ -1,6 +1,7 @@
-//! keyward's own endpoints: `POST /v1/verify`, `GET /v1/whoami`, `GET
-//! /healthz`, `GET /metrics`. Everything else under `/v1` is a JSON 404 until
-//! the admin API serves it.
+//! keyward's own endpoints. `POST /v1/verify`, `GET /v1/whoami`, `GET
+//! /healthz` and `GET /metrics` are written by hand here, because verify and
+//! whoami sit on integrations' hot paths; everything else under `/v1`, and
+//! `/openapi.json`, goes to the admin API's router ([`crate::admin`]).
 
 use crate::body::Body;
 use crate::error::ApiError;
@@ -12,44 +13,38 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, path};
-use keyward_store::Store;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Largest JSON body keyward's own endpoints read.
-const MAX_JSON_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_JSON_BYTES: usize = 64 * 1024;
 
 /// Whether `path` belongs to keyward rather than the gateway.
 pub fn is_own_path(path: &str) -> bool {
-    path == "/healthz" || path == "/metrics" || path == "/v1" || path.starts_with("/v1/")
+    path == "/healthz"
+        || path == "/metrics"
+        || path == "/openapi.json"
+        || path == "/v1"
+        || path.starts_with("/v1/")
 }
 
 /// Handles one request to keyward's own endpoints.
-pub async fn handle<S: Store>(
-    state: Arc<State<S>>,
+pub async fn handle(
+    state: Arc<State>,
     client: SocketAddr,
+    admin: &crate::admin::Admin,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let request_id = state
         .request_ids
         .for_request(req.headers().get(&X_REQUEST_ID));
     let path = req.uri().path().to_owned();
-    if let Some(rest) = path.strip_prefix("/v1/keys/") {
-        return keys(&state, client, req, rest, &request_id).await;
-    }
     let allowed: &[Method] = match path.as_str() {
         "/healthz" | "/metrics" | "/v1/whoami" => &[Method::GET, Method::HEAD],
         "/v1/verify" => &[Method::POST],
-        other => {
-            let e = ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("keyward has no endpoint {other}"),
-            );
-            return e.into_response(Some(&request_id));
-        }
+        _ => return admin.call(req, client, request_id).await,
     };
     if !allowed.contains(req.method()) {
         return method_not_allowed(req.method(), &path, allowed, &request_id);
@@ -62,50 +57,7 @@ pub async fn handle<S: Store>(
     }
 }
 
-/// `/v1/keys/{id}…`: so far revocation, and the refusal to edit a key. The
-/// rest of the admin API arrives with its own issue.
-async fn keys<S: Store>(
-    state: &State<S>,
-    client: SocketAddr,
-    req: Request<Incoming>,
-    rest: &str,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let (id, action) = match rest.split_once('/') {
-        Some((id, action)) => (id, Some(action)),
-        None => (rest, None),
-    };
-    match (action, req.method()) {
-        (None, &Method::PUT | &Method::PATCH) => {
-            let mut e = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "KEY_IMMUTABLE",
-                "API keys cannot be edited: create a new key with the access you need, then revoke this one",
-            );
-            e.details.insert("key_id".into(), id.into());
-            let mut res = e.into_response(Some(request_id));
-            res.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
-            res
-        }
-        (Some("revoke"), &Method::POST) => revoke(state, client, req, id, request_id).await,
-        (Some("revoke"), _) => {
-            method_not_allowed(req.method(), req.uri().path(), &[Method::POST], request_id)
-        }
-        _ => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!(
-                "keyward has no endpoint {} {}",
-                req.method(),
-                req.uri().path()
-            ),
-        )
-        .into_response(Some(request_id)),
-    }
-}
-
-fn method_not_allowed(
+pub(crate) fn method_not_allowed(
     method: &Method,
     path: &str,
     allowed: &[Method],
@@ -127,62 +79,7 @@ fn method_not_allowed(
     res
 }
 
-/// The revocation answer: the key as it now is, and whether it already was.
-#[derive(Serialize)]
-struct Revocation {
-    #[serde(flatten)]
-    key: keyward_app::views::KeyView,
-    already_revoked: bool,
-}
-
-/// `POST /v1/keys/{id}/revoke` with a key holding `keyward-api-keys:write`.
-/// Another organization's key is "not found"; the action is audited by the
-/// same use case the CLI calls.
-async fn revoke<S: Store>(
-    state: &State<S>,
-    client: SocketAddr,
-    req: Request<Incoming>,
-    key_id: &str,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let caller_entry = match caller(state, client, &req, request_id).await {
-        Ok(e) => e,
-        Err(res) => return res,
-    };
-    let Some(write) = state.app.catalog().scope_id("keyward-api-keys:write") else {
-        return ApiError::unavailable("the catalog lacks keyward's reserved scopes")
-            .into_response(Some(request_id));
-    };
-    let mut required = keyward_core::ScopeSet::EMPTY;
-    required.insert(write);
-    if let Err(res) = require(state, client, &req, request_id, &caller_entry, required).await {
-        return res;
-    }
-    let access = caller_entry.access();
-    let org = match state.app.org_by_id(&caller_entry.org_id).await {
-        Ok(o) => o,
-        Err(e) => return ApiError::from(e).into_response(Some(request_id)),
-    };
-    let actor = keyward_app::Actor {
-        id: format!("key:{}", caller_entry.key_id),
-        effective: access.effective,
-        client: Some(client.ip().to_string()),
-        request_id: request_id.to_str().ok().map(str::to_owned),
-    };
-    match state.app.revoke_key(&actor, &org, key_id).await {
-        Ok((key, outcome)) => json_response(
-            StatusCode::OK,
-            &Revocation {
-                key,
-                already_revoked: matches!(outcome, keyward_store::Revoked::Already(_)),
-            },
-            request_id,
-        ),
-        Err(e) => ApiError::from(e).into_response(Some(request_id)),
-    }
-}
-
-fn healthz<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Body> {
+fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
     let error = state
         .sync_error
         .lock()
@@ -212,7 +109,7 @@ fn healthz<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Bod
     res
 }
 
-fn metrics<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Body> {
+fn metrics(state: &State, request_id: &HeaderValue) -> Response<Body> {
     let mut res = Response::new(Body::full(state.metrics.render()));
     res.headers_mut().insert(
         CONTENT_TYPE,
@@ -223,24 +120,51 @@ fn metrics<S: Store>(state: &State<S>, request_id: &HeaderValue) -> Response<Bod
     res
 }
 
-/// Authenticates the caller of an own endpoint: any usable key.
-async fn caller<S: Store>(
-    state: &State<S>,
-    client: SocketAddr,
-    req: &Request<Incoming>,
-    request_id: &HeaderValue,
+/// What an own endpoint knows of its request before reading the body.
+pub(crate) struct Asked<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) client: SocketAddr,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
+impl<'a> Asked<'a> {
+    fn of(req: &'a Request<Incoming>, client: SocketAddr, request_id: &'a HeaderValue) -> Self {
+        Asked {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            client,
+            request_id,
+        }
+    }
+
+    fn exchange(&self, key: Option<&'a keyward_app::KeyEntry>) -> Exchange<'a> {
+        Exchange {
+            method: self.method,
+            path: self.path,
+            client: self.client,
+            request_id: self.request_id,
+            key,
+        }
+    }
+}
+
+/// Authenticates the caller of an own endpoint: any usable key. Refusals of
+/// write requests are audited, like the gateway's (`audit_writes`); the
+/// verify service is a read in all but its method and is not.
+pub(crate) async fn caller(
+    state: &State,
+    asked: &Asked<'_>,
+    audit_writes: bool,
 ) -> Result<Arc<keyward_app::KeyEntry>, Response<Body>> {
-    let ex = Exchange {
-        method: req.method(),
-        path: req.uri().path(),
-        client,
-        request_id,
-        key: None,
-    };
+    let ex = asked.exchange(None);
+    let audited = audit_writes && crate::gateway::is_write(asked.method);
     if let Some(e) = state.stale() {
         return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
     }
-    let found = match authenticate(state, req.headers()).await {
+    let found = match authenticate(state, asked.headers).await {
         Ok(f) => f,
         Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
     };
@@ -254,7 +178,7 @@ async fn caller<S: Store>(
         Err(f) => Err(refuse(
             state,
             &ex,
-            false,
+            audited,
             ApiError::unauthorized(f),
             Vec::new(),
             f.reason(),
@@ -264,11 +188,9 @@ async fn caller<S: Store>(
 }
 
 /// 403 (audited) unless the caller's key holds every scope in `required`.
-async fn require<S: Store>(
-    state: &State<S>,
-    client: SocketAddr,
-    req: &Request<Incoming>,
-    request_id: &HeaderValue,
+pub(crate) async fn require(
+    state: &State,
+    asked: &Asked<'_>,
     caller_entry: &keyward_app::KeyEntry,
     required: keyward_core::ScopeSet,
 ) -> Result<(), Response<Body>> {
@@ -277,26 +199,20 @@ async fn require<S: Store>(
     if held.is_allowed() {
         return Ok(());
     }
-    let ex = Exchange {
-        method: req.method(),
-        path: req.uri().path(),
-        client,
-        request_id,
-        key: Some(caller_entry),
-    };
+    let ex = asked.exchange(Some(caller_entry));
     let missing = catalog.names(held.missing);
     let names = missing.iter().map(|s| (*s).to_owned()).collect();
     let e = ApiError::forbidden(missing, catalog.names(held.granted));
     Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
 }
 
-async fn whoami<S: Store>(
-    state: &State<S>,
+async fn whoami(
+    state: &State,
     client: SocketAddr,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let entry = match caller(state, client, &req, request_id).await {
+    let entry = match caller(state, &Asked::of(&req, client, request_id), false).await {
         Ok(e) => e,
         Err(res) => return res,
     };
@@ -334,7 +250,7 @@ struct VerifyResponse<'a> {
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     let mut body = Limited::new(body, MAX_JSON_BYTES);
     // The common case is one data frame: take it without collecting.
     let first = match body.frame().await {
@@ -355,7 +271,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     }
 }
 
-fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiError {
+pub(crate) fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiError {
     if e.is::<http_body_util::LengthLimitError>() {
         ApiError::payload_too_large(MAX_JSON_BYTES as u64)
     } else {
@@ -378,26 +294,18 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
     })
 }
 
-async fn verify<S: Store>(
-    state: &State<S>,
+async fn verify(
+    state: &State,
     client: SocketAddr,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let caller_entry = match caller(state, client, &req, request_id).await {
+    let asked = Asked::of(&req, client, request_id);
+    let caller_entry = match caller(state, &asked, false).await {
         Ok(e) => e,
         Err(res) => return res,
     };
-    if let Err(res) = require(
-        state,
-        client,
-        &req,
-        request_id,
-        &caller_entry,
-        state.verify_scope,
-    )
-    .await
-    {
+    if let Err(res) = require(state, &asked, &caller_entry, state.verify_scope).await {
         return res;
     }
     let catalog = state.app.catalog();

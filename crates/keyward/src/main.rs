@@ -427,19 +427,9 @@ async fn keys(
             if let Some(d) = &a.unused_for {
                 filter.unused_since = Some(now.saturating_sub(duration("unused-for", d)?));
             }
-            match a.status.as_deref() {
-                None => {}
-                Some("active") => filter.active_at = Some(now),
-                Some("revoked") => filter.revoked = Some(true),
-                Some("expired") => {
-                    filter.inactive_at = Some(now);
-                    filter.revoked = Some(false);
-                }
-                Some(other) => {
-                    return Err(CliError::refused(format!(
-                        "--status: unknown status `{other}`: expected active, revoked or expired"
-                    )));
-                }
+            if let Some(status) = &a.status {
+                keyward_app::filter_status(&mut filter, status, now)
+                    .map_err(|e| CliError::refused(format!("--{e}")))?;
             }
             output::key_list(&app.list_keys(org, &filter).await?, a.json);
         }

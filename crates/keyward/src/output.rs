@@ -364,43 +364,7 @@ pub fn orgs(orgs: &[Org], json: bool, created: bool) {
 
 pub fn catalog(c: &Catalog, json: bool) {
     if json {
-        let scopes: Vec<_> = c
-            .scopes()
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name(), "description": s.description(), "area": s.area(),
-                    "status": s.status().as_str(), "write": s.is_write(), "reserved": s.is_reserved(),
-                    "implies": s.implies().iter().map(|i| c.scope(*i).name()).collect::<Vec<_>>(),
-                    "endpoints": s.endpoints(),
-                })
-            })
-            .collect();
-        let sets: Vec<_> = c
-            .permission_sets()
-            .iter()
-            .map(|p| {
-                json!({
-                    "id": p.id(), "name": p.name(), "area": p.area(), "description": p.description(),
-                    "write": p.is_write(), "single_scope": p.is_single_scope(),
-                    "scopes": p.scopes().iter().map(|i| c.scope(*i).name()).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let presets: Vec<_> = c
-            .presets()
-            .iter()
-            .map(|p| json!({"id": p.id(), "name": p.name(), "description": p.description(), "scopes": p.scopes(), "permission_sets": p.permission_sets()}))
-            .collect();
-        let routes: Vec<_> = c
-            .routes()
-            .iter()
-            .map(|r| json!({"methods": r.methods(), "path": r.template(), "scopes": c.names(r.required())}))
-            .collect();
-        return print_json(&json!({
-            "name": c.name(), "title": c.title(), "key_prefix": c.key_prefix(), "gateway_prefix": c.gateway_prefix(),
-            "scopes": scopes, "permission_sets": sets, "presets": presets, "routes": routes,
-        }));
+        return print_json(&keyward_app::views::CatalogView::new(c));
     }
     println!(
         "catalog `{}`: {} (keys `{}_…`, gateway prefix `{}`)",

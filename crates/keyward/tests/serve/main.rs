@@ -919,13 +919,13 @@ fn keys_are_revoked_through_the_api_and_never_edited() {
     r.error(405, "METHOD_NOT_ALLOWED");
     assert_eq!(r.header("allow"), Some("POST"));
 
-    // The refusal and the revocation are in the audit log.
+    // The refusals (a write request's 401 too) and the revocation are in
+    // the audit log.
     let refused = audit_rows(&kw);
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(
-        (refused[0].2.as_str(), refused[0].3),
-        (format!("/v1/keys/{target_id}/revoke").as_str(), 403)
-    );
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let path = format!("/v1/keys/{target_id}/revoke");
+    assert_eq!((refused[0].2.as_str(), refused[0].3), (path.as_str(), 403));
+    assert_eq!((refused[1].2.as_str(), refused[1].3), (path.as_str(), 401));
     let out = kw.cli_ok(&["keys", "show", &target_id, "--json"]);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["status"], "revoked");

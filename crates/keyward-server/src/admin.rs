@@ -1,0 +1,1202 @@
+//! The admin API (SPEC §6): keys, groups, audit queries, the catalog, and
+//! `/openapi.json`.
+//!
+//! Routes are registered with `utoipa_axum::routes!`, which takes each
+//! handler's `#[utoipa::path]` for both the route and its OpenAPI operation:
+//! a route cannot exist without its spec. The four endpoints served by hand
+//! in [`crate::own`] (verify, whoami, healthz, metrics) are documented by
+//! the stubs at the end of this file, and a test checks the two lists agree.
+//!
+//! Every handler does four things only: authorize (the [`Authorized`]
+//! extractor, before the body is read, so a caller without the scope learns
+//! nothing from validation errors), read the input (our own extractors,
+//! whose rejections are the SPEC error shape, never axum's plain text), call
+//! the one use case of [`keyward_app::App`] the CLI also calls, and render.
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::own::{Asked, MAX_JSON_BYTES, caller, require};
+use crate::{State, X_REQUEST_ID, json_response};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request as AxRequest};
+use axum::response::IntoResponse;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keyward_app::people::{AuditView, GroupView, UserView};
+use keyward_app::views::{CatalogView, CreatedKey, KeyView};
+use keyward_app::{Actor, CreateKey, KeyEntry};
+use keyward_core::{Environment, GrantRequest, ScopeSet};
+use keyward_store::{AuditQuery, KeyFilter, Org};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+type Shared = Arc<State>;
+
+/// Default and largest page of `GET /v1/keys` and `GET /v1/audit`.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+/// The admin router and its OpenAPI document, built once per server.
+pub struct Admin {
+    router: axum::Router,
+}
+
+impl Admin {
+    /// Builds the router over `state`. The router holds the state, so the
+    /// server drops this before waiting for the audit writer to finish.
+    pub(crate) fn new(state: Shared) -> Self {
+        let (router, api) = api_router().with_state(state).split_for_parts();
+        let spec = api.to_json().unwrap_or_else(|_| "{}".to_owned());
+        let spec = bytes::Bytes::from(spec);
+        let router = router
+            .route(
+                "/openapi.json",
+                axum::routing::get(move || {
+                    let spec = spec.clone();
+                    async move {
+                        let mut res = Response::new(Body::full(spec));
+                        res.headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        reply(res)
+                    }
+                }),
+            )
+            .fallback(not_found)
+            .method_not_allowed_fallback(wrong_method);
+        Admin { router }
+    }
+
+    /// Serves one request.
+    pub(crate) async fn call(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        request_id: HeaderValue,
+    ) -> Response<Body> {
+        req.extensions_mut().insert(Ctx {
+            client,
+            request_id: request_id.clone(),
+        });
+        let mut router = self.router.clone();
+        let res = match tower_service::Service::call(&mut router, req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        let mut res = res.map(Body::Admin);
+        res.headers_mut()
+            .entry(X_REQUEST_ID.clone())
+            .or_insert(request_id);
+        res
+    }
+}
+
+/// The OpenAPI document, for tests and tools.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+fn api_router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(show_key, key_immutable))
+        .routes(routes!(revoke_key))
+        .routes(routes!(roll_key))
+        .routes(routes!(catalog))
+        .routes(routes!(list_groups))
+        .routes(routes!(group_users))
+        .routes(routes!(group_keys))
+        .routes(routes!(add_member, remove_member))
+        .routes(routes!(audit))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keyward",
+        description = "Scoped API keys: the admin API, the verify service and operations endpoints. Errors use one shape: `{\"errors\": [{\"code\", \"message\", \"details\"}]}`."
+    ),
+    paths(doc_verify, doc_whoami, doc_healthz, doc_metrics),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+// ---- plumbing ----------------------------------------------------------
+
+/// What dispatch knows of a request before the router sees it.
+#[derive(Clone)]
+struct Ctx {
+    client: SocketAddr,
+    request_id: HeaderValue,
+}
+
+fn ctx(parts: &Parts) -> Ctx {
+    parts
+        .extensions
+        .get::<Ctx>()
+        .cloned()
+        .unwrap_or_else(|| Ctx {
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            request_id: HeaderValue::from_static("unknown"),
+        })
+}
+
+/// A finished response, success or error, in keyward's body type (boxed:
+/// it travels in `Err` through every extractor and handler).
+pub(crate) struct Reply(Box<Response<Body>>);
+
+fn reply(res: Response<Body>) -> Reply {
+    Reply(Box::new(res))
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> axum::response::Response {
+        (*self.0).map(axum::body::Body::new)
+    }
+}
+
+type Answer = Result<Reply, Reply>;
+
+fn fail(e: impl Into<ApiError>, ctx: &Ctx) -> Reply {
+    reply(e.into().into_response(Some(&ctx.request_id)))
+}
+
+fn ok(status: StatusCode, value: &impl Serialize, ctx: &Ctx) -> Answer {
+    let mut res = json_response(status, value, &ctx.request_id);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(reply(res))
+}
+
+/// Scopes an endpoint requires, as a type, so the requirement is checked by
+/// the extractor before the body is read.
+trait Need: Send + Sync + 'static {
+    const SCOPES: &'static [&'static str];
+}
+
+macro_rules! need {
+    ($($name:ident => [$($scope:literal),*];)*) => {$(
+        struct $name;
+        impl Need for $name {
+            const SCOPES: &'static [&'static str] = &[$($scope),*];
+        }
+    )*};
+}
+
+need! {
+    Anyone => [];
+    KeysRead => ["keyward-api-keys:read"];
+    KeysWrite => ["keyward-api-keys:write"];
+    GroupsRead => ["keyward-groups:read"];
+    GroupUsersRead => ["keyward-groups:read", "keyward-users:read"];
+    GroupKeysRead => ["keyward-groups:read", "keyward-api-keys:read"];
+    GroupsWrite => ["keyward-groups:write"];
+    AuditRead => ["keyward-audit:read"];
+}
+
+/// The caller, authenticated and holding every scope of `N`. Keys and (with
+/// the console) sessions both end up as an [`Actor`] in an [`Org`].
+struct Authorized<N: Need> {
+    actor: Actor,
+    org: Org,
+    ctx: Ctx,
+    _need: PhantomData<N>,
+}
+
+impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
+    type Rejection = Reply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Reply> {
+        let ctx = ctx(parts);
+        let asked = Asked {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            client: ctx.client,
+            request_id: &ctx.request_id,
+        };
+        let entry: Arc<KeyEntry> = caller(state, &asked, true).await.map_err(reply)?;
+        let catalog = state.app.catalog();
+        let mut required = ScopeSet::EMPTY;
+        for name in N::SCOPES {
+            match catalog.scope_id(name) {
+                Some(id) => required.insert(id),
+                None => {
+                    return Err(fail(
+                        ApiError::unavailable("the catalog lacks keyward's reserved scopes"),
+                        &ctx,
+                    ));
+                }
+            }
+        }
+        require(state, &asked, &entry, required)
+            .await
+            .map_err(reply)?;
+        let org = state
+            .app
+            .org_by_id(&entry.org_id)
+            .await
+            .map_err(|e| fail(e, &ctx))?;
+        let actor = Actor {
+            id: format!("key:{}", entry.key_id),
+            effective: entry.access().effective,
+            client: Some(ctx.client.ip().to_string()),
+            request_id: ctx.request_id.to_str().ok().map(str::to_owned),
+        };
+        Ok(Authorized {
+            actor,
+            org,
+            ctx,
+            _need: PhantomData,
+        })
+    }
+}
+
+/// Parses serde output into a value or a 422 naming the offending field.
+fn deserialize<'de, T: Deserialize<'de>>(
+    de: impl serde::Deserializer<'de, Error = impl std::fmt::Display + serde::de::Error>,
+    what: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.inner().to_string();
+        let (field, message) = if field == "." {
+            // Unknown and missing fields name themselves in serde's message.
+            let named = between_backticks(&inner).unwrap_or_default();
+            (named, format!("Invalid {what}: {inner}"))
+        } else {
+            (field.clone(), format!("Invalid {what}: `{field}`: {inner}"))
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_FAILED",
+            message,
+        )
+        .detail("field", field)
+    })
+}
+
+fn between_backticks(s: &str) -> Option<String> {
+    let (_, rest) = s.split_once('`')?;
+    let (name, _) = rest.split_once('`')?;
+    Some(name.to_owned())
+}
+
+/// A JSON request body: at most 64 KiB, syntax errors 400, wrong shapes 422
+/// naming the field, too large 413.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Reply;
+
+    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
+        let (parts, body) = req.into_parts();
+        let ctx = ctx(&parts);
+        let bytes = read(body, &ctx).await?;
+        parse_json(&bytes, &ctx).map(JsonBody)
+    }
+}
+
+/// Like [`JsonBody`], but an empty body means the defaults.
+struct OptionalJsonBody<T>(T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = Reply;
+
+    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
+        let (parts, body) = req.into_parts();
+        let ctx = ctx(&parts);
+        let bytes = read(body, &ctx).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&bytes, &ctx).map(OptionalJsonBody)
+    }
+}
+
+async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> {
+    axum::body::to_bytes(body, MAX_JSON_BYTES)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return fail(ApiError::payload_too_large(MAX_JSON_BYTES as u64), ctx);
+                }
+                source = s.source();
+            }
+            fail(
+                ApiError::bad_request(format!("Could not read the request body: {e}")),
+                ctx,
+            )
+        })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result<T, Reply> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = deserialize(&mut de, "JSON body").map_err(|e| {
+        // Syntax (not shape) problems are 400: the document is not JSON.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => fail(
+                ApiError::bad_request(format!("Invalid JSON body: {syntax}")),
+                ctx,
+            ),
+            Ok(_) => fail(e, ctx),
+        }
+    })?;
+    de.end().map_err(|e| {
+        fail(
+            ApiError::bad_request(format!("Invalid JSON body: {e}")),
+            ctx,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Query parameters: unknown ones and wrong types are 422 naming them.
+struct QueryArgs<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = Reply;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Reply> {
+        let ctx = ctx(parts);
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        deserialize(de, "query parameter")
+            .map(QueryArgs)
+            .map_err(|e| fail(e, &ctx))
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// Path parameters, decoded; undecodable ones are 400 in the SPEC shape.
+struct PathArgs<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArgs<T> {
+    type Rejection = Reply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Reply> {
+        let ctx = ctx(parts);
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathArgs(v)),
+            Err(e) => Err(fail(
+                ApiError::bad_request(format!("Invalid path: {}", e.body_text())),
+                &ctx,
+            )),
+        }
+    }
+}
+
+async fn not_found(parts: Parts) -> Reply {
+    let ctx = ctx(&parts);
+    fail(
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!(
+                "keyward has no endpoint {} {}",
+                parts.method,
+                parts.uri.path()
+            ),
+        ),
+        &ctx,
+    )
+}
+
+async fn wrong_method(parts: Parts) -> Reply {
+    let ctx = ctx(&parts);
+    fail(
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not supported on {}", parts.method, parts.uri.path()),
+        ),
+        &ctx,
+    )
+}
+
+// ---- documents ---------------------------------------------------------
+
+/// Every error: `{"errors": [{"code", "message", "details"}]}`.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: errors are built by ApiError")]
+struct ErrorDoc {
+    errors: Vec<ErrorItemDoc>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
+struct ErrorItemDoc {
+    /// `UNAUTHORIZED`, `FORBIDDEN`, `NOT_FOUND`, `VALIDATION_FAILED`, …
+    code: String,
+    /// What went wrong, for people.
+    message: String,
+    /// Machine-readable specifics (`required`, `available`, `field`, …).
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
+}
+
+/// A page of results; `next_cursor` fetches the next one.
+#[derive(Serialize, ToSchema)]
+struct Page<T: ToSchema> {
+    data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A list that is never paged.
+#[derive(Serialize, ToSchema)]
+struct List<T: ToSchema> {
+    data: Vec<T>,
+}
+
+// ---- keys --------------------------------------------------------------
+
+/// `POST /v1/keys`. Only `name` and one non-empty grant list are required.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyBody {
+    /// What the key is for; trimmed, at most 100 characters.
+    name: String,
+    /// Scopes to grant.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Permission sets to grant.
+    #[serde(default)]
+    permission_sets: Vec<String>,
+    /// Presets to grant.
+    #[serde(default)]
+    presets: Vec<String>,
+    /// RFC 3339 expiry, in the future.
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    description: Option<String>,
+    /// `live` (default) or `test`.
+    #[serde(default)]
+    environment: Option<String>,
+    /// Required when more than 10 write-capable permission sets are selected.
+    #[serde(default)]
+    acknowledge_broad_access: bool,
+}
+
+fn parse_time(field: &'static str, text: &str) -> Result<i64, ApiError> {
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| {
+            ApiError::validation(field, format!("`{text}` is not an RFC 3339 timestamp: {e}"))
+        })
+}
+
+/// Create a key. The full key is in this response and never again.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "Created; `key` is shown this once", body = CreatedKey),
+        (status = "default", description = "Error (401, 403, 413, 422 `VALIDATION_FAILED` or `BROAD_ACCESS_UNACKNOWLEDGED`)", body = ErrorDoc),
+    )
+)]
+async fn create_key(
+    state: axum::extract::State<Shared>,
+    who: Authorized<KeysWrite>,
+    JsonBody(body): JsonBody<CreateKeyBody>,
+) -> Answer {
+    let ctx = &who.ctx;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|t| parse_time("expires_at", t))
+        .transpose()
+        .map_err(|e| fail(e, ctx))?;
+    let environment = body
+        .environment
+        .as_deref()
+        .map(|e| {
+            Environment::parse(e).map_err(|_| {
+                ApiError::validation(
+                    "environment",
+                    format!("unknown environment `{e}`: expected live or test"),
+                )
+            })
+        })
+        .transpose()
+        .map_err(|e| fail(e, ctx))?;
+    let req = CreateKey {
+        name: body.name,
+        description: body.description.unwrap_or_default(),
+        environment,
+        grants: GrantRequest {
+            scopes: body.scopes,
+            permission_sets: body.permission_sets,
+            presets: body.presets,
+        },
+        expires_at,
+        acknowledge_broad_access: body.acknowledge_broad_access,
+    };
+    let created = state
+        .app
+        .create_key(&who.actor, &who.org, req)
+        .await
+        .map_err(|e| fail(e, ctx))?;
+    ok(StatusCode::CREATED, &created, ctx)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct KeyListQuery {
+    /// `active`, `revoked` or `expired`.
+    status: Option<String>,
+    /// Only legacy keys (`true`) or only scoped keys (`false`).
+    legacy: Option<bool>,
+    /// Only keys not used for this long, e.g. `90d`.
+    unused_for: Option<String>,
+    /// Only keys holding this permission set.
+    permission_set: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        n => Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}, got {n}"),
+        )),
+    }
+}
+
+fn key_cursor(text: &str) -> Result<(i64, String), ApiError> {
+    text.split_once('.')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id)))
+        .filter(|(_, id)| !id.is_empty())
+        .map(|(at, id)| (at, id.to_owned()))
+        .ok_or_else(|| {
+            ApiError::validation(
+                "cursor",
+                "not a cursor this API returned: start over without it",
+            )
+        })
+}
+
+/// List the organization's keys, newest first.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    params(KeyListQuery),
+    responses(
+        (status = 200, description = "A page of keys", body = Page<KeyView>),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn list_keys(
+    state: axum::extract::State<Shared>,
+    who: Authorized<KeysRead>,
+    QueryArgs(q): QueryArgs<KeyListQuery>,
+) -> Answer {
+    let ctx = &who.ctx;
+    let filter = key_filter(&state, &q).map_err(|e| fail(e, ctx))?;
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE + 1) - 1;
+    let mut keys = state
+        .app
+        .list_keys(&who.org, &filter)
+        .await
+        .map_err(|e| fail(e, ctx))?;
+    let next_cursor = if keys.len() > limit as usize {
+        keys.truncate(limit as usize);
+        keys.last().map(|k| format!("{}.{}", k.created_at, k.id))
+    } else {
+        None
+    };
+    ok(
+        StatusCode::OK,
+        &Page {
+            data: keys,
+            next_cursor,
+        },
+        ctx,
+    )
+}
+
+fn key_filter(state: &State, q: &KeyListQuery) -> Result<KeyFilter, ApiError> {
+    let now = state.app.now();
+    let mut filter = KeyFilter {
+        legacy: q.legacy,
+        permission_set: q.permission_set.clone(),
+        before: q.cursor.as_deref().map(key_cursor).transpose()?,
+        // One more than asked tells whether another page follows.
+        limit: Some(page_size(q.limit)? + 1),
+        ..KeyFilter::default()
+    };
+    if let Some(d) = &q.unused_for {
+        let ms = keyward_core::parse_duration_ms(d)
+            .map_err(|e| ApiError::validation("unused_for", e.to_string()))?;
+        filter.unused_since = Some(now.saturating_sub(ms));
+    }
+    if let Some(s) = &q.status {
+        keyward_app::filter_status(&mut filter, s, now)?;
+    }
+    Ok(filter)
+}
+
+/// One key: grants, effective scopes, status, last use. Never the secret.
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = "default", description = "Error (404 also for another organization's key)", body = ErrorDoc),
+    )
+)]
+async fn show_key(
+    state: axum::extract::State<Shared>,
+    who: Authorized<KeysRead>,
+    PathArgs(id): PathArgs<String>,
+) -> Answer {
+    let key = state
+        .app
+        .show_key(&who.org, &id)
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    ok(StatusCode::OK, &key, &who.ctx)
+}
+
+/// Keys are immutable: every attempt to edit or delete one is refused (and
+/// audited), pointing to what to do instead.
+#[utoipa::path(
+    method(put, patch, delete), path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    responses(
+        (status = 405, description = "`KEY_IMMUTABLE`: create a new key instead (or revoke this one)", body = ErrorDoc),
+        (status = "default", description = "Error (401)", body = ErrorDoc),
+    )
+)]
+async fn key_immutable(
+    state: axum::extract::State<Shared>,
+    who: Authorized<Anyone>,
+    method: Method,
+    uri: http::Uri,
+    PathArgs(id): PathArgs<String>,
+) -> Answer {
+    let ctx = &who.ctx;
+    let message = if method == Method::DELETE {
+        "API keys are not deleted: revoke it with POST /v1/keys/{id}/revoke; its record stays for the audit trail"
+    } else {
+        "API keys cannot be edited: create a new key with the access you need, then revoke this one"
+    };
+    let mut entry = keyward_core::audit::AuditEntry {
+        org_id: who.org.id.clone(),
+        actor: who.actor.id.clone(),
+        action: "key.edit_refused".to_owned(),
+        key_id: Some(id.clone()),
+        method: Some(method.to_string()),
+        path: Some(uri.path().to_owned()),
+        status: Some(405),
+        client: who.actor.client.clone(),
+        request_id: who.actor.request_id.clone(),
+        details: "{}".to_owned(),
+        ..keyward_core::audit::AuditEntry::default()
+    };
+    entry.at_ms = state.app.now();
+    if state.record(entry).await.is_err() {
+        return Err(fail(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                "The refusal could not be audited; try again",
+            ),
+            ctx,
+        ));
+    }
+    let mut res = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "KEY_IMMUTABLE", message)
+        .detail("key_id", id)
+        .into_response(Some(&ctx.request_id));
+    res.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    Err(reply(res))
+}
+
+/// The revocation answer: the key as it now is, and whether it already was.
+#[derive(Serialize, ToSchema)]
+struct Revocation {
+    #[serde(flatten)]
+    key: KeyView,
+    /// Revoked earlier; nothing changed.
+    already_revoked: bool,
+}
+
+/// Revoke a key at once. Revoking twice changes nothing.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/revoke", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    responses(
+        (status = 200, description = "Revoked", body = Revocation),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn revoke_key(
+    state: axum::extract::State<Shared>,
+    who: Authorized<KeysWrite>,
+    PathArgs(id): PathArgs<String>,
+) -> Answer {
+    let (key, outcome) = state
+        .app
+        .revoke_key(&who.actor, &who.org, &id)
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    let already_revoked = matches!(outcome, keyward_store::Revoked::Already(_));
+    ok(
+        StatusCode::OK,
+        &Revocation {
+            key,
+            already_revoked,
+        },
+        &who.ctx,
+    )
+}
+
+/// `POST /v1/keys/{id}/roll`; the body may be empty.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RollBody {
+    /// How long the old key keeps working, e.g. `24h` (default) or `0s`.
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+/// Replace a key with a new one holding the same grants; the old one keeps
+/// working for the grace period, then expires.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/roll", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    request_body(content = Option<RollBody>, description = "Optional"),
+    responses(
+        (status = 201, description = "The new key, shown this once", body = CreatedKey),
+        (status = "default", description = "Error (404; 409 for a revoked or expired key)", body = ErrorDoc),
+    )
+)]
+async fn roll_key(
+    state: axum::extract::State<Shared>,
+    who: Authorized<KeysWrite>,
+    PathArgs(id): PathArgs<String>,
+    OptionalJsonBody(body): OptionalJsonBody<RollBody>,
+) -> Answer {
+    let ctx = &who.ctx;
+    let grace = body.grace.as_deref().unwrap_or("24h");
+    let grace_ms = keyward_core::parse_duration_ms(grace)
+        .map_err(|e| fail(ApiError::validation("grace", e.to_string()), ctx))?;
+    let created = state
+        .app
+        .roll_key(&who.actor, &who.org, &id, grace_ms)
+        .await
+        .map_err(|e| fail(e, ctx))?;
+    ok(StatusCode::CREATED, &created, ctx)
+}
+
+/// The catalog in force: scopes, permission sets, presets, routes.
+#[utoipa::path(
+    get, path = "/v1/catalog", tag = "catalog",
+    responses(
+        (status = 200, description = "The catalog", body = CatalogView),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn catalog(state: axum::extract::State<Shared>, who: Authorized<KeysRead>) -> Answer {
+    ok(
+        StatusCode::OK,
+        &CatalogView::new(state.app.catalog()),
+        &who.ctx,
+    )
+}
+
+// ---- groups ------------------------------------------------------------
+
+/// Every authorization group: `administrators`, then one per permission set.
+#[utoipa::path(
+    get, path = "/v1/groups", tag = "groups",
+    responses(
+        (status = 200, description = "The groups", body = List<GroupView>),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn list_groups(state: axum::extract::State<Shared>, who: Authorized<GroupsRead>) -> Answer {
+    let data = state
+        .app
+        .list_groups(&who.org)
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    ok(StatusCode::OK, &List { data }, &who.ctx)
+}
+
+/// A group's Users tab: its members, by email.
+#[utoipa::path(
+    get, path = "/v1/groups/{id}/users", tag = "groups",
+    params(("id" = String, Path, description = "Group id: a permission set id, or `administrators`")),
+    responses(
+        (status = 200, description = "Members", body = List<UserView>),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn group_users(
+    state: axum::extract::State<Shared>,
+    who: Authorized<GroupUsersRead>,
+    PathArgs(id): PathArgs<String>,
+) -> Answer {
+    let data = state
+        .app
+        .list_users(&who.org, Some(&id))
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    ok(StatusCode::OK, &List { data }, &who.ctx)
+}
+
+/// A group's API Keys tab: keys holding its permission set (fixed at
+/// creation); for `administrators`, the legacy keys.
+#[utoipa::path(
+    get, path = "/v1/groups/{id}/api-keys", tag = "groups",
+    params(("id" = String, Path, description = "Group id: a permission set id, or `administrators`")),
+    responses(
+        (status = 200, description = "Keys", body = List<KeyView>),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn group_keys(
+    state: axum::extract::State<Shared>,
+    who: Authorized<GroupKeysRead>,
+    PathArgs(id): PathArgs<String>,
+) -> Answer {
+    let data = state
+        .app
+        .group_keys(&who.org, &id, KeyFilter::default())
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    ok(StatusCode::OK, &List { data }, &who.ctx)
+}
+
+/// The answer to a membership change.
+#[derive(Serialize, ToSchema)]
+struct Membership {
+    /// The user as now.
+    user: UserView,
+    /// The group.
+    group: String,
+    /// Whether the user is now a member.
+    member: bool,
+    /// Whether anything changed (repeating a change is harmless).
+    changed: bool,
+}
+
+async fn membership(
+    state: &State,
+    who: &Authorized<GroupsWrite>,
+    group: String,
+    user: &str,
+    member: bool,
+) -> Answer {
+    let (user, changed) = state
+        .app
+        .set_membership(&who.actor, &who.org, &group, user, member)
+        .await
+        .map_err(|e| fail(e, &who.ctx))?;
+    ok(
+        StatusCode::OK,
+        &Membership {
+            user,
+            group,
+            member,
+            changed,
+        },
+        &who.ctx,
+    )
+}
+
+/// Add a user to a group (audited). The caller must hold the group's scopes.
+#[utoipa::path(
+    put, path = "/v1/groups/{id}/users/{user}", tag = "groups",
+    params(
+        ("id" = String, Path, description = "Group id"),
+        ("user" = String, Path, description = "User id (`usr_…`) or email"),
+    ),
+    responses(
+        (status = 200, description = "Member", body = Membership),
+        (status = "default", description = "Error (403 names the scopes the caller lacks)", body = ErrorDoc),
+    )
+)]
+async fn add_member(
+    state: axum::extract::State<Shared>,
+    who: Authorized<GroupsWrite>,
+    PathArgs((group, user)): PathArgs<(String, String)>,
+) -> Answer {
+    membership(&state, &who, group, &user, true).await
+}
+
+/// Remove a user from a group (audited).
+#[utoipa::path(
+    delete, path = "/v1/groups/{id}/users/{user}", tag = "groups",
+    params(
+        ("id" = String, Path, description = "Group id"),
+        ("user" = String, Path, description = "User id (`usr_…`) or email"),
+    ),
+    responses(
+        (status = 200, description = "Not a member", body = Membership),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn remove_member(
+    state: axum::extract::State<Shared>,
+    who: Authorized<GroupsWrite>,
+    PathArgs((group, user)): PathArgs<(String, String)>,
+) -> Answer {
+    membership(&state, &who, group, &user, false).await
+}
+
+// ---- audit -------------------------------------------------------------
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditListQuery {
+    /// Only records about this key.
+    key_id: Option<String>,
+    /// Only records by this actor (`key:…`, `user:…`, `cli:…`).
+    actor: Option<String>,
+    /// Only this action (`gateway.request`, `key.created`, …).
+    action: Option<String>,
+    /// Only this HTTP status.
+    #[param(minimum = 100, maximum = 599)]
+    status: Option<u16>,
+    /// RFC 3339: only records at or after.
+    since: Option<String>,
+    /// RFC 3339: only records before.
+    until: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The organization's audit log, newest first.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    params(AuditListQuery),
+    responses(
+        (status = 200, description = "A page of records", body = Page<AuditView>),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+async fn audit(
+    state: axum::extract::State<Shared>,
+    who: Authorized<AuditRead>,
+    QueryArgs(q): QueryArgs<AuditListQuery>,
+) -> Answer {
+    let ctx = &who.ctx;
+    let query = audit_query(&q).map_err(|e| fail(e, ctx))?;
+    let limit = query.limit - 1;
+    let mut data = state
+        .app
+        .query_audit(&who.org, &query)
+        .await
+        .map_err(|e| fail(e, ctx))?;
+    let next_cursor = if data.len() > limit as usize {
+        data.truncate(limit as usize);
+        data.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    ok(StatusCode::OK, &Page { data, next_cursor }, ctx)
+}
+
+fn audit_query(q: &AuditListQuery) -> Result<AuditQuery, ApiError> {
+    let before_seq = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                ApiError::validation(
+                    "cursor",
+                    "not a cursor this API returned: start over without it",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(AuditQuery {
+        key_id: q.key_id.clone(),
+        actor: q.actor.clone(),
+        action: q.action.clone(),
+        status: q.status,
+        since: q
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t))
+            .transpose()?,
+        before_seq,
+        // One more than asked tells whether another page follows.
+        limit: page_size(q.limit)? + 1,
+    })
+}
+
+// ---- documentation of the endpoints served by hand (crate::own) ---------
+
+/// `POST /v1/verify` body: either `method` and `path`, or `scopes`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs parses the body")]
+#[serde(deny_unknown_fields)]
+struct VerifyRequestDoc {
+    /// The key to check.
+    key: String,
+    /// HTTP method of the request to check.
+    method: Option<String>,
+    /// Path of the request to check, with or without the gateway prefix.
+    path: Option<String>,
+    /// Scopes to check instead of a route.
+    scopes: Option<Vec<String>>,
+}
+
+/// `POST /v1/verify` answer, for any key, valid or not.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs renders the answer")]
+struct VerifyResponseDoc {
+    valid: bool,
+    allowed: bool,
+    key_id: Option<String>,
+    org_id: Option<String>,
+    /// Effective scopes of a valid key.
+    scopes: Vec<String>,
+    required: Vec<String>,
+    missing: Vec<String>,
+    /// `allowed`, `missing_scopes`, `no_route`, `revoked`, `expired`, `unknown`, …
+    reason: String,
+}
+
+/// Health of this node.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs renders it")]
+struct HealthDoc {
+    /// `ok` or `stale`.
+    status: String,
+    /// `reachable` or `unreachable`.
+    database: String,
+    database_error: Option<String>,
+    /// Keys, change-log version, age.
+    #[schema(value_type = Object)]
+    snapshot: serde_json::Value,
+    upstream: Option<String>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/verify", tag = "verify",
+    request_body = VerifyRequestDoc,
+    responses(
+        (status = 200, description = "The decision", body = VerifyResponseDoc),
+        (status = "default", description = "Error (the caller needs `keyward-api-keys:verify`)", body = ErrorDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's verify")]
+fn doc_verify() {}
+
+#[utoipa::path(
+    get, path = "/v1/whoami", tag = "verify",
+    responses(
+        (status = 200, description = "The calling key", body = KeyView),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's whoami")]
+fn doc_whoami() {}
+
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Healthy", body = HealthDoc),
+        (status = 503, description = "Stale: the database has not been reached for too long", body = HealthDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's healthz")]
+fn doc_healthz() {}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
+#[allow(dead_code, reason = "documentation of own.rs's metrics")]
+fn doc_metrics() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paths [`crate::own`] serves by hand, which the spec must document.
+    const HAND_WRITTEN: &[(&str, &str)] = &[
+        ("post", "/v1/verify"),
+        ("get", "/v1/whoami"),
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+    ];
+
+    #[test]
+    fn the_spec_documents_every_hand_written_endpoint() {
+        let spec = serde_json::to_value(openapi()).unwrap_or_default();
+        for (method, path) in HAND_WRITTEN {
+            assert!(
+                spec["paths"][path][method].is_object(),
+                "{method} {path} is served but not documented"
+            );
+        }
+        for path in ["/v1/keys", "/v1/keys/{id}", "/v1/groups/{id}/users/{user}"] {
+            assert!(spec["paths"][path].is_object(), "{path}");
+        }
+        assert_eq!(
+            spec["paths"]["/v1/keys/{id}"]
+                .as_object()
+                .map(|o| o.len())
+                .unwrap_or(0),
+            4,
+            "GET plus the three refused verbs"
+        );
+    }
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields_in_the_spec_too() {
+        let spec = serde_json::to_value(openapi()).unwrap_or_default();
+        for name in ["CreateKeyBody", "RollBody", "VerifyRequestDoc"] {
+            assert_eq!(
+                spec["components"]["schemas"][name]["additionalProperties"],
+                serde_json::Value::Bool(false),
+                "{name}"
+            );
+        }
+    }
+}
