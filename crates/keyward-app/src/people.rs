@@ -589,7 +589,9 @@ impl<S: Store> App<S> {
         self.list_keys(org, &filter).await
     }
 
-    /// Audit records of the organization, newest first.
+    /// One page of the organization's audit records, newest first, and the
+    /// sequence number to pass as `before_seq` for the next page (`None` on
+    /// the last page). `query.limit` is the page size.
     ///
     /// # Errors
     /// Validation of the page size; storage failures.
@@ -597,15 +599,26 @@ impl<S: Store> App<S> {
         &self,
         org: &Org,
         query: &AuditQuery,
-    ) -> Result<Vec<AuditView>, AppError> {
+    ) -> Result<(Vec<AuditView>, Option<i64>), AppError> {
         if query.limit == 0 || query.limit > MAX_AUDIT_PAGE {
             return Err(AppError::validation(
                 "limit",
                 format!("must be between 1 and {MAX_AUDIT_PAGE}"),
             ));
         }
-        let records = self.store.query_audit(&org.id, query).await?;
-        Ok(records.into_iter().map(AuditView::from).collect())
+        // One more than asked tells whether another page follows.
+        let probe = AuditQuery {
+            limit: query.limit + 1,
+            ..query.clone()
+        };
+        let mut records = self.store.query_audit(&org.id, &probe).await?;
+        let next = if records.len() > query.limit as usize {
+            records.truncate(query.limit as usize);
+            records.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok((records.into_iter().map(AuditView::from).collect(), next))
     }
 }
 

@@ -692,7 +692,7 @@ async fn show_key(
 /// Keys are immutable: every attempt to edit or delete one is refused (and
 /// audited), pointing to what to do instead.
 #[utoipa::path(
-    method(put, patch, delete), path = "/v1/keys/{id}", tag = "keys",
+    method(put, patch, delete, post), path = "/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id (`key_…`)")),
     responses(
         (status = 405, description = "`KEY_IMMUTABLE`: create a new key instead (or revoke this one)", body = ErrorDoc),
@@ -1019,18 +1019,12 @@ async fn audit(
 ) -> Answer {
     let ctx = &who.ctx;
     let query = audit_query(&q).map_err(|e| fail(e, ctx))?;
-    let limit = query.limit - 1;
-    let mut data = state
+    let (data, next) = state
         .app
         .query_audit(&who.org, &query)
         .await
         .map_err(|e| fail(e, ctx))?;
-    let next_cursor = if data.len() > limit as usize {
-        data.truncate(limit as usize);
-        data.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next.map(|seq| seq.to_string());
     ok(StatusCode::OK, &Page { data, next_cursor }, ctx)
 }
 
@@ -1063,8 +1057,7 @@ fn audit_query(q: &AuditListQuery) -> Result<AuditQuery, ApiError> {
             .map(|t| parse_time("until", t))
             .transpose()?,
         before_seq,
-        // One more than asked tells whether another page follows.
-        limit: page_size(q.limit)? + 1,
+        limit: page_size(q.limit)?,
     })
 }
 
@@ -1183,8 +1176,8 @@ mod tests {
                 .as_object()
                 .map(|o| o.len())
                 .unwrap_or(0),
-            4,
-            "GET plus the three refused verbs"
+            5,
+            "GET plus the four refused verbs"
         );
     }
 

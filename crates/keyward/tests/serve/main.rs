@@ -8,6 +8,7 @@
     reason = "test code: a panic is a failed test, and deadlines are real time"
 )]
 
+mod admin;
 mod harness;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};
