@@ -53,9 +53,11 @@ impl Admin {
     /// Builds the router over `state`. The router holds the state, so the
     /// server drops this before waiting for the audit writer to finish.
     pub(crate) fn new(state: Shared) -> Self {
-        let (router, api) = api_router().with_state(state).split_for_parts();
-        let spec = api.to_json().unwrap_or_else(|_| "{}".to_owned());
-        let spec = bytes::Bytes::from(spec);
+        let catalog = state.app.catalog();
+        let mut spec = serde_json::to_value(openapi()).unwrap_or_default();
+        describe_catalog(&mut spec, catalog);
+        let spec = bytes::Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+        let router = api_router().with_state(state).split_for_parts().0;
         let router = router
             .route(
                 "/openapi.json",
@@ -101,6 +103,44 @@ impl Admin {
 /// The OpenAPI document, for tests and tools.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
+}
+
+/// Narrows the served document to the catalog in force: the grants a key
+/// may be created with are this catalog's names, and one list must be
+/// non-empty. Generic clients (and fuzzers) then send what the server takes.
+fn describe_catalog(spec: &mut serde_json::Value, catalog: &keyward_core::Catalog) {
+    if !spec["components"]["schemas"]["CreateKeyBody"].is_object() {
+        return;
+    }
+    let scopes: Vec<&str> = catalog
+        .scopes()
+        .iter()
+        .filter(|s| s.status() == keyward_core::ScopeStatus::Available)
+        .map(keyward_core::Scope::name)
+        .collect();
+    let sets: Vec<&str> = catalog.permission_sets().iter().map(|p| p.id()).collect();
+    let presets: Vec<&str> = catalog.presets().iter().map(|p| p.id()).collect();
+    for (field, names) in [
+        ("scopes", scopes),
+        ("permission_sets", sets),
+        ("presets", presets),
+    ] {
+        if field == "scopes" {
+            let verify = &mut spec["components"]["schemas"]["VerifyScopesDoc"];
+            if verify.is_object() {
+                verify["properties"]["scopes"]["items"]["enum"] = serde_json::json!(names);
+            }
+        }
+        let body = &mut spec["components"]["schemas"]["CreateKeyBody"];
+        body["properties"][field]["items"]["enum"] = serde_json::json!(names);
+        body["properties"][field]["uniqueItems"] = serde_json::Value::Bool(true);
+    }
+    let body = &mut spec["components"]["schemas"]["CreateKeyBody"];
+    body["anyOf"] = serde_json::json!([
+        {"required": ["scopes"], "properties": {"scopes": {"minItems": 1}}},
+        {"required": ["permission_sets"], "properties": {"permission_sets": {"minItems": 1}}},
+        {"required": ["presets"], "properties": {"presets": {"minItems": 1}}},
+    ]);
 }
 
 fn api_router() -> OpenApiRouter<Shared> {
@@ -327,7 +367,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         let (parts, body) = req.into_parts();
         let ctx = ctx(&parts);
         let bytes = read(body, &ctx).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJsonBody(T::default()));
         }
         parse_json(&bytes, &ctx).map(OptionalJsonBody)
@@ -481,6 +521,7 @@ struct List<T: ToSchema> {
 #[serde(deny_unknown_fields)]
 struct CreateKeyBody {
     /// What the key is for; trimmed, at most 100 characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^\s*\S")]
     name: String,
     /// Scopes to grant.
     #[serde(default)]
@@ -493,12 +534,14 @@ struct CreateKeyBody {
     presets: Vec<String>,
     /// RFC 3339 expiry, in the future.
     #[serde(default)]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// Free text.
     #[serde(default)]
     description: Option<String>,
     /// `live` (default) or `test`.
     #[serde(default)]
+    #[schema(pattern = "^(live|test)$")]
     environment: Option<String>,
     /// Required when more than 10 write-capable permission sets are selected.
     #[serde(default)]
@@ -572,16 +615,20 @@ async fn create_key(
 #[into_params(parameter_in = Query)]
 struct KeyListQuery {
     /// `active`, `revoked` or `expired`.
+    #[param(pattern = "^(active|revoked|expired)$")]
     status: Option<String>,
     /// Only legacy keys (`true`) or only scoped keys (`false`).
     legacy: Option<bool>,
     /// Only keys not used for this long, e.g. `90d`.
+    #[param(pattern = "^[0-9]{1,3}(ms|s|m|h|d|w)$")]
     unused_for: Option<String>,
     /// Only keys holding this permission set.
     permission_set: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]+\..+$")]
     cursor: Option<String>,
 }
 
@@ -789,6 +836,7 @@ async fn revoke_key(
 struct RollBody {
     /// How long the old key keeps working, e.g. `24h` (default) or `0s`.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{1,3}(ms|s|m|h|d|w)$")]
     grace: Option<String>,
 }
 
@@ -994,12 +1042,16 @@ struct AuditListQuery {
     #[param(minimum = 100, maximum = 599)]
     status: Option<u16>,
     /// RFC 3339: only records at or after.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// RFC 3339: only records before.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]*$")]
     cursor: Option<String>,
 }
 
@@ -1041,6 +1093,14 @@ fn audit_query(q: &AuditListQuery) -> Result<AuditQuery, ApiError> {
             })
         })
         .transpose()?;
+    if let Some(s) = q.status
+        && !(100..=599).contains(&s)
+    {
+        return Err(ApiError::validation(
+            "status",
+            format!("must be an HTTP status (100 to 599), got {s}"),
+        ));
+    }
     Ok(AuditQuery {
         key_id: q.key_id.clone(),
         actor: q.actor.clone(),
@@ -1066,16 +1126,36 @@ fn audit_query(q: &AuditListQuery) -> Result<AuditQuery, ApiError> {
 /// `POST /v1/verify` body: either `method` and `path`, or `scopes`.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code, reason = "documentation only: own.rs parses the body")]
+#[serde(untagged)]
+enum VerifyRequestDoc {
+    Route(VerifyRouteDoc),
+    Scopes(VerifyScopesDoc),
+}
+
+/// Would this key be allowed this request?
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
 #[serde(deny_unknown_fields)]
-struct VerifyRequestDoc {
+struct VerifyRouteDoc {
     /// The key to check.
     key: String,
     /// HTTP method of the request to check.
-    method: Option<String>,
+    method: String,
     /// Path of the request to check, with or without the gateway prefix.
-    path: Option<String>,
-    /// Scopes to check instead of a route.
-    scopes: Option<Vec<String>>,
+    #[schema(pattern = "^/")]
+    path: String,
+}
+
+/// Does this key hold these scopes?
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
+#[serde(deny_unknown_fields)]
+struct VerifyScopesDoc {
+    /// The key to check.
+    key: String,
+    /// Scopes to check.
+    #[schema(min_items = 1)]
+    scopes: Vec<String>,
 }
 
 /// `POST /v1/verify` answer, for any key, valid or not.
@@ -1184,7 +1264,12 @@ mod tests {
     #[test]
     fn request_bodies_refuse_unknown_fields_in_the_spec_too() {
         let spec = serde_json::to_value(openapi()).unwrap_or_default();
-        for name in ["CreateKeyBody", "RollBody", "VerifyRequestDoc"] {
+        for name in [
+            "CreateKeyBody",
+            "RollBody",
+            "VerifyRouteDoc",
+            "VerifyScopesDoc",
+        ] {
             assert_eq!(
                 spec["components"]["schemas"][name]["additionalProperties"],
                 serde_json::Value::Bool(false),

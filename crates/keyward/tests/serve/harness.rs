@@ -435,6 +435,11 @@ macro_rules! loud {
     }};
 }
 
+/// Says, where the test harness cannot hide it, that a test did not run.
+pub fn loud_skip(test: &str, why: &str) {
+    loud!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
 /// A uniquely named PostgreSQL database, created through the server at
 /// `KEYWARD_TEST_POSTGRES_URL` and dropped when this value is.
 pub struct ScratchPostgres {

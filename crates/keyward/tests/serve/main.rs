@@ -10,6 +10,7 @@
 
 mod admin;
 mod harness;
+mod schemathesis;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};
 use serde_json::{Value, json};
