@@ -141,6 +141,9 @@ pub struct App<S> {
     digester: Digester,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
+    /// Organizations by id. Never stale: an organization is never renamed
+    /// or removed, and an id not here is looked up in the store.
+    orgs: papaya::HashMap<String, Org>,
 }
 
 impl<S: Store> App<S> {
@@ -158,6 +161,7 @@ impl<S: Store> App<S> {
             digester,
             clock,
             rng,
+            orgs: papaya::HashMap::new(),
         }
     }
 
@@ -337,15 +341,18 @@ impl<S: Store> App<S> {
     /// # Errors
     /// [`AppError::NotFound`].
     pub async fn org_by_id(&self, id: &str) -> Result<Org, AppError> {
-        self.store
-            .list_orgs()
-            .await?
-            .into_iter()
-            .find(|o| o.id == id)
-            .ok_or_else(|| AppError::NotFound {
-                what: "organization",
-                id: id.to_owned(),
-            })
+        if let Some(org) = self.orgs.pin().get(id) {
+            return Ok(org.clone());
+        }
+        let all = self.store.list_orgs().await?;
+        let orgs = self.orgs.pin();
+        for org in all {
+            orgs.insert(org.id.clone(), org);
+        }
+        orgs.get(id).cloned().ok_or_else(|| AppError::NotFound {
+            what: "organization",
+            id: id.to_owned(),
+        })
     }
 
     /// Every organization.
