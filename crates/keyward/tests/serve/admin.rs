@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
 
 /// Every keyward-* write scope (write implies read): an administrator key.
-const ADMIN: &[&str] = &[
+pub const ADMIN: &[&str] = &[
     "--scope",
     "keyward-api-keys:write",
     "--scope",
@@ -20,7 +20,7 @@ const ADMIN: &[&str] = &[
     "keyward-audit:read",
 ];
 
-fn admin_key(kw: &Kw, org: Option<&str>, extra: &[&str]) -> (String, String) {
+pub fn admin_key(kw: &Kw, org: Option<&str>, extra: &[&str]) -> (String, String) {
     let mut args: Vec<&str> = Vec::new();
     if let Some(o) = org {
         args.extend(["--org", o]);

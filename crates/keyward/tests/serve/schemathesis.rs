@@ -25,20 +25,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     };
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
-    let (_, admin) = kw.key(&[
-        "--name",
-        "schemathesis",
-        "--scope",
-        "keyward-api-keys:write",
-        "--scope",
-        "keyward-groups:write",
-        "--scope",
-        "keyward-users:write",
-        "--scope",
-        "keyward-audit:read",
-        "--preset",
-        "full-fleet-management",
-    ]);
+    let (_, admin) = crate::admin::admin_key(&kw, None, &["--preset", "full-fleet-management"]);
     let server = kw.serve(&[]);
     let out = Command::new(&st)
         .args([
