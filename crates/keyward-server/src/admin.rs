@@ -87,11 +87,20 @@ impl Admin {
             client,
             request_id: request_id.clone(),
         });
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
         let mut router = self.router.clone();
         let res = match tower_service::Service::call(&mut router, req).await {
             Ok(res) => res,
             Err(never) => match never {},
         };
+        tracing::info!(
+            request_id = ?request_id,
+            %method,
+            path,
+            status = res.status().as_u16(),
+            "admin request"
+        );
         let mut res = res.map(Body::Admin);
         res.headers_mut()
             .entry(X_REQUEST_ID.clone())
