@@ -416,12 +416,22 @@ fn listing_showing_rolling_and_immutability() {
 
 #[test]
 fn organizations_cannot_see_or_touch_each_other() {
-    let kw = Kw::new();
+    orgs_isolated(&Kw::new());
+}
+
+#[test]
+fn organizations_cannot_see_or_touch_each_other_on_postgres() {
+    if let Some(kw) = Kw::postgres("admin_orgs") {
+        orgs_isolated(&kw);
+    }
+}
+
+fn orgs_isolated(kw: &Kw) {
     kw.cli_ok(&["migrate"]);
     kw.cli_ok(&["orgs", "create", "Other Co"]);
-    let (a_admin_id, a_admin) = admin_key(&kw, None, &["--scope", "vehicles:write"]);
-    let (b_admin_id, b_admin) = admin_key(&kw, Some("other-co"), &["--scope", "vehicles:write"]);
-    let a_user = user(&kw, None, "alice@a.example", &["vehicles:read"]);
+    let (a_admin_id, a_admin) = admin_key(kw, None, &["--scope", "vehicles:write"]);
+    let (b_admin_id, b_admin) = admin_key(kw, Some("other-co"), &["--scope", "vehicles:write"]);
+    let a_user = user(kw, None, "alice@a.example", &["vehicles:read"]);
     let a_user_id = a_user["id"].as_str().unwrap();
     let server = kw.serve(&[]);
 
@@ -504,9 +514,19 @@ fn organizations_cannot_see_or_touch_each_other() {
 
 #[test]
 fn groups_memberships_and_their_audit() {
-    let kw = Kw::new();
+    memberships(&Kw::new());
+}
+
+#[test]
+fn groups_memberships_and_their_audit_on_postgres() {
+    if let Some(kw) = Kw::postgres("admin_groups") {
+        memberships(&kw);
+    }
+}
+
+fn memberships(kw: &Kw) {
     kw.cli_ok(&["migrate"]);
-    let (_, admin) = admin_key(&kw, None, &["--scope", "vehicles:write"]);
+    let (_, admin) = admin_key(kw, None, &["--scope", "vehicles:write"]);
     let (_, groups_only) = kw.key(&[
         "--name",
         "groups-only",
@@ -517,7 +537,7 @@ fn groups_memberships_and_their_audit() {
     ]);
     let (_, blind) = kw.key(&["--name", "blind", "--scope", "keyward-groups:read"]);
     let (holder_id, _) = kw.key(&["--name", "holder", "--permission-set", "vehicles:write"]);
-    let bob = user(&kw, None, "bob@example.com", &[]);
+    let bob = user(kw, None, "bob@example.com", &[]);
     let bob_id = bob["id"].as_str().unwrap();
     let server = kw.serve(&[]);
 

@@ -741,8 +741,8 @@ fn two_nodes_on_one_postgres_database() {
     assert!(node_b.stop().success());
     let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
     assert!(report["first_broken"].is_null(), "{report}");
-    // org.created, 4 keys created, 1 revoked, 1 rolled, 30 requests.
-    assert_eq!(report["records"], 37, "{report}");
+    // org.created, its owner, 4 keys created, 1 revoked, 1 rolled, 30 requests.
+    assert_eq!(report["records"], 38, "{report}");
 }
 
 #[test]
@@ -796,8 +796,9 @@ fn nodes_recover_when_postgres_drops_their_connections() {
     assert!(node.stop().success());
     let report: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
     assert!(report["first_broken"].is_null(), "{report}");
-    // org.created, 2 keys, 1 revocation, and every acknowledged request.
-    assert_eq!(report["records"], 4 + acknowledged, "{report}");
+    // org.created, its owner, 2 keys, 1 revocation, and every acknowledged
+    // request.
+    assert_eq!(report["records"], 5 + acknowledged, "{report}");
 }
 
 #[test]
