@@ -744,3 +744,85 @@ fn the_openapi_document_describes_every_endpoint() {
         assert!(paths[path][method].is_object(), "{method} {path}");
     }
 }
+
+#[test]
+fn every_endpoint_needs_a_key_and_its_scopes() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, nobody) = kw.key(&["--name", "nobody", "--scope", "vehicles:read"]);
+    let (target_id, _) = kw.key(&["--name", "target", "--scope", "vehicles:write"]);
+    let (_, roller) = kw.key(&[
+        "--name",
+        "roller",
+        "--scope",
+        "keyward-api-keys:write",
+        "--scope",
+        "vehicles:read",
+    ]);
+    let server = kw.serve(&[]);
+    let key_path = format!("/v1/keys/{target_id}");
+    let revoke = format!("{key_path}/revoke");
+    let roll = format!("{key_path}/roll");
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("POST", "/v1/keys", &["keyward-api-keys:write"]),
+        ("GET", "/v1/keys", &["keyward-api-keys:read"]),
+        ("GET", &key_path, &["keyward-api-keys:read"]),
+        ("POST", &revoke, &["keyward-api-keys:write"]),
+        ("POST", &roll, &["keyward-api-keys:write"]),
+        ("GET", "/v1/catalog", &["keyward-api-keys:read"]),
+        ("GET", "/v1/groups", &["keyward-groups:read"]),
+        (
+            "GET",
+            "/v1/groups/administrators/users",
+            &["keyward-groups:read", "keyward-users:read"],
+        ),
+        (
+            "GET",
+            "/v1/groups/administrators/api-keys",
+            // Named in catalog order.
+            &["keyward-api-keys:read", "keyward-groups:read"],
+        ),
+        (
+            "PUT",
+            "/v1/groups/vehicles:read/users/owner",
+            &["keyward-groups:write"],
+        ),
+        (
+            "DELETE",
+            "/v1/groups/vehicles:read/users/owner",
+            &["keyward-groups:write"],
+        ),
+        ("GET", "/v1/audit", &["keyward-audit:read"]),
+        ("POST", "/v1/verify", &["keyward-api-keys:verify"]),
+    ];
+    for (method, path, scopes) in cases {
+        let e = req(method, path).send(&server).error(401, "UNAUTHORIZED");
+        assert_eq!(e["message"].as_str().map(str::is_empty), Some(false));
+        let r = req(method, path)
+            .bearer(&nobody)
+            .json(&json!({"name": "x", "scopes": ["vehicles:read"]}))
+            .send(&server);
+        assert_eq!(
+            r.header("www-authenticate")
+                .map(|h| h.contains("insufficient_scope")),
+            Some(true),
+            "{method} {path}"
+        );
+        let e = r.error(403, "FORBIDDEN");
+        assert_eq!(e["details"]["required"], json!(scopes), "{method} {path}");
+        assert_eq!(e["details"]["available"], json!(["vehicles:read"]));
+    }
+    // whoami needs no keyward scope at all.
+    let me = get(&server, "/v1/whoami", &nobody).json();
+    assert_eq!(me["granted_scopes"], json!(["vehicles:read"]));
+    // Rolling hands the new key the old one's scopes: the caller must hold them.
+    let e = post(&server, &roll, &roller, &json!({})).error(403, "FORBIDDEN");
+    assert_eq!(e["details"]["required"], json!(["vehicles:write"]));
+    // Nothing was rolled or revoked by any of this.
+    let (_, reader) = kw.key(&["--name", "reader", "--scope", "keyward-api-keys:read"]);
+    let target = get(&server, &key_path, &reader).json();
+    assert_eq!(
+        (target["status"].clone(), target["rolled_to"].clone()),
+        (json!("active"), Value::Null)
+    );
+}
