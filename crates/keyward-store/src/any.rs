@@ -1,7 +1,7 @@
 //! The store a URL names, as one type: what the binary holds, so every
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
-use crate::{AuditQuery, UserRecord};
+use crate::{AuditQuery, SessionRecord, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
     SnapshotKey, SqliteStore, Store,
@@ -158,6 +158,54 @@ impl Store for AnyStore {
         audit: Option<&AuditEntry>,
     ) -> Result<()> {
         delegate!(self, s => s.set_password(org_id, user_id, password_hash, must_change, audit))
+    }
+
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        idle_cutoff: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        delegate!(self, s => s.create_session(session, idle_cutoff, audit))
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        delegate!(self, s => s.session(token_hash))
+    }
+
+    async fn touch_session(&self, token_hash: &[u8; 32], at: i64) -> Result<()> {
+        delegate!(self, s => s.touch_session(token_hash, at))
+    }
+
+    async fn end_session(&self, token_hash: &[u8; 32], audit: Option<&AuditEntry>) -> Result<()> {
+        delegate!(self, s => s.end_session(token_hash, audit))
+    }
+
+    async fn record_sign_in_failure(
+        &self,
+        email: &str,
+        client: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        delegate!(self, s => s.record_sign_in_failure(email, client, audit))
+    }
+
+    async fn sign_in_failures(
+        &self,
+        org_id: &str,
+        email: &str,
+        client: &str,
+        since: i64,
+    ) -> Result<(u32, u32)> {
+        delegate!(self, s => s.sign_in_failures(org_id, email, client, since))
+    }
+
+    async fn create_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<()> {
+        delegate!(self, s => s.create_nonce(nonce, token_hash, at))
+    }
+
+    async fn use_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<bool> {
+        delegate!(self, s => s.use_nonce(nonce, token_hash, at))
     }
 
     async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {

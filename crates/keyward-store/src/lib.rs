@@ -234,6 +234,35 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+/// A console session. The cookie holds a random token; only its SHA-256 is
+/// stored, like a key's, so a copy of the database signs nobody in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// SHA-256 of the cookie's token.
+    pub token_hash: [u8; 32],
+    /// Organization of the user.
+    pub org_id: String,
+    /// Who is signed in.
+    pub user_id: String,
+    /// Token every state-changing form of this session must carry.
+    pub csrf: String,
+    /// Sign-in time (unix ms): bounds the session's whole life.
+    pub created_at: i64,
+    /// Last request (unix ms): bounds its idle time.
+    pub last_seen_at: i64,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("org_id", &self.org_id)
+            .field("user_id", &self.user_id)
+            .field("created_at", &self.created_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How to narrow [`Store::query_audit`]. All conditions must hold; newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -443,6 +472,61 @@ pub trait Store: Send + Sync + 'static {
         must_change: bool,
         audit: Option<&AuditEntry>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a new session (and its `console.signed_in` record), dropping
+    /// sessions idle since before `idle_cutoff`.
+    fn create_session(
+        &self,
+        session: &SessionRecord,
+        idle_cutoff: i64,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The session whose token hashes to `token_hash`.
+    fn session(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> impl Future<Output = Result<Option<SessionRecord>>> + Send;
+    /// Records activity on a session.
+    fn touch_session(
+        &self,
+        token_hash: &[u8; 32],
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Ends a session; `audit` is written only if it existed.
+    fn end_session(
+        &self,
+        token_hash: &[u8; 32],
+        audit: Option<&AuditEntry>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Counts a failed sign-in (and writes its audit record).
+    fn record_sign_in_failure(
+        &self,
+        email: &str,
+        client: &str,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Failed sign-ins since `since`: (for this email in this organization,
+    /// from this client address in any).
+    fn sign_in_failures(
+        &self,
+        org_id: &str,
+        email: &str,
+        client: &str,
+        since: i64,
+    ) -> impl Future<Output = Result<(u32, u32)>> + Send;
+    /// Issues a one-use form nonce bound to a session.
+    fn create_nonce(
+        &self,
+        nonce: &str,
+        token_hash: &[u8; 32],
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Uses a nonce: `true` the first time, for its own session only.
+    fn use_nonce(
+        &self,
+        nonce: &str,
+        token_hash: &[u8; 32],
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Audit records of one organization matching `query`, newest first.
     fn query_audit(
         &self,

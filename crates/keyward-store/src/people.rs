@@ -256,6 +256,165 @@ macro_rules! people_impl {
                 Ok(())
             }
 
+            async fn create_session_impl(
+                &self,
+                session: &$crate::SessionRecord,
+                idle_cutoff: i64,
+                audit: &keyward_core::audit::AuditEntry,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                // Sessions idle past the cutoff can never be used again.
+                sqlx::query("DELETE FROM sessions WHERE last_seen_at < $1")
+                    .bind(idle_cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, org_id, user_id, csrf, created_at, \
+                     last_seen_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(session.token_hash.as_slice())
+                .bind(&session.org_id)
+                .bind(&session.user_id)
+                .bind(&session.csrf)
+                .bind(session.created_at)
+                .bind(session.last_seen_at)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::rows::conflict_or)?;
+                append_audit_tx(&mut tx, &[audit]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn session_impl(
+                &self,
+                token_hash: &[u8; 32],
+            ) -> $crate::Result<Option<$crate::SessionRecord>> {
+                let row: Option<$crate::rows::SessionRow> = sqlx::query_as(
+                    "SELECT token_hash, org_id, user_id, csrf, created_at, last_seen_at \
+                     FROM sessions WHERE token_hash = $1",
+                )
+                .bind(token_hash.as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map($crate::rows::SessionRow::into_record).transpose()
+            }
+
+            async fn touch_session_impl(
+                &self,
+                token_hash: &[u8; 32],
+                at: i64,
+            ) -> $crate::Result<()> {
+                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2")
+                    .bind(at)
+                    .bind(token_hash.as_slice())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn end_session_impl(
+                &self,
+                token_hash: &[u8; 32],
+                audit: Option<&keyward_core::audit::AuditEntry>,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                let done = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                    .bind(token_hash.as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(audit) = audit.filter(|_| done.rows_affected() > 0) {
+                    append_audit_tx(&mut tx, &[audit]).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_sign_in_failure_impl(
+                &self,
+                email: &str,
+                client: &str,
+                audit: &keyward_core::audit::AuditEntry,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO sign_in_failures (at, org_id, email, client) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(audit.at_ms)
+                .bind(&audit.org_id)
+                .bind(email)
+                .bind(client)
+                .execute(&mut *tx)
+                .await?;
+                append_audit_tx(&mut tx, &[audit]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn sign_in_failures_impl(
+                &self,
+                org_id: &str,
+                email: &str,
+                client: &str,
+                since: i64,
+            ) -> $crate::Result<(u32, u32)> {
+                let (by_email,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM sign_in_failures \
+                     WHERE org_id = $1 AND email = $2 AND at >= $3",
+                )
+                .bind(org_id)
+                .bind(email)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+                let (by_client,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM sign_in_failures WHERE client = $1 AND at >= $2",
+                )
+                .bind(client)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+                let clamp = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+                Ok((clamp(by_email), clamp(by_client)))
+            }
+
+            async fn create_nonce_impl(
+                &self,
+                nonce: &str,
+                token_hash: &[u8; 32],
+                at: i64,
+            ) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO form_nonces (nonce, token_hash, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(nonce)
+                .bind(token_hash.as_slice())
+                .bind(at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::rows::conflict_or)?;
+                Ok(())
+            }
+
+            async fn use_nonce_impl(
+                &self,
+                nonce: &str,
+                token_hash: &[u8; 32],
+                at: i64,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE form_nonces SET used_at = $1 \
+                     WHERE nonce = $2 AND token_hash = $3 AND used_at IS NULL",
+                )
+                .bind(at)
+                .bind(nonce)
+                .bind(token_hash.as_slice())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn query_audit_impl(
                 &self,
                 org_id: &str,

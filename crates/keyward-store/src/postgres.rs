@@ -7,8 +7,8 @@
 //! concurrent writers on different nodes serialise on them without deadlock
 //! and can neither fork the chain nor commit versions out of order.
 
-use crate::AuditQuery;
 use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
+use crate::{AuditQuery, SessionRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey,
     Store, StoreError, UserRecord,
@@ -614,6 +614,55 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.set_password_impl(org_id, user_id, password_hash, must_change, audit)
             .await
+    }
+
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        idle_cutoff: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.create_session_impl(session, idle_cutoff, audit).await
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        self.session_impl(token_hash).await
+    }
+
+    async fn touch_session(&self, token_hash: &[u8; 32], at: i64) -> Result<()> {
+        self.touch_session_impl(token_hash, at).await
+    }
+
+    async fn end_session(&self, token_hash: &[u8; 32], audit: Option<&AuditEntry>) -> Result<()> {
+        self.end_session_impl(token_hash, audit).await
+    }
+
+    async fn record_sign_in_failure(
+        &self,
+        email: &str,
+        client: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.record_sign_in_failure_impl(email, client, audit).await
+    }
+
+    async fn sign_in_failures(
+        &self,
+        org_id: &str,
+        email: &str,
+        client: &str,
+        since: i64,
+    ) -> Result<(u32, u32)> {
+        self.sign_in_failures_impl(org_id, email, client, since)
+            .await
+    }
+
+    async fn create_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<()> {
+        self.create_nonce_impl(nonce, token_hash, at).await
+    }
+
+    async fn use_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<bool> {
+        self.use_nonce_impl(nonce, token_hash, at).await
     }
 
     async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {

@@ -1,7 +1,7 @@
 //! Row shapes shared by the backends: sqlx's `FromRow` derive is generic
 //! over the database, so SQLite and PostgreSQL decode the same structs.
 
-use crate::{AuditRecord, KeyRecord, Result, SnapshotKey, StoreError, UserRecord};
+use crate::{AuditRecord, KeyRecord, Result, SessionRecord, SnapshotKey, StoreError, UserRecord};
 use keyward_core::KeyDigest;
 use keyward_core::audit::AuditEntry;
 
@@ -170,5 +170,28 @@ impl UserRow {
             disabled_at: self.disabled_at,
             groups: Vec::new(),
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    pub(crate) token_hash: Vec<u8>,
+    pub(crate) org_id: String,
+    pub(crate) user_id: String,
+    pub(crate) csrf: String,
+    pub(crate) created_at: i64,
+    pub(crate) last_seen_at: i64,
+}
+
+impl SessionRow {
+    pub(crate) fn into_record(self) -> Result<SessionRecord> {
+        Ok(SessionRecord {
+            token_hash: hash32(&self.token_hash, "session token hash")?,
+            org_id: self.org_id,
+            user_id: self.user_id,
+            csrf: self.csrf,
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+        })
     }
 }

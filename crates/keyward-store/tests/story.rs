@@ -11,8 +11,8 @@
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
-    AuditQuery, KeyFilter, KeyRecord, Org, PgStore, Revoked, SnapshotKey, SqliteStore, Store,
-    StoreError, UserRecord,
+    AuditQuery, KeyFilter, KeyRecord, Org, PgStore, Revoked, SessionRecord, SnapshotKey,
+    SqliteStore, Store, StoreError, UserRecord,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -246,6 +246,78 @@ async fn people(store: &impl Store) {
         ..everything
     };
     assert!(store.query_audit("org_a", &later).await.unwrap().is_empty());
+
+    // Console sessions: stored by token hash, touched, ended once.
+    let session = SessionRecord {
+        token_hash: [7; 32],
+        org_id: "org_a".into(),
+        user_id: "usr_alice".into(),
+        csrf: "csrf-token".into(),
+        created_at: 100,
+        last_seen_at: 100,
+    };
+    let stale = SessionRecord {
+        token_hash: [8; 32],
+        last_seen_at: 1,
+        ..session.clone()
+    };
+    let signed_in = audit("org_a", "console.signed_in", None);
+    store.create_session(&stale, 0, &signed_in).await.unwrap();
+    store
+        .create_session(&session, 50, &signed_in)
+        .await
+        .unwrap();
+    assert!(
+        store.session(&[8; 32]).await.unwrap().is_none(),
+        "idle sessions are dropped"
+    );
+    assert_eq!(store.session(&[7; 32]).await.unwrap().unwrap(), session);
+    store.touch_session(&[7; 32], 200).await.unwrap();
+    assert_eq!(
+        store.session(&[7; 32]).await.unwrap().unwrap().last_seen_at,
+        200
+    );
+    // Nonces: once, and only for their own session.
+    store.create_nonce("n1", &[7; 32], 200).await.unwrap();
+    assert!(!store.use_nonce("n1", &[9; 32], 201).await.unwrap());
+    assert!(store.use_nonce("n1", &[7; 32], 201).await.unwrap());
+    assert!(!store.use_nonce("n1", &[7; 32], 202).await.unwrap());
+    assert!(!store.use_nonce("nope", &[7; 32], 202).await.unwrap());
+    // Failed sign-ins are counted per email and per client address.
+    let failed = AuditEntry {
+        at_ms: 300,
+        ..audit("org_a", "console.sign_in_failed", None)
+    };
+    for client in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
+        store
+            .record_sign_in_failure("alice@example.com", client, &failed)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .sign_in_failures("org_a", "alice@example.com", "10.0.0.1", 300)
+            .await
+            .unwrap(),
+        (3, 2)
+    );
+    assert_eq!(
+        store
+            .sign_in_failures("org_a", "alice@example.com", "10.0.0.1", 301)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    let head = store.audit_head().await.unwrap().0;
+    let out = audit("org_a", "console.signed_out", None);
+    store.end_session(&[7; 32], Some(&out)).await.unwrap();
+    store.end_session(&[7; 32], Some(&out)).await.unwrap();
+    assert!(store.session(&[7; 32]).await.unwrap().is_none());
+    assert_eq!(
+        store.audit_head().await.unwrap().0,
+        head + 1,
+        "audited once"
+    );
 }
 
 async fn ids(store: &impl Store, org_id: &str, f: KeyFilter) -> Vec<String> {
