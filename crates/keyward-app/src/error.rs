@@ -43,6 +43,16 @@ pub enum AppError {
         /// The id or slug looked for.
         id: String,
     },
+    /// 401: the email, password or organization is wrong (which one is
+    /// audited, never told).
+    #[error("the email or password is not right")]
+    SignInFailed,
+    /// 429: too many failed sign-ins for this user or from this address.
+    #[error("too many failed sign-ins: try again in {} minutes", .retry_after_s / 60)]
+    Throttled {
+        /// Seconds until the window has passed.
+        retry_after_s: i64,
+    },
     /// 409 `CONFLICT`: the action contradicts current state.
     #[error("{0}")]
     Conflict(String),

@@ -13,6 +13,7 @@ pub mod env;
 mod error;
 mod legacy;
 pub mod people;
+pub mod sessions;
 pub mod snapshot;
 pub mod views;
 

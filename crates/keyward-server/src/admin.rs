@@ -57,7 +57,12 @@ impl Admin {
         let mut spec = serde_json::to_value(openapi()).unwrap_or_default();
         describe_catalog(&mut spec, catalog);
         let spec = bytes::Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
-        let router = api_router().with_state(state).split_for_parts().0;
+        let console = crate::console::router().with_state(state.clone());
+        let router = api_router()
+            .with_state(state)
+            .split_for_parts()
+            .0
+            .merge(console);
         let router = router
             .route(
                 "/openapi.json",
@@ -194,9 +199,9 @@ impl Modify for BearerAuth {
 
 /// What dispatch knows of a request before the router sees it.
 #[derive(Clone)]
-struct Ctx {
-    client: SocketAddr,
-    request_id: HeaderValue,
+pub(crate) struct Ctx {
+    pub(crate) client: SocketAddr,
+    pub(crate) request_id: HeaderValue,
 }
 
 fn ctx(parts: &Parts) -> Ctx {

@@ -175,6 +175,15 @@ impl From<AppError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string())
             }
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", m),
+            AppError::SignInFailed => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
+            }
+            AppError::Throttled { retry_after_s } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                e.to_string(),
+            )
+            .detail("retry_after_s", retry_after_s),
             AppError::Catalog(_) | AppError::Store(_) | AppError::Rng(_) => {
                 tracing::error!(error = %e, "internal failure");
                 ApiError::new(

@@ -15,6 +15,7 @@
 mod admin;
 mod audit;
 mod body;
+mod console;
 mod error;
 mod gateway;
 mod own;
@@ -191,7 +192,7 @@ impl Server {
             || own::is_own_path(&format!("{prefix}/"))
         {
             return Err(ServerError::Config(format!(
-                "the catalog's gateway prefix `{prefix}` overlaps keyward's own endpoints (/v1, /healthz, /metrics); choose a prefix such as `/api/v1`"
+                "the catalog's gateway prefix `{prefix}` overlaps keyward's own endpoints (/v1, /console, /healthz, /metrics, /openapi.json); choose a prefix such as `/api/v1`"
             )));
         }
         let upstream = config

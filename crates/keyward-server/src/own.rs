@@ -28,6 +28,8 @@ pub fn is_own_path(path: &str) -> bool {
         || path == "/openapi.json"
         || path == "/v1"
         || path.starts_with("/v1/")
+        || path == "/console"
+        || path.starts_with("/console/")
 }
 
 /// Handles one request to keyward's own endpoints.
