@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod console;
 mod harness;
 mod schemathesis;
 

@@ -1,0 +1,488 @@
+//! The console's pages without a browser: every page's status and content,
+//! sign-in and its refusals, CSRF and cross-site refusals, the created key
+//! shown once, over a real socket to a real `keyward serve`.
+
+use crate::harness::{Kw, Resp, Server, req};
+use serde_json::Value;
+
+/// A cookie-keeping client speaking forms, like a browser without script.
+pub struct Visitor<'a> {
+    server: &'a Server,
+    cookie: Option<String>,
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char);
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl<'a> Visitor<'a> {
+    pub fn new(server: &'a Server) -> Self {
+        Visitor {
+            server,
+            cookie: None,
+        }
+    }
+
+    fn keep(&mut self, r: &Resp) {
+        if let Some(c) = r.header("set-cookie") {
+            let pair = c.split(';').next().unwrap_or("");
+            self.cookie = match pair.split_once('=') {
+                Some((_, "")) => None,
+                _ => Some(pair.to_owned()),
+            };
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        let mut r = req("GET", path);
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        let resp = r.send(self.server);
+        self.keep(&resp);
+        resp
+    }
+
+    pub fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        self.post_with(path, fields, &[])
+    }
+
+    pub fn post_with(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        let mut r = req("POST", path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&").as_bytes());
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        let resp = r.send(self.server);
+        self.keep(&resp);
+        resp
+    }
+}
+
+pub fn text(r: &Resp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// The value of the first `name="…" value="…"` input in a page.
+pub fn field(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no field {name} in {page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap_or("").to_owned()
+}
+
+fn see_other(r: &Resp, to: &str) {
+    assert_eq!(r.status, 303, "{}", text(r));
+    assert_eq!(r.header("location"), Some(to));
+}
+
+/// The owner's one-time password, as the first start printed it.
+pub fn first_start(kw: &Kw) -> String {
+    let out = kw.cli(&["migrate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("one-time password: "))
+        .unwrap_or_else(|| panic!("no password in {stderr}"))
+        .to_owned()
+}
+
+fn admin_audit(server: &Server, admin: &str, action: &str) -> Vec<Value> {
+    let r = req("GET", &format!("/v1/audit?action={action}&limit=500"))
+        .bearer(admin)
+        .send(server)
+        .json();
+    r["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn console_pages_without_a_browser() {
+    let kw = Kw::new();
+    let password = first_start(&kw);
+    kw.cli_ok(&[
+        "users",
+        "create",
+        "--email",
+        "bob@example.com",
+        "--group",
+        "vehicles:read",
+    ]);
+    let legacy_file = kw.dir.path().join("legacy.txt");
+    std::fs::write(
+        &legacy_file,
+        "sk_old_0123456789abcdefghij  Old billing sync\n",
+    )
+    .unwrap();
+    kw.cli_ok(&["keys", "import-legacy", legacy_file.to_str().unwrap()]);
+    let (_, auditor) = kw.key(&["--name", "auditor", "--scope", "keyward-audit:read"]);
+    let server = kw.serve(&[]);
+    let mut v = Visitor::new(&server);
+
+    // Signed out: every page sends to the sign-in page.
+    for path in [
+        "/console/keys",
+        "/console/keys/new",
+        "/console/groups",
+        "/console/audit",
+        "/console/password",
+    ] {
+        see_other(&v.get(path), "/console/sign-in");
+    }
+    see_other(&v.get("/console"), "/console/keys");
+    let page = v.get("/console/sign-in");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'"))
+    );
+    assert!(text(&page).contains("<h1>Sign in</h1>"));
+    assert_eq!(v.get("/console/static/console.js").status, 200);
+    assert_eq!(v.get("/console/static/console.css").status, 200);
+
+    // Wrong password: the same words whatever was wrong.
+    let r = v.post(
+        "/console/sign-in",
+        &[("email", "owner"), ("password", "nope")],
+    );
+    assert_eq!(r.status, 401);
+    assert!(text(&r).contains("The email or password is not right."));
+    let r = v.post(
+        "/console/sign-in",
+        &[("email", "ghost@example.com"), ("password", "nope")],
+    );
+    assert_eq!(r.status, 401);
+    assert!(text(&r).contains("The email or password is not right."));
+    // A form posted from another site is refused before anything else.
+    let r = v.post_with(
+        "/console/sign-in",
+        &[("email", "owner"), ("password", &password)],
+        &[("origin", "https://evil.example")],
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+
+    // The one-time password signs in, and must be replaced first.
+    let r = v.post(
+        "/console/sign-in",
+        &[("email", "owner"), ("password", &password)],
+    );
+    see_other(&r, "/console/password");
+    let cookie = r.header("set-cookie").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    see_other(&v.get("/console/keys"), "/console/password");
+    let page = text(&v.get("/console/password"));
+    assert!(page.contains("one-time password"));
+    let csrf = field(&page, "csrf");
+    let r = v.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", &password),
+            ("new_password", "short"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains("12 to 128 characters"));
+    let r = v.post(
+        "/console/password",
+        &[
+            ("csrf", "forged"),
+            ("current_password", &password),
+            ("new_password", "a long enough password"),
+        ],
+    );
+    assert_eq!(r.status, 403);
+    let r = v.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", &password),
+            ("new_password", "a long enough password"),
+        ],
+    );
+    see_other(&r, "/console/keys");
+
+    // API Keys: the list, with the legacy key badged.
+    let page = text(&v.get("/console/keys"));
+    assert!(page.contains("Old billing sync"));
+    assert!(page.contains("badge legacy"));
+    assert!(page.contains("Create New API Key"));
+    let r = v.get("/console/keys?status=revoked");
+    assert!(text(&r).contains("No key matches these filters."));
+    assert_eq!(v.get("/console/keys?status=sleeping").status, 422);
+
+    // Create New API Key: sets by product area, with descriptions and
+    // whether they write.
+    let form = text(&v.get("/console/keys/new"));
+    for needle in [
+        "<legend>Vehicles</legend>",
+        "can write",
+        "read only",
+        "Read-Only Integration",
+        "Create Key",
+    ] {
+        assert!(form.contains(needle), "{needle}");
+    }
+    let nonce = field(&form, "nonce");
+    // Refused by the server as the browser would have refused it.
+    let r = v.post(
+        "/console/keys",
+        &[
+            ("csrf", &csrf),
+            ("nonce", &nonce),
+            ("name", "   "),
+            ("set", "vehicles:read"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains("Name: must not be empty."));
+    let nonce = field(&text(&r), "nonce");
+    let r = v.post(
+        "/console/keys",
+        &[("csrf", &csrf), ("nonce", &nonce), ("name", "No sets")],
+    );
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains("Choose at least one permission set."));
+    let nonce = field(&text(&r), "nonce");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("nonce", nonce.as_str()),
+        ("name", "Dashboard"),
+        ("set", "vehicles:read"),
+        ("set", "inspections:read"),
+    ];
+    let created = v.post("/console/keys", &fields);
+    assert_eq!(created.status, 201);
+    assert_eq!(created.header("cache-control"), Some("no-store"));
+    let page = text(&created);
+    assert!(page.contains("You will not see it again"));
+    let key = field(
+        &page.replace("readonly value", "name=\"secret\" value"),
+        "secret",
+    );
+    assert!(key.starts_with("insp_live_"), "{key}");
+    // The key works on the gateway (no upstream: 502 after it was allowed).
+    assert_eq!(server.get("/vehicles", &key).status, 502);
+    // Resubmitting the same form never shows a key again.
+    let again = v.post("/console/keys", &fields);
+    assert_eq!(again.status, 409);
+    assert!(!text(&again).contains("insp_live_"));
+    // Nor does any page.
+    let list = text(&v.get("/console/keys"));
+    assert!(!list.contains(&key));
+    let id = list
+        .split("href=\"/console/keys/key_")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .map(|s| format!("key_{s}"))
+        .unwrap();
+
+    // Key detail: sets, effective scopes with what they imply, trail, no edit.
+    let detail = text(&v.get(&format!("/console/keys/{id}")));
+    for needle in [
+        "vehicle-fields:read",
+        "inspections:read",
+        "key.created",
+        "cannot be edited",
+        "Roll key",
+        "Revoke key",
+    ] {
+        assert!(detail.contains(needle), "{needle}");
+    }
+    assert!(!detail.contains(&key));
+    assert!(!detail.to_lowercase().contains("edit key"));
+    // Roll: a new key, shown once; the old one until its grace ends.
+    let nonce = field(&detail, "nonce");
+    let rolled = v.post(
+        &format!("/console/keys/{id}/roll"),
+        &[("csrf", &csrf), ("nonce", &nonce), ("grace", "1h")],
+    );
+    assert_eq!(rolled.status, 201);
+    let new_key = field(
+        &text(&rolled).replace("readonly value", "name=\"secret\" value"),
+        "secret",
+    );
+    assert_ne!(new_key, key);
+    assert_eq!(server.get("/vehicles", &new_key).status, 502);
+    assert_eq!(server.get("/vehicles", &key).status, 502, "grace");
+    // Revoke the old one.
+    let r = v.post(&format!("/console/keys/{id}/revoke"), &[("csrf", &csrf)]);
+    see_other(&r, &format!("/console/keys/{id}?done=revoked"));
+    assert!(
+        text(&v.get(&format!("/console/keys/{id}?done=revoked"))).contains("The key was revoked.")
+    );
+    crate::harness::until(std::time::Duration::from_secs(2), "revocation", || {
+        server.get("/vehicles", &key).status == 401
+    });
+    // Forged or missing CSRF tokens change nothing.
+    assert_eq!(
+        v.post(&format!("/console/keys/{id}/revoke"), &[("csrf", "x")])
+            .status,
+        403
+    );
+    assert_eq!(
+        v.post(&format!("/console/keys/{id}/revoke"), &[]).status,
+        403
+    );
+    let legacy_id = list
+        .split("Old billing sync")
+        .next()
+        .and_then(|s| s.rsplit("href=\"/console/keys/").next())
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let legacy = text(&v.get(&format!("/console/keys/{legacy_id}")));
+    assert!(legacy.contains("keeps full administrator access"));
+    assert_eq!(v.get("/console/keys/key_nothere").status, 404);
+
+    // Authorization Groups: Users tab (add, remove) and API Keys tab.
+    let groups = text(&v.get("/console/groups"));
+    assert!(groups.contains("Administrators") && groups.contains("vehicles:write"));
+    let tab = text(&v.get("/console/groups/vehicles:read?tab=users"));
+    assert!(tab.contains("bob@example.com"));
+    let tab = text(&v.get("/console/groups/inspections:write?tab=users"));
+    assert!(tab.contains("No user is in this group yet."));
+    let bob = field(
+        &tab.replace("<option value", "<option name=\"user\" value"),
+        "user",
+    );
+    let r = v.post(
+        "/console/groups/inspections:write/users",
+        &[("csrf", &csrf), ("user", &bob)],
+    );
+    see_other(&r, "/console/groups/inspections:write?tab=users&done=added");
+    let tab = text(&v.get("/console/groups/inspections:write?tab=users"));
+    assert!(tab.contains("bob@example.com") && tab.contains("Remove"));
+    let r = v.post(
+        &format!("/console/groups/inspections:write/users/{bob}/remove"),
+        &[("csrf", &csrf)],
+    );
+    see_other(
+        &r,
+        "/console/groups/inspections:write?tab=users&done=removed",
+    );
+    let keys_tab = text(&v.get("/console/groups/vehicles:read?tab=api-keys"));
+    assert!(keys_tab.contains("Dashboard"));
+    assert_eq!(v.get("/console/groups/pilots").status, 404);
+
+    // Audit log: filters and the chain indicator.
+    let audit = text(&v.get("/console/audit"));
+    assert!(audit.contains("chain verified"));
+    assert!(audit.contains("group.member_added") && audit.contains("console.signed_in"));
+    let filtered = text(&v.get("/console/audit?action=key.revoked"));
+    assert!(filtered.contains("key.revoked") && !filtered.contains("group.member_added"));
+    assert_eq!(v.get("/console/audit?since=yesterday").status, 422);
+
+    // Sign-in successes and failures are audited.
+    assert!(admin_audit(&server, &auditor, "console.sign_in_failed").len() >= 2);
+    assert_eq!(admin_audit(&server, &auditor, "console.signed_in").len(), 1);
+
+    // Sign out: the cookie is cleared and the session is gone for good.
+    let old = v.cookie.clone().unwrap();
+    let r = v.post("/console/sign-out", &[("csrf", &csrf)]);
+    see_other(&r, "/console/sign-in");
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    v.cookie = Some(old);
+    see_other(&v.get("/console/keys"), "/console/sign-in");
+}
+
+#[test]
+fn console_access_follows_groups() {
+    let kw = Kw::new();
+    first_start(&kw);
+    let bob = kw.cli_ok(&[
+        "users",
+        "create",
+        "--email",
+        "bob@example.com",
+        "--group",
+        "vehicles:read",
+        "--json",
+    ]);
+    let bob: Value = serde_json::from_str(&bob).unwrap();
+    let bob_password = bob["one_time_password"].as_str().unwrap().to_owned();
+    let server = kw.serve(&[]);
+    let mut v = Visitor::new(&server);
+    see_other(
+        &v.post(
+            "/console/sign-in",
+            &[("email", "bob@example.com"), ("password", &bob_password)],
+        ),
+        "/console/password",
+    );
+    let csrf = field(&text(&v.get("/console/password")), "csrf");
+    see_other(
+        &v.post(
+            "/console/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", &bob_password),
+                ("new_password", "bob's long password"),
+            ],
+        ),
+        "/console/keys",
+    );
+    // Bob's groups give him no keyward scope: every page says so in words.
+    for path in [
+        "/console/keys",
+        "/console/keys/new",
+        "/console/groups",
+        "/console/audit",
+    ] {
+        let r = v.get(path);
+        assert_eq!(r.status, 403, "{path}");
+        assert!(text(&r).contains("Ask an administrator"), "{path}");
+    }
+    // Throttling: five wrong passwords, then even the right one waits.
+    let mut other = Visitor::new(&server);
+    for _ in 0..5 {
+        assert_eq!(
+            other
+                .post(
+                    "/console/sign-in",
+                    &[("email", "bob@example.com"), ("password", "guess")]
+                )
+                .status,
+            401
+        );
+    }
+    let r = other.post(
+        "/console/sign-in",
+        &[
+            ("email", "bob@example.com"),
+            ("password", "bob's long password"),
+        ],
+    );
+    assert_eq!(r.status, 429);
+    assert!(text(&r).contains("try again in 15 minutes"));
+}
