@@ -411,6 +411,11 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Page> {
         let ctx = ctx(parts);
+        // Another site's form is refused as such, before it is sent to
+        // sign in (its request carries no cookie: `SameSite=Strict`).
+        if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
+            same_site(&parts.headers)?;
+        }
         let Some(token) = cookie(&parts.headers) else {
             return Err(redirect("/console/sign-in"));
         };

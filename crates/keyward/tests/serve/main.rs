@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod browser;
 mod console;
 mod harness;
 mod schemathesis;
