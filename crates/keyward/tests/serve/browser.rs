@@ -191,35 +191,17 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
 
     // Sign in with the one-time password, then choose a real one.
     c.goto(&format!("{base}/console/keys")).await.unwrap();
-    assert!(
-        c.current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/console/sign-in")
-    );
+    at(c, "/console/sign-in").await;
     shot(c, &dir, "01-sign-in").await;
     fill(c, "#email", "owner").await;
     fill(c, "#password", password).await;
     click(c, "button[type=submit].primary").await;
-    assert!(
-        c.current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/console/password")
-    );
+    at(c, "/console/password").await;
     shot(c, &dir, "02-change-password").await;
     fill(c, "#current", password).await;
     fill(c, "#new", "a browser-chosen password").await;
     click(c, "form[action='/console/password'] button").await;
-    assert!(
-        c.current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/console/keys")
-    );
+    at(c, "/console/keys").await;
     assert!(text_of(c, "main").await.contains("No API keys yet"));
     shot(c, &dir, "03-api-keys-empty").await;
 
