@@ -118,6 +118,10 @@ fn the_console_in_a_real_browser() {
         find(&["chromium", "chromium-browser", "google-chrome"]),
         find(&["chromedriver"]),
     ) else {
+        assert!(
+            std::env::var_os("KEYWARD_REQUIRE_BROWSER").is_none(),
+            "KEYWARD_REQUIRE_BROWSER is set but chromium or chromedriver is missing"
+        );
         loud_skip(
             "the_console_in_a_real_browser",
             "chromium and chromedriver are not installed (.ci/run installs Debian's chromium and chromium-driver)",
