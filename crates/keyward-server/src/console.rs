@@ -769,9 +769,13 @@ struct SetChoice {
     checked: bool,
 }
 
+/// One product area of the creation form: its named permission sets, and
+/// its single scopes (folded away when the area has named sets).
 struct Area {
     name: String,
     sets: Vec<SetChoice>,
+    scopes: Vec<SetChoice>,
+    scopes_open: bool,
 }
 
 struct PresetChoice {
@@ -837,12 +841,30 @@ async fn new_key_form(
             write: set.is_write(),
             checked,
         };
-        match areas.iter_mut().find(|a| a.name == area_name) {
-            Some(a) => a.sets.push(choice),
-            None => areas.push(Area {
-                name: area_name,
-                sets: vec![choice],
-            }),
+        let area = match areas.iter().position(|a| a.name == area_name) {
+            Some(i) => &mut areas[i],
+            None => {
+                areas.push(Area {
+                    name: area_name,
+                    sets: Vec::new(),
+                    scopes: Vec::new(),
+                    scopes_open: false,
+                });
+                let last = areas.len() - 1;
+                &mut areas[last]
+            }
+        };
+        if set.is_single_scope() {
+            area.scopes_open |= checked;
+            area.scopes.push(choice);
+        } else {
+            area.sets.push(choice);
+        }
+    }
+    // An area of single scopes only shows them as its sets.
+    for area in &mut areas {
+        if area.sets.is_empty() {
+            area.sets = std::mem::take(&mut area.scopes);
         }
     }
     let presets = catalog
