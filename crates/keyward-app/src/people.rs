@@ -442,10 +442,30 @@ impl<S: Store> App<S> {
         let scopes = self.group(group_id)?;
         let target = self.find_user(org, user).await?;
         let details = json!({"group": group_id, "user_id": target.id, "email": target.email});
-        if member && let Err(lacking) = check_no_escalation(actor.effective, scopes) {
+        // Adding hands out the group's scopes; removing takes them away. Both
+        // are only for someone who holds them: a holder of
+        // `keyward-groups:write` alone cannot empty `administrators`.
+        if let Err(lacking) = check_no_escalation(actor.effective, self.catalog.closure(scopes)) {
+            let action = if member {
+                "group.member_add_refused"
+            } else {
+                "group.member_remove_refused"
+            };
             return Err(self
-                .refuse_escalation(actor, org, "group.member_add_refused", lacking, details)
+                .refuse_escalation(actor, org, action, lacking, details)
                 .await);
+        }
+        if !member
+            && group_id == ADMINISTRATORS
+            && target.groups.iter().any(|g| g == ADMINISTRATORS)
+        {
+            let admins = self.store.list_users(&org.id, Some(ADMINISTRATORS)).await?;
+            if admins.len() <= 1 {
+                return Err(AppError::Conflict(format!(
+                    "`{}` is the last member of administrators: add another administrator first",
+                    target.email
+                )));
+            }
         }
         let action = if member {
             "group.member_added"
@@ -492,7 +512,7 @@ impl<S: Store> App<S> {
         let (password, hash) = self.one_time_password()?;
         let entry = self.audit(actor, org, "user.password_reset", None, details);
         self.store
-            .set_password(&org.id, &target.id, &hash, true, Some(&entry))
+            .set_password(&org.id, &target.id, &hash, true, Some(&entry), None)
             .await?;
         let mut view = UserView::from(target);
         view.must_change_password = true;

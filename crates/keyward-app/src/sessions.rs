@@ -117,10 +117,21 @@ impl<S: Store> App<S> {
             .await
         {
             Ok(o) => o,
-            Err(AppError::NotFound { .. }) => return Err(sign_in_failed()),
+            Err(AppError::NotFound { .. }) => {
+                // As slow as a wrong password: timing must not tell which
+                // organizations exist.
+                Self::password_matches(password, None).await;
+                return Err(sign_in_failed());
+            }
             Err(e) => return Err(e),
         };
-        let email = email.trim().to_lowercase();
+        // Whatever was typed, what is recorded stays bounded.
+        let email: String = email
+            .trim()
+            .to_lowercase()
+            .chars()
+            .take(crate::people::MAX_EMAIL_CHARS)
+            .collect();
         let now = self.now();
         let actor = Actor {
             id: format!("anonymous:{email}"),
@@ -128,11 +139,23 @@ impl<S: Store> App<S> {
             client: Some(client.to_owned()),
             request_id,
         };
+        // The attempt counts as a failure from before the password is
+        // checked, so parallel guesses cannot outrun the limit.
+        let attempt = self.random_token()?;
         let (by_user, by_client) = self
             .store
-            .sign_in_failures(&org.id, &email, client, now - THROTTLE_WINDOW_MS)
+            .begin_sign_in(
+                &attempt,
+                &org.id,
+                &email,
+                client,
+                now,
+                now - THROTTLE_WINDOW_MS,
+            )
             .await?;
         if by_user >= MAX_FAILURES_PER_USER || by_client >= MAX_FAILURES_PER_CLIENT {
+            // Refused unchecked: not a guess, so it does not extend the wait.
+            self.store.clear_sign_in_attempt(&attempt).await?;
             let mut entry = self.audit(
                 &actor,
                 &org,
@@ -167,11 +190,10 @@ impl<S: Store> App<S> {
                 json!({"email": email, "reason": reason}),
             );
             entry.status = Some(401);
-            self.store
-                .record_sign_in_failure(&email, client, &entry)
-                .await?;
+            self.store.append_audit(&[entry]).await?;
             return Err(sign_in_failed());
         };
+        self.store.clear_sign_in_attempt(&attempt).await?;
         let token = self.random_token()?;
         let record = SessionRecord {
             token_hash: token_hash(&token),
@@ -193,7 +215,7 @@ impl<S: Store> App<S> {
             json!({"email": user.email}),
         );
         self.store
-            .create_session(&record, now - SESSION_IDLE_MS, &entry)
+            .create_session(&record, now - SESSION_IDLE_MS, now - SESSION_MAX_MS, &entry)
             .await?;
         Ok(SignedIn {
             token,
@@ -300,6 +322,7 @@ impl<S: Store> App<S> {
                 &hash,
                 false,
                 Some(&entry),
+                Some(&session.record.token_hash),
             )
             .await?;
         Ok(())

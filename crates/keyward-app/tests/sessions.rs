@@ -63,9 +63,16 @@ async fn sessions_expire_throttle_and_change_passwords() {
             other => panic!("{other:?}"),
         }
     }
+    let elsewhere = app
+        .sign_in(None, "owner", &owner.password, "10.0.0.7", None)
+        .await
+        .unwrap();
     app.change_password(&session, &actor, &owner.password, "a long new password")
         .await
         .unwrap();
+    // The session that changed it stays; every other one ends.
+    assert!(app.session(&signed.token).await.unwrap().is_some());
+    assert!(app.session(&elsewhere.token).await.unwrap().is_none());
     assert!(matches!(
         app.sign_in(None, "owner", &owner.password, "10.0.0.1", None)
             .await,
@@ -135,6 +142,21 @@ async fn sessions_expire_throttle_and_change_passwords() {
             .await,
         Err(AppError::Throttled { .. })
     ));
+    // Parallel guesses cannot outrun the limit: of ten at once, five are
+    // checked and the rest refused unchecked.
+    clock.advance(THROTTLE_WINDOW_MS + 1);
+    let guesses = (0..10).map(|_| app.sign_in(None, "owner", "guess", "10.0.1.1", None));
+    let outcomes = futures_join_all(guesses).await;
+    let checked = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(AppError::SignInFailed)))
+        .count();
+    let throttled = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(AppError::Throttled { .. })))
+        .count();
+    assert_eq!((checked, throttled), (5, 5));
+    clock.advance(THROTTLE_WINDOW_MS + 1);
     // Another organization's slug, or an unknown one, is just a failure.
     assert!(matches!(
         app.sign_in(Some("nope"), "owner", "x", "10.0.0.4", None)
@@ -170,12 +192,42 @@ async fn sessions_expire_throttle_and_change_passwords() {
             app.query_audit(org, &q).await.unwrap().0.len()
         }
     };
-    assert_eq!(count("console.signed_in").await, 6);
+    assert_eq!(count("console.signed_in").await, 7);
     assert_eq!(count("console.signed_out").await, 1);
     assert_eq!(count("user.password_changed").await, 1);
     // The stale password, 5 guesses, 1 throttled, 20 unknown users, 1
-    // throttled; an unknown organization has no log to write to.
-    assert_eq!(count("console.sign_in_failed").await, 28);
+    // throttled, 10 parallel guesses; an unknown organization has no log to
+    // write to.
+    assert_eq!(count("console.sign_in_failed").await, 38);
     let report = app.verify_audit(&mut |_| {}).await.unwrap();
     assert!(report.first_broken.is_none());
+}
+
+/// Polls every future to completion, concurrently, on the current task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }

@@ -406,7 +406,25 @@ async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> 
         })
 }
 
+/// `%00` anywhere in a path or query: a NUL once decoded, which no id,
+/// filter or name may hold (and PostgreSQL text cannot store).
+fn has_encoded_nul(raw: &str) -> bool {
+    raw.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
 fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result<T, Reply> {
+    // `\u0000` is the only way to put a NUL in JSON text.
+    if bytes
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"))
+    {
+        return Err(fail(
+            ApiError::validation("body", "strings cannot contain NUL characters"),
+            ctx,
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = deserialize(&mut de, "JSON body").map_err(|e| {
         // Syntax (not shape) problems are 400: the document is not JSON.
@@ -436,6 +454,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Reply> {
         let ctx = ctx(parts);
         let query = parts.uri.query().unwrap_or("");
+        if has_encoded_nul(query) {
+            return Err(fail(
+                ApiError::validation("query", "query parameters cannot contain NUL characters"),
+                &ctx,
+            ));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
         deserialize(de, "query parameter")
             .map(QueryArgs)
@@ -455,6 +479,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArg
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Reply> {
         let ctx = ctx(parts);
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(fail(
+                ApiError::bad_request("Invalid path: it contains a NUL character"),
+                &ctx,
+            ));
+        }
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(v)) => Ok(PathArgs(v)),
             Err(e) => Err(fail(

@@ -116,6 +116,8 @@ pub struct State {
     verify_scope: ScopeSet,
     last_sync_ms: AtomicI64,
     sync_error: Mutex<Option<String>>,
+    /// When the audit chain was last verified, and whether it held.
+    chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
 }
 
 impl State {
@@ -154,6 +156,27 @@ impl State {
             ))
             .detail("snapshot_age_ms", age)
         })
+    }
+
+    /// Whether the audit chain verifies, checked at most once a minute per
+    /// node: verification reads the whole log, and the console's audit page
+    /// must not let anyone make the node do that on every request.
+    async fn chain_verified(&self) -> Result<bool, AppError> {
+        let mut last = self.chain_check.lock().await;
+        let now = self.app.now();
+        if let Some((at, ok)) = *last
+            && now - at < 60_000
+        {
+            return Ok(ok);
+        }
+        let ok = self
+            .app
+            .verify_audit(&mut |_| {})
+            .await?
+            .first_broken
+            .is_none();
+        *last = Some((now, ok));
+        Ok(ok)
     }
 
     fn note_sync_ok(&self) {
@@ -230,6 +253,7 @@ impl Server {
             verify_scope,
             last_sync_ms: AtomicI64::new(now),
             sync_error: Mutex::new(None),
+            chain_check: tokio::sync::Mutex::new(None),
             app,
         });
         Ok(Server { state, audit_task })

@@ -156,17 +156,19 @@ impl Store for AnyStore {
         password_hash: &str,
         must_change: bool,
         audit: Option<&AuditEntry>,
+        keep_session: Option<&[u8; 32]>,
     ) -> Result<()> {
-        delegate!(self, s => s.set_password(org_id, user_id, password_hash, must_change, audit))
+        delegate!(self, s => s.set_password(org_id, user_id, password_hash, must_change, audit, keep_session))
     }
 
     async fn create_session(
         &self,
         session: &SessionRecord,
         idle_cutoff: i64,
+        nonce_cutoff: i64,
         audit: &AuditEntry,
     ) -> Result<()> {
-        delegate!(self, s => s.create_session(session, idle_cutoff, audit))
+        delegate!(self, s => s.create_session(session, idle_cutoff, nonce_cutoff, audit))
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
@@ -181,23 +183,20 @@ impl Store for AnyStore {
         delegate!(self, s => s.end_session(token_hash, audit))
     }
 
-    async fn record_sign_in_failure(
+    async fn begin_sign_in(
         &self,
-        email: &str,
-        client: &str,
-        audit: &AuditEntry,
-    ) -> Result<()> {
-        delegate!(self, s => s.record_sign_in_failure(email, client, audit))
-    }
-
-    async fn sign_in_failures(
-        &self,
+        attempt: &str,
         org_id: &str,
         email: &str,
         client: &str,
+        at: i64,
         since: i64,
     ) -> Result<(u32, u32)> {
-        delegate!(self, s => s.sign_in_failures(org_id, email, client, since))
+        delegate!(self, s => s.begin_sign_in(attempt, org_id, email, client, at, since))
+    }
+
+    async fn clear_sign_in_attempt(&self, attempt: &str) -> Result<()> {
+        delegate!(self, s => s.clear_sign_in_attempt(attempt))
     }
 
     async fn create_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<()> {

@@ -463,7 +463,9 @@ pub trait Store: Send + Sync + 'static {
         member: bool,
         audit: &AuditEntry,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Replaces a user's password hash. `NotFound` for an unknown user.
+    /// Replaces a user's password hash and ends their sessions, except
+    /// `keep_session` (the one changing its own password). `NotFound` for an
+    /// unknown user.
     fn set_password(
         &self,
         org_id: &str,
@@ -471,13 +473,16 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         must_change: bool,
         audit: Option<&AuditEntry>,
+        keep_session: Option<&[u8; 32]>,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Stores a new session (and its `console.signed_in` record), dropping
-    /// sessions idle since before `idle_cutoff`.
+    /// sessions idle since before `idle_cutoff` and form nonces issued
+    /// before `nonce_cutoff`.
     fn create_session(
         &self,
         session: &SessionRecord,
         idle_cutoff: i64,
+        nonce_cutoff: i64,
         audit: &AuditEntry,
     ) -> impl Future<Output = Result<()>> + Send;
     /// The session whose token hashes to `token_hash`.
@@ -497,22 +502,23 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &[u8; 32],
         audit: Option<&AuditEntry>,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Counts a failed sign-in (and writes its audit record).
-    fn record_sign_in_failure(
+    /// Records sign-in attempt `attempt` (a unique id) as failed until
+    /// proven otherwise, and returns the failures recorded since `since`
+    /// before it: (for this email in this organization, from this client
+    /// address in any). Attempts are serialised, so parallel guesses cannot
+    /// all see a count under the limit; older failures are pruned.
+    fn begin_sign_in(
         &self,
-        email: &str,
-        client: &str,
-        audit: &AuditEntry,
-    ) -> impl Future<Output = Result<()>> + Send;
-    /// Failed sign-ins since `since`: (for this email in this organization,
-    /// from this client address in any).
-    fn sign_in_failures(
-        &self,
+        attempt: &str,
         org_id: &str,
         email: &str,
         client: &str,
+        at: i64,
         since: i64,
     ) -> impl Future<Output = Result<(u32, u32)>> + Send;
+    /// Withdraws an attempt `begin_sign_in` recorded (it succeeded, or was
+    /// refused before any password was checked).
+    fn clear_sign_in_attempt(&self, attempt: &str) -> impl Future<Output = Result<()>> + Send;
     /// Issues a one-use form nonce bound to a session.
     fn create_nonce(
         &self,

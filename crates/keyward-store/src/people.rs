@@ -234,6 +234,7 @@ macro_rules! people_impl {
                 password_hash: &str,
                 must_change: bool,
                 audit: Option<&keyward_core::audit::AuditEntry>,
+                keep_session: Option<&[u8; 32]>,
             ) -> $crate::Result<()> {
                 let mut tx = self.write_tx().await?;
                 let done = sqlx::query(
@@ -249,6 +250,16 @@ macro_rules! people_impl {
                 if done.rows_affected() == 0 {
                     return Err($crate::StoreError::NotFound);
                 }
+                // A new password ends every other session of the user: one
+                // stolen before the change must not outlive it.
+                sqlx::query(
+                    "DELETE FROM sessions WHERE org_id = $1 AND user_id = $2 AND token_hash <> $3",
+                )
+                .bind(org_id)
+                .bind(user_id)
+                .bind(keep_session.map_or(&[0u8; 32][..], |h| &h[..]))
+                .execute(&mut *tx)
+                .await?;
                 if let Some(audit) = audit {
                     append_audit_tx(&mut tx, &[audit]).await?;
                 }
@@ -260,12 +271,18 @@ macro_rules! people_impl {
                 &self,
                 session: &$crate::SessionRecord,
                 idle_cutoff: i64,
+                nonce_cutoff: i64,
                 audit: &keyward_core::audit::AuditEntry,
             ) -> $crate::Result<()> {
                 let mut tx = self.write_tx().await?;
-                // Sessions idle past the cutoff can never be used again.
+                // Sessions idle past the cutoff can never be used again, nor
+                // can nonces older than any session.
                 sqlx::query("DELETE FROM sessions WHERE last_seen_at < $1")
                     .bind(idle_cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM form_nonces WHERE created_at < $1")
+                    .bind(nonce_cutoff)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
@@ -330,53 +347,61 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn record_sign_in_failure_impl(
+            async fn begin_sign_in_impl(
                 &self,
-                email: &str,
-                client: &str,
-                audit: &keyward_core::audit::AuditEntry,
-            ) -> $crate::Result<()> {
-                let mut tx = self.write_tx().await?;
-                sqlx::query(
-                    "INSERT INTO sign_in_failures (at, org_id, email, client) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(audit.at_ms)
-                .bind(&audit.org_id)
-                .bind(email)
-                .bind(client)
-                .execute(&mut *tx)
-                .await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn sign_in_failures_impl(
-                &self,
+                attempt: &str,
                 org_id: &str,
                 email: &str,
                 client: &str,
+                at: i64,
                 since: i64,
             ) -> $crate::Result<(u32, u32)> {
+                let mut tx = self.write_tx().await?;
+                // One sign-in attempt at a time everywhere: the change-log
+                // head is a row every backend can lock, and attempts are rare.
+                // Without it, parallel guesses would all read a count under
+                // the limit before any of them recorded itself.
+                sqlx::query("UPDATE change_head SET version = version WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM sign_in_failures WHERE at < $1")
+                    .bind(since)
+                    .execute(&mut *tx)
+                    .await?;
                 let (by_email,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM sign_in_failures \
-                     WHERE org_id = $1 AND email = $2 AND at >= $3",
+                    "SELECT COUNT(*) FROM sign_in_failures WHERE org_id = $1 AND email = $2",
                 )
                 .bind(org_id)
                 .bind(email)
-                .bind(since)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
-                let (by_client,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM sign_in_failures WHERE client = $1 AND at >= $2",
+                let (by_client,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM sign_in_failures WHERE client = $1")
+                        .bind(client)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                sqlx::query(
+                    "INSERT INTO sign_in_failures (at, org_id, email, client, attempt) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
+                .bind(at)
+                .bind(org_id)
+                .bind(email)
                 .bind(client)
-                .bind(since)
-                .fetch_one(&self.pool)
+                .bind(attempt)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 let clamp = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
                 Ok((clamp(by_email), clamp(by_client)))
+            }
+
+            async fn clear_sign_in_attempt_impl(&self, attempt: &str) -> $crate::Result<()> {
+                sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
+                    .bind(attempt)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn create_nonce_impl(

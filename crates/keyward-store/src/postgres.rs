@@ -611,18 +611,28 @@ impl Store for PgStore {
         password_hash: &str,
         must_change: bool,
         audit: Option<&AuditEntry>,
+        keep_session: Option<&[u8; 32]>,
     ) -> Result<()> {
-        self.set_password_impl(org_id, user_id, password_hash, must_change, audit)
-            .await
+        self.set_password_impl(
+            org_id,
+            user_id,
+            password_hash,
+            must_change,
+            audit,
+            keep_session,
+        )
+        .await
     }
 
     async fn create_session(
         &self,
         session: &SessionRecord,
         idle_cutoff: i64,
+        nonce_cutoff: i64,
         audit: &AuditEntry,
     ) -> Result<()> {
-        self.create_session_impl(session, idle_cutoff, audit).await
+        self.create_session_impl(session, idle_cutoff, nonce_cutoff, audit)
+            .await
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
@@ -637,24 +647,21 @@ impl Store for PgStore {
         self.end_session_impl(token_hash, audit).await
     }
 
-    async fn record_sign_in_failure(
+    async fn begin_sign_in(
         &self,
-        email: &str,
-        client: &str,
-        audit: &AuditEntry,
-    ) -> Result<()> {
-        self.record_sign_in_failure_impl(email, client, audit).await
-    }
-
-    async fn sign_in_failures(
-        &self,
+        attempt: &str,
         org_id: &str,
         email: &str,
         client: &str,
+        at: i64,
         since: i64,
     ) -> Result<(u32, u32)> {
-        self.sign_in_failures_impl(org_id, email, client, since)
+        self.begin_sign_in_impl(attempt, org_id, email, client, at, since)
             .await
+    }
+
+    async fn clear_sign_in_attempt(&self, attempt: &str) -> Result<()> {
+        self.clear_sign_in_attempt_impl(attempt).await
     }
 
     async fn create_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<()> {

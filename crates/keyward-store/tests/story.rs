@@ -172,14 +172,14 @@ async fn people(store: &impl Store) {
     );
     // Passwords.
     store
-        .set_password("org_a", "usr_alice", "$argon2id$new", false, None)
+        .set_password("org_a", "usr_alice", "$argon2id$new", false, None, None)
         .await
         .unwrap();
     let alice = store.get_user("org_a", "usr_alice").await.unwrap().unwrap();
     assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$new"));
     assert!(!alice.must_change_password);
     let missing = store
-        .set_password("org_b", "usr_alice", "x", false, None)
+        .set_password("org_b", "usr_alice", "x", false, None, None)
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 
@@ -262,9 +262,12 @@ async fn people(store: &impl Store) {
         ..session.clone()
     };
     let signed_in = audit("org_a", "console.signed_in", None);
-    store.create_session(&stale, 0, &signed_in).await.unwrap();
     store
-        .create_session(&session, 50, &signed_in)
+        .create_session(&stale, 0, 0, &signed_in)
+        .await
+        .unwrap();
+    store
+        .create_session(&session, 50, 0, &signed_in)
         .await
         .unwrap();
     assert!(
@@ -283,30 +286,64 @@ async fn people(store: &impl Store) {
     assert!(store.use_nonce("n1", &[7; 32], 201).await.unwrap());
     assert!(!store.use_nonce("n1", &[7; 32], 202).await.unwrap());
     assert!(!store.use_nonce("nope", &[7; 32], 202).await.unwrap());
-    // Failed sign-ins are counted per email and per client address.
-    let failed = AuditEntry {
-        at_ms: 300,
-        ..audit("org_a", "console.sign_in_failed", None)
-    };
-    for client in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
-        store
-            .record_sign_in_failure("alice@example.com", client, &failed)
-            .await
-            .unwrap();
+    // Sign-in attempts count per email and per client address, as failures
+    // until withdrawn; old ones are pruned.
+    let mut counts = Vec::new();
+    for (id, at, client) in [
+        ("a1", 300, "10.0.0.1"),
+        ("a2", 300, "10.0.0.1"),
+        ("a3", 302, "10.0.0.2"),
+    ] {
+        counts.push(
+            store
+                .begin_sign_in(id, "org_a", "alice@example.com", client, at, 0)
+                .await
+                .unwrap(),
+        );
     }
+    assert_eq!(counts, [(0, 0), (1, 1), (2, 0)]);
+    // Withdrawn by id: the other attempt of the same millisecond stays.
+    store.clear_sign_in_attempt("a2").await.unwrap();
     assert_eq!(
         store
-            .sign_in_failures("org_a", "alice@example.com", "10.0.0.1", 300)
+            .begin_sign_in("b1", "org_b", "alice@example.com", "10.0.0.1", 303, 0)
             .await
             .unwrap(),
-        (3, 2)
+        (0, 1),
+        "another organization's user; the same address"
     );
     assert_eq!(
         store
-            .sign_in_failures("org_a", "alice@example.com", "10.0.0.1", 301)
+            .begin_sign_in("a4", "org_a", "alice@example.com", "10.0.0.1", 304, 302)
             .await
             .unwrap(),
-        (0, 0)
+        (1, 1),
+        "failures before `since` are gone"
+    );
+    // A new password ends the user's other sessions.
+    let other = SessionRecord {
+        token_hash: [5; 32],
+        ..session.clone()
+    };
+    store
+        .create_session(&other, 0, 0, &signed_in)
+        .await
+        .unwrap();
+    store
+        .set_password(
+            "org_a",
+            "usr_alice",
+            "$argon2id$newer",
+            false,
+            None,
+            Some(&[7; 32]),
+        )
+        .await
+        .unwrap();
+    assert!(store.session(&[5; 32]).await.unwrap().is_none());
+    assert!(
+        store.session(&[7; 32]).await.unwrap().is_some(),
+        "the changing one stays"
     );
     let head = store.audit_head().await.unwrap().0;
     let out = audit("org_a", "console.signed_out", None);

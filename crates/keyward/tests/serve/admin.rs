@@ -330,6 +330,18 @@ fn listing_showing_rolling_and_immutability() {
         assert_eq!(e["details"]["field"], field, "{query}: {e}");
     }
     get(&server, "/v1/keys/key_nothere", &admin).error(404, "NOT_FOUND");
+    // NUL characters never reach storage (PostgreSQL text cannot hold them).
+    get(&server, "/v1/keys/%00", &admin).error(400, "BAD_REQUEST");
+    let e = get(&server, "/v1/audit?actor=%00", &admin).error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "query");
+    let e = post(
+        &server,
+        "/v1/keys",
+        &admin,
+        &json!({"name": "x", "scopes": ["vehicles:read"], "description": "a\u{0}b"}),
+    )
+    .error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "body");
 
     // Roll: a new key at once; the old one until its grace ends.
     let old = post(
@@ -612,6 +624,27 @@ fn memberships(kw: &Kw) {
         .bearer(&blind)
         .send(&server)
         .error(403, "FORBIDDEN");
+    // Removing takes the group's scopes away: also only for who holds them.
+    req("PUT", &path).bearer(&admin).send(&server);
+    let e = req("DELETE", &path)
+        .bearer(&groups_only)
+        .send(&server)
+        .error(403, "FORBIDDEN");
+    assert_eq!(e["details"]["required"], json!(["vehicles:write"]));
+    assert_eq!(
+        audit_actions(&server, &admin, "action=group.member_remove_refused").len(),
+        1
+    );
+    // Nobody but a holder of everything touches administrators, and its
+    // last member stays.
+    let e = req("DELETE", "/v1/groups/administrators/users/owner")
+        .bearer(&admin)
+        .send(&server)
+        .error(403, "FORBIDDEN");
+    assert!(!e["details"]["required"].as_array().unwrap().is_empty());
+    let out = kw.cli(&["users", "remove-from-group", "owner", "administrators"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last member of administrators"));
 
     // The API Keys tab: keys holding the set, fixed at creation.
     let tab = get(&server, "/v1/groups/vehicles:write/api-keys", &admin).json();

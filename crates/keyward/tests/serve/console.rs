@@ -177,6 +177,12 @@ fn console_pages_without_a_browser() {
     );
     assert_eq!(r.status, 401);
     assert!(text(&r).contains("The email or password is not right."));
+    // A NUL in any field is refused in words, never a server error.
+    let r = v.post(
+        "/console/sign-in",
+        &[("email", "a\u{0}b"), ("password", "x")],
+    );
+    assert_eq!(r.status, 400);
     // A form posted from another site is refused before anything else.
     let r = v.post_with(
         "/console/sign-in",
