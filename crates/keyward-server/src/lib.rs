@@ -307,11 +307,12 @@ impl Server {
                 ip: HeaderValue::try_from(peer.ip().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             };
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let client = client.clone();
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(dispatch(state, client, &admin, req).await) }
+                // Only keyward's own endpoints need the admin router.
+                let admin = own::is_own_path(req.uri().path()).then(|| admin.clone());
+                async move { Ok::<_, Infallible>(dispatch(state, client, admin, req).await) }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
@@ -363,13 +364,12 @@ struct Client {
 async fn dispatch(
     state: Arc<State>,
     client: Client,
-    admin: &admin::Admin,
+    admin: Option<Arc<admin::Admin>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    if own::is_own_path(req.uri().path()) {
-        own::handle(state, client.addr, admin, req).await
-    } else {
-        gateway::handle(state, client, req).await
+    match admin {
+        Some(admin) => own::handle(state, client.addr, &admin, req).await,
+        None => gateway::handle(state, client, req).await,
     }
 }
 

@@ -46,7 +46,9 @@ pub async fn handle(
     let allowed: &[Method] = match path.as_str() {
         "/healthz" | "/metrics" | "/v1/whoami" => &[Method::GET, Method::HEAD],
         "/v1/verify" => &[Method::POST],
-        _ => return admin.call(req, client, request_id).await,
+        // Boxed: the admin router's future is large, and inline it would make
+        // every request's future (the gateway's too) as large.
+        _ => return Box::pin(admin.call(req, client, request_id)).await,
     };
     if !allowed.contains(req.method()) {
         return method_not_allowed(req.method(), &path, allowed, &request_id);
