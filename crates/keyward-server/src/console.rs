@@ -893,6 +893,18 @@ async fn new_key_form(
             }
         })
         .collect();
+    // What the server will count: presets expand into their sets too, so a
+    // refusal for broad access always shows the confirmation, script or not.
+    if form.is_some() {
+        let request = GrantRequest {
+            scopes: Vec::new(),
+            permission_sets: chosen.clone(),
+            presets: chosen_presets.clone(),
+        };
+        if let Ok(resolved) = catalog.resolve_grants(&request) {
+            write_count = write_count.max(resolved.write_capable_sets.len());
+        }
+    }
     let get = |name: &str| form.map_or(String::new(), |f| f.get(name).to_owned());
     Ok(NewKeyPage {
         chrome: Some(who.chrome.clone()),
@@ -906,8 +918,8 @@ async fn new_key_form(
         areas,
         presets,
         broad_limit: BROAD_LIMIT,
-        write_count,
         show_broad: write_count > BROAD_LIMIT,
+        write_count,
     })
 }
 

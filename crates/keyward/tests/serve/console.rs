@@ -492,3 +492,62 @@ fn console_access_follows_groups() {
     assert_eq!(r.status, 429);
     assert!(text(&r).contains("try again in 15 minutes"));
 }
+
+#[test]
+fn broad_access_without_javascript() {
+    const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
+    let kw = Kw::new();
+    let password = first_start(&kw);
+    let server = kw.serve(&["--catalog", TRANSIT]);
+    let mut v = Visitor::new(&server);
+    v.post(
+        "/console/sign-in",
+        &[("email", "owner"), ("password", &password)],
+    );
+    let csrf = field(&text(&v.get("/console/password")), "csrf");
+    v.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", &password),
+            ("new_password", "a long enough password"),
+        ],
+    );
+    let sets = [
+        "trips-create",
+        "trips-edit",
+        "trips-cancel",
+        "trips-delete",
+        "riders-create",
+        "riders-edit",
+        "riders-delete",
+        "drivers-create",
+        "drivers-edit",
+        "drivers-delete",
+        "vehicles-create",
+    ];
+    let nonce = field(&text(&v.get("/console/keys/new")), "nonce");
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("nonce", nonce.as_str()),
+        ("name", "Everything"),
+    ];
+    fields.extend(sets.iter().map(|s| ("set", *s)));
+    // Without the confirmation: refused, the form comes back with the
+    // warning shown and the sets still chosen.
+    let r = v.post("/console/keys", &fields);
+    assert_eq!(r.status, 422);
+    let page = text(&r);
+    assert!(page.contains("Broad access not acknowledged"), "{page}");
+    assert!(
+        page.contains("id=\"broad-warning\" class=\"warning\" role=\"alert\">"),
+        "shown"
+    );
+    assert_eq!(page.matches("checked>").count(), 11);
+    let nonce = field(&page, "nonce");
+    fields[1] = ("nonce", nonce.as_str());
+    fields.push(("acknowledge_broad_access", "yes"));
+    let r = v.post("/console/keys", &fields);
+    assert_eq!(r.status, 201);
+    assert!(text(&r).contains("Broad access: 11 write-capable permission sets"));
+}
