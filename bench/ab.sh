@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A/B of two keyward binaries in one run: same upstream, same CPU layout
+# (servers on core 1, wrk on core 0), interleaved pairs, so the machine's
+# drift cancels out. Tells a code change from an environment change.
+#
+#   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p keyward)
+#   bash bench/ab.sh /tmp/old-target/release/keyward            # vs this tree's release build
+#   R=7 D=5 bash bench/ab.sh OLD_BIN [NEW_BIN]
+#
+# Prints, per round, req/s of each binary and new/old for an audited POST,
+# POST /v1/verify and a GET through the gateway. Quote the median ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLD="${1:?usage: bench/ab.sh OLD_BIN [NEW_BIN]}"
+NEW="${2:-target/release/keyward}"
+cargo build --release -q -p keyward
+cargo build --release -q -p keyward-server --example bench_upstream
+UP=target/release/examples/bench_upstream
+W=$(mktemp -d); PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EXIT
+taskset -c 1 $UP 127.0.0.1:19201 >/dev/null & PIDS+=($!)
+setup() { # bin db -> prints "reader verifier"
+  local bin=$1 db=$2
+  KEYWARD_DATABASE_URL=sqlite://$db $bin migrate >/dev/null 2>&1
+  r=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name r --preset read-only-integration | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  v=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name v --scope keyward-api-keys:verify | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  w=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name w --preset inspection-submission | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  echo "$r $v $w"
+}
+read -r OR OV OW <<<"$(setup $OLD $W/old.db)"
+read -r NR NV NW <<<"$(setup $NEW $W/new.db)"
+KEYWARD_DATABASE_URL=sqlite://$W/old.db KEYWARD_LOG=warn taskset -c 1 $OLD serve --listen 127.0.0.1:19202 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
+KEYWARD_DATABASE_URL=sqlite://$W/new.db KEYWARD_LOG=warn taskset -c 1 $NEW serve --listen 127.0.0.1:19203 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
+sleep 1.5
+cat > $W/v.lua <<L
+wrk.method = "POST"
+wrk.body = '{"key":"KEY","method":"GET","path":"/vehicles"}'
+wrk.headers["Content-Type"] = "application/json"
+L
+sed "s/KEY/$OR/" $W/v.lua > $W/vo.lua; sed "s/KEY/$NR/" $W/v.lua > $W/vn.lua
+cat > $W/post.lua <<L
+wrk.method = "POST"
+wrk.body = '{"vehicle_id":42,"passed":true}'
+wrk.headers["Content-Type"] = "application/json"
+L
+rps() { taskset -c 0 wrk -t1 -c64 -d${D:-6}s "$@" | awk '/Requests\/sec/ {print $2}'; }
+for r in $(seq 1 ${R:-5}); do
+  ov=$(rps -H "Authorization: Bearer $OV" -s $W/vo.lua http://127.0.0.1:19202/v1/verify)
+  nv=$(rps -H "Authorization: Bearer $NV" -s $W/vn.lua http://127.0.0.1:19203/v1/verify)
+  og=$(rps -H "Authorization: Bearer $OR" http://127.0.0.1:19202/api/third-party/v1/vehicles)
+  ng=$(rps -H "Authorization: Bearer $NR" http://127.0.0.1:19203/api/third-party/v1/vehicles)
+  op=$(rps -H "Authorization: Bearer $OW" -s $W/post.lua http://127.0.0.1:19202/api/third-party/v1/inspections)
+  np=$(rps -H "Authorization: Bearer $NW" -s $W/post.lua http://127.0.0.1:19203/api/third-party/v1/inspections)
+  echo "round $r POST old $op new $np ratio $(python3 -c "print(round($np/$op,3))")"
+  echo "round $r verify old $ov new $nv ratio $(python3 -c "print(round($nv/$ov,3))")  GET old $og new $ng ratio $(python3 -c "print(round($ng/$og,3))")"
+done
