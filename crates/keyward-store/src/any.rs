@@ -1,7 +1,7 @@
 //! The store a URL names, as one type: what the binary holds, so every
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
-use crate::{AuditQuery, SessionRecord, UserRecord};
+use crate::{AuditQuery, Directory, SessionRecord, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
     SnapshotKey, SqliteStore, Store,
@@ -122,6 +122,15 @@ impl Store for AnyStore {
     ) -> Result<Vec<AuditRecord>> {
         delegate!(self, s => s.audit_for_key(org_id, key_id, limit))
     }
+    async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
+        delegate!(self, s => s.change_notifier())
+    }
+    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
+        delegate!(self, s => s.changes_since(version))
+    }
+}
+
+impl Directory for AnyStore {
     async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
         delegate!(self, s => s.create_user(user, audit))
     }
@@ -209,12 +218,5 @@ impl Store for AnyStore {
 
     async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
         delegate!(self, s => s.query_audit(org_id, query))
-    }
-
-    async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
-        delegate!(self, s => s.change_notifier())
-    }
-    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
-        delegate!(self, s => s.changes_since(version))
     }
 }

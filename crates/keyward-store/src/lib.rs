@@ -324,7 +324,7 @@ pub enum Revoked {
 /// Persistence for keyward. Implementations must make each method atomic.
 ///
 /// Methods return `impl Future + Send` so callers can spawn them.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Directory {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
@@ -426,6 +426,24 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
 
+    /// A wake-up for when the change log grows, where the backend has one
+    /// (PostgreSQL LISTEN/NOTIFY); `None` otherwise. Only an accelerator:
+    /// callers keep polling [`Store::changes_since`].
+    fn change_notifier(&self) -> impl Future<Output = Result<Option<ChangeNotifier>>> + Send;
+
+    /// Change-log entries after `version`, oldest first, and the current version.
+    fn changes_since(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
+}
+
+/// The people side of storage: users, group memberships, console sessions,
+/// sign-in attempts, form nonces and audit queries. Split from [`Store`] so
+/// both backends implement it from one source (the `people_impl!` macro in
+/// `people.rs`); every [`Store`] is one. Implementations must make each
+/// method atomic.
+pub trait Directory: Send + Sync + 'static {
     /// Creates a user with its memberships (audited), in one transaction.
     /// `Conflict` when the email is taken in the organization.
     fn create_user(
@@ -539,17 +557,6 @@ pub trait Store: Send + Sync + 'static {
         org_id: &str,
         query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
-
-    /// A wake-up for when the change log grows, where the backend has one
-    /// (PostgreSQL LISTEN/NOTIFY); `None` otherwise. Only an accelerator:
-    /// callers keep polling [`Store::changes_since`].
-    fn change_notifier(&self) -> impl Future<Output = Result<Option<ChangeNotifier>>> + Send;
-
-    /// Change-log entries after `version`, oldest first, and the current version.
-    fn changes_since(
-        &self,
-        version: i64,
-    ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
 }
 
 /// Wakes a node when another one (or the CLI) committed a change.

@@ -20,8 +20,8 @@ macro_rules! select_users {
 }
 pub(crate) use select_users;
 
-/// Expands the user, membership and audit-query methods for one backend:
-/// `$store` is the store type, `$db` its sqlx database.
+/// Implements [`crate::Directory`] for one backend: `$store` is the store
+/// type, `$db` its sqlx database.
 macro_rules! people_impl {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -84,18 +84,6 @@ macro_rules! people_impl {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn create_user_impl(
-                &self,
-                user: &$crate::UserRecord,
-                audit: &keyward_core::audit::AuditEntry,
-            ) -> $crate::Result<()> {
-                let mut tx = self.write_tx().await?;
-                Self::insert_user_tx(&mut tx, user).await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
             /// Attaches group ids to user rows.
             async fn users_with_groups(
                 &self,
@@ -128,8 +116,22 @@ macro_rules! people_impl {
                 }
                 Ok(users)
             }
+        }
 
-            async fn get_user_impl(
+        impl $crate::Directory for $store {
+            async fn create_user(
+                &self,
+                user: &$crate::UserRecord,
+                audit: &keyward_core::audit::AuditEntry,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                Self::insert_user_tx(&mut tx, user).await?;
+                append_audit_tx(&mut tx, &[audit]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_user(
                 &self,
                 org_id: &str,
                 user_id: &str,
@@ -144,7 +146,7 @@ macro_rules! people_impl {
                 Ok(self.users_with_groups(org_id, rows).await?.pop())
             }
 
-            async fn user_by_email_impl(
+            async fn user_by_email(
                 &self,
                 org_id: &str,
                 email: &str,
@@ -159,7 +161,7 @@ macro_rules! people_impl {
                 Ok(self.users_with_groups(org_id, rows).await?.pop())
             }
 
-            async fn list_users_impl(
+            async fn list_users(
                 &self,
                 org_id: &str,
                 group_id: Option<&str>,
@@ -187,7 +189,7 @@ macro_rules! people_impl {
                 self.users_with_groups(org_id, rows).await
             }
 
-            async fn set_membership_impl(
+            async fn set_membership(
                 &self,
                 org_id: &str,
                 group_id: &str,
@@ -227,7 +229,7 @@ macro_rules! people_impl {
                 Ok(changed)
             }
 
-            async fn set_password_impl(
+            async fn set_password(
                 &self,
                 org_id: &str,
                 user_id: &str,
@@ -267,7 +269,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn create_session_impl(
+            async fn create_session(
                 &self,
                 session: &$crate::SessionRecord,
                 idle_cutoff: i64,
@@ -303,7 +305,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn session_impl(
+            async fn session(
                 &self,
                 token_hash: &[u8; 32],
             ) -> $crate::Result<Option<$crate::SessionRecord>> {
@@ -317,11 +319,7 @@ macro_rules! people_impl {
                 row.map($crate::rows::SessionRow::into_record).transpose()
             }
 
-            async fn touch_session_impl(
-                &self,
-                token_hash: &[u8; 32],
-                at: i64,
-            ) -> $crate::Result<()> {
+            async fn touch_session(&self, token_hash: &[u8; 32], at: i64) -> $crate::Result<()> {
                 sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2")
                     .bind(at)
                     .bind(token_hash.as_slice())
@@ -330,7 +328,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn end_session_impl(
+            async fn end_session(
                 &self,
                 token_hash: &[u8; 32],
                 audit: Option<&keyward_core::audit::AuditEntry>,
@@ -347,7 +345,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn begin_sign_in_impl(
+            async fn begin_sign_in(
                 &self,
                 attempt: &str,
                 org_id: &str,
@@ -396,7 +394,7 @@ macro_rules! people_impl {
                 Ok((clamp(by_email), clamp(by_client)))
             }
 
-            async fn clear_sign_in_attempt_impl(&self, attempt: &str) -> $crate::Result<()> {
+            async fn clear_sign_in_attempt(&self, attempt: &str) -> $crate::Result<()> {
                 sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
                     .bind(attempt)
                     .execute(&self.pool)
@@ -404,7 +402,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn create_nonce_impl(
+            async fn create_nonce(
                 &self,
                 nonce: &str,
                 token_hash: &[u8; 32],
@@ -422,7 +420,7 @@ macro_rules! people_impl {
                 Ok(())
             }
 
-            async fn use_nonce_impl(
+            async fn use_nonce(
                 &self,
                 nonce: &str,
                 token_hash: &[u8; 32],
@@ -440,7 +438,7 @@ macro_rules! people_impl {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn query_audit_impl(
+            async fn query_audit(
                 &self,
                 org_id: &str,
                 q: &$crate::AuditQuery,

@@ -8,7 +8,6 @@
 //! and can neither fork the chain nor commit versions out of order.
 
 use crate::rows::{AuditRow, KeyRow, SnapshotRow, conflict_or, hash32};
-use crate::{AuditQuery, SessionRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, Result, Revoked, SnapshotKey,
     Store, StoreError, UserRecord,
@@ -574,106 +573,6 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditRow::into_record).collect()
-    }
-
-    async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
-        self.create_user_impl(user, audit).await
-    }
-
-    async fn get_user(&self, org_id: &str, user_id: &str) -> Result<Option<UserRecord>> {
-        self.get_user_impl(org_id, user_id).await
-    }
-
-    async fn user_by_email(&self, org_id: &str, email: &str) -> Result<Option<UserRecord>> {
-        self.user_by_email_impl(org_id, email).await
-    }
-
-    async fn list_users(&self, org_id: &str, group_id: Option<&str>) -> Result<Vec<UserRecord>> {
-        self.list_users_impl(org_id, group_id).await
-    }
-
-    async fn set_membership(
-        &self,
-        org_id: &str,
-        group_id: &str,
-        user_id: &str,
-        member: bool,
-        audit: &AuditEntry,
-    ) -> Result<bool> {
-        self.set_membership_impl(org_id, group_id, user_id, member, audit)
-            .await
-    }
-
-    async fn set_password(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        password_hash: &str,
-        must_change: bool,
-        audit: Option<&AuditEntry>,
-        keep_session: Option<&[u8; 32]>,
-    ) -> Result<()> {
-        self.set_password_impl(
-            org_id,
-            user_id,
-            password_hash,
-            must_change,
-            audit,
-            keep_session,
-        )
-        .await
-    }
-
-    async fn create_session(
-        &self,
-        session: &SessionRecord,
-        idle_cutoff: i64,
-        nonce_cutoff: i64,
-        audit: &AuditEntry,
-    ) -> Result<()> {
-        self.create_session_impl(session, idle_cutoff, nonce_cutoff, audit)
-            .await
-    }
-
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
-        self.session_impl(token_hash).await
-    }
-
-    async fn touch_session(&self, token_hash: &[u8; 32], at: i64) -> Result<()> {
-        self.touch_session_impl(token_hash, at).await
-    }
-
-    async fn end_session(&self, token_hash: &[u8; 32], audit: Option<&AuditEntry>) -> Result<()> {
-        self.end_session_impl(token_hash, audit).await
-    }
-
-    async fn begin_sign_in(
-        &self,
-        attempt: &str,
-        org_id: &str,
-        email: &str,
-        client: &str,
-        at: i64,
-        since: i64,
-    ) -> Result<(u32, u32)> {
-        self.begin_sign_in_impl(attempt, org_id, email, client, at, since)
-            .await
-    }
-
-    async fn clear_sign_in_attempt(&self, attempt: &str) -> Result<()> {
-        self.clear_sign_in_attempt_impl(attempt).await
-    }
-
-    async fn create_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<()> {
-        self.create_nonce_impl(nonce, token_hash, at).await
-    }
-
-    async fn use_nonce(&self, nonce: &str, token_hash: &[u8; 32], at: i64) -> Result<bool> {
-        self.use_nonce_impl(nonce, token_hash, at).await
-    }
-
-    async fn query_audit(&self, org_id: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        self.query_audit_impl(org_id, query).await
     }
 
     async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
