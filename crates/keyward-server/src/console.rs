@@ -305,6 +305,20 @@ fn same_site(headers: &HeaderMap) -> Result<(), Page> {
 struct Form(Vec<(String, String)>);
 
 impl Form {
+    /// Fields of a URL-encoded text (a body, or a page's query string).
+    fn parse(text: &[u8]) -> Self {
+        Form(
+            form_urlencoded::parse(text)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The query string of a `GET`, read like a form.
+    fn query(parts: &Parts) -> Self {
+        Form::parse(parts.uri.query().unwrap_or("").as_bytes())
+    }
+
     fn get(&self, name: &str) -> &str {
         self.0
             .iter()
@@ -336,11 +350,10 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                     "/console",
                 )
             })?;
-        let fields: Vec<(String, String)> = form_urlencoded::parse(&bytes)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let form = Form::parse(&bytes);
         // No field of any form can hold a NUL, and PostgreSQL text cannot.
-        if fields
+        if form
+            .0
             .iter()
             .any(|(k, v)| k.contains('\0') || v.contains('\0'))
         {
@@ -351,7 +364,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                 "/console",
             ));
         }
-        Ok(Form(fields))
+        Ok(form)
     }
 }
 
@@ -702,16 +715,8 @@ async fn keys_page(
     who: Signed<KeysRead>,
     parts: Parts,
 ) -> Answer {
-    let query: Vec<(String, String)> =
-        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-    let q = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or(String::new(), |(_, v)| v.clone())
-    };
+    let query = Form::query(&parts);
+    let q = |name: &str| query.get(name).to_owned();
     let (status, unused_for, before) = (q("status"), q("unused_for"), q("before"));
     let now = state.app.now();
     let chrome = Some(who.chrome.clone());
@@ -943,6 +948,23 @@ struct CreatedPage {
     note: Option<String>,
 }
 
+/// A form that hands out a key (create, roll): the session's CSRF token, and
+/// a nonce used for the first time. A second submission gets a page saying
+/// why no key is shown.
+async fn fresh_key_form(state: &State, who: &Signed<KeysWrite>, form: &Form) -> Result<(), Page> {
+    csrf_ok(who, form)?;
+    let used = state
+        .app
+        .use_form_nonce(&who.session, form.get("nonce"))
+        .await
+        .map_err(|e| app_error(Some(who.chrome.clone()), e, "/console/keys"))?;
+    if used {
+        Ok(())
+    } else {
+        Err(already_submitted(who.chrome.clone()))
+    }
+}
+
 /// Used nonce: the key was already shown once; never show one again.
 fn already_submitted(chrome: Chrome) -> Page {
     error_page(
@@ -972,16 +994,7 @@ async fn create_key(
     who: Signed<KeysWrite>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
-    let chrome = who.chrome.clone();
-    let used = state
-        .app
-        .use_form_nonce(&who.session, form.get("nonce"))
-        .await
-        .map_err(|e| app_error(Some(chrome.clone()), e, "/console/keys"))?;
-    if !used {
-        return Err(already_submitted(chrome));
-    }
+    fresh_key_form(&state, &who, &form).await?;
     let refuse =
         |message: String, status: StatusCode| refuse_create(&state, &who, &form, message, status);
     let expires_at = match form.get("expires_on") {
@@ -1100,11 +1113,11 @@ async fn key_page(
     axum::extract::Path(id): axum::extract::Path<String>,
     parts: Parts,
 ) -> Answer {
-    let flash = match parts.uri.query().unwrap_or("") {
-        "done=revoked" => {
+    let flash = match Form::query(&parts).get("done") {
+        "revoked" => {
             Some("The key was revoked. Requests using it are refused from now on.".to_owned())
         }
-        "done=already-revoked" => Some("The key was already revoked.".to_owned()),
+        "already-revoked" => Some("The key was already revoked.".to_owned()),
         _ => None,
     };
     key_detail(&state, &who, &id, flash, None, StatusCode::OK).await
@@ -1241,16 +1254,7 @@ async fn roll_key(
     axum::extract::Path(id): axum::extract::Path<String>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
-    let chrome = who.chrome.clone();
-    let used = state
-        .app
-        .use_form_nonce(&who.session, form.get("nonce"))
-        .await
-        .map_err(|e| app_error(Some(chrome.clone()), e, "/console/keys"))?;
-    if !used {
-        return Err(already_submitted(chrome));
-    }
+    fresh_key_form(&state, &who, &form).await?;
     let grace = form.get("grace");
     let grace_ms = match keyward_core::parse_duration_ms(grace) {
         Ok(ms) => ms,
@@ -1274,7 +1278,7 @@ async fn roll_key(
         Ok(created) => Ok(render(
             StatusCode::CREATED,
             &CreatedPage {
-                chrome: Some(chrome),
+                chrome: Some(who.chrome.clone()),
                 heading: "Copy the replacement key",
                 id: created.record.id.clone(),
                 name: created.record.name.clone(),
@@ -1296,7 +1300,7 @@ async fn roll_key(
             )
             .await
         }
-        Err(e) => Err(app_error(Some(chrome), e, "/console/keys")),
+        Err(e) => Err(app_error(Some(who.chrome.clone()), e, "/console/keys")),
     }
 }
 
@@ -1364,18 +1368,16 @@ async fn group_page(
     axum::extract::Path(id): axum::extract::Path<String>,
     parts: Parts,
 ) -> Answer {
-    let query = parts.uri.query().unwrap_or("");
-    let tab = if query.contains("tab=api-keys") {
+    let query = Form::query(&parts);
+    let tab = if query.get("tab") == "api-keys" {
         "api-keys"
     } else {
         "users"
     };
-    let flash = if query.contains("done=added") {
-        Some("The user was added to the group.".to_owned())
-    } else if query.contains("done=removed") {
-        Some("The user was removed from the group.".to_owned())
-    } else {
-        None
+    let flash = match query.get("done") {
+        "added" => Some("The user was added to the group.".to_owned()),
+        "removed" => Some("The user was removed from the group.".to_owned()),
+        _ => None,
     };
     group_detail(&state, &who, &id, tab, flash, None, StatusCode::OK).await
 }
@@ -1539,16 +1541,9 @@ async fn audit_page(
     parts: Parts,
 ) -> Answer {
     let chrome = Some(who.chrome.clone());
-    let raw = parts.uri.query().unwrap_or("");
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or(String::new(), |(_, v)| v.trim().to_owned())
-    };
+    let query = Form::query(&parts);
+    let pairs = &query.0;
+    let get = |name: &str| query.get(name).trim().to_owned();
     let q = AuditFilters {
         key_id: get("key_id"),
         actor: get("actor"),
