@@ -447,6 +447,16 @@ impl Catalog {
     pub fn scope_id(&self, name: &str) -> Option<ScopeId> {
         self.scope_index.get(name).copied()
     }
+
+    /// The set of these scopes, or `None` if any is not in the catalog: how
+    /// an endpoint's required scopes, named in code, become a set once.
+    pub fn scope_set(&self, names: &[&str]) -> Option<ScopeSet> {
+        let mut set = ScopeSet::EMPTY;
+        for name in names {
+            set.insert(self.scope_id(name)?);
+        }
+        Some(set)
+    }
     /// Every permission set: the catalog's, then one per available scope.
     pub fn permission_sets(&self) -> &[PermissionSet] {
         &self.sets

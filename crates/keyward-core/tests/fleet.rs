@@ -112,7 +112,7 @@ fn fleet() -> Catalog {
 }
 
 fn set(c: &Catalog, names: &[&str]) -> ScopeSet {
-    names.iter().map(|n| c.scope_id(n).unwrap()).collect()
+    c.scope_set(names).unwrap()
 }
 
 /// `POST, PUT, DELETE /vehicles*` → [(POST, /vehicles*), (PUT, …), …].

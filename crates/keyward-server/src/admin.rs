@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use keyward_app::people::{AuditView, GroupView, UserView};
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{Actor, CreateKey, KeyEntry};
-use keyward_core::{Environment, GrantRequest, ScopeSet};
+use keyward_core::{Environment, GrantRequest};
 use keyward_store::{AuditQuery, KeyFilter, Org};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -290,19 +290,12 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             request_id: &ctx.request_id,
         };
         let entry: Arc<KeyEntry> = caller(state, &asked, true).await.map_err(reply)?;
-        let catalog = state.app.catalog();
-        let mut required = ScopeSet::EMPTY;
-        for name in N::SCOPES {
-            match catalog.scope_id(name) {
-                Some(id) => required.insert(id),
-                None => {
-                    return Err(fail(
-                        ApiError::unavailable("the catalog lacks keyward's reserved scopes"),
-                        &ctx,
-                    ));
-                }
-            }
-        }
+        let Some(required) = state.app.catalog().scope_set(N::SCOPES) else {
+            return Err(fail(
+                ApiError::unavailable("the catalog lacks keyward's reserved scopes"),
+                &ctx,
+            ));
+        };
         require(state, &asked, &entry, required)
             .await
             .map_err(reply)?;

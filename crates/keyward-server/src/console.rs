@@ -29,7 +29,7 @@ use keyward_app::people::{GroupView, UserView};
 use keyward_app::sessions::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Session};
 use keyward_app::views::{KeyView, human_time};
 use keyward_app::{Actor, AppError, CreateKey};
-use keyward_core::{Environment, GrantRequest, ScopeSet};
+use keyward_core::{Environment, GrantRequest};
 use keyward_store::{AuditQuery, KeyFilter};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -417,17 +417,12 @@ struct Signed<N: Need> {
 
 impl<N: Need> Signed<N> {
     fn holds(&self, scopes: &[&str], state: &State) -> bool {
-        scope_set(state, scopes).is_some_and(|s| s.difference(&self.actor.effective).is_empty())
+        state
+            .app
+            .catalog()
+            .scope_set(scopes)
+            .is_some_and(|s| s.difference(&self.actor.effective).is_empty())
     }
-}
-
-fn scope_set(state: &State, names: &[&str]) -> Option<ScopeSet> {
-    let catalog = state.app.catalog();
-    let mut set = ScopeSet::EMPTY;
-    for n in names {
-        set.insert(catalog.scope_id(n)?);
-    }
-    Some(set)
 }
 
 impl<N: Need> FromRequestParts<Shared> for Signed<N> {
@@ -454,7 +449,11 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
             ctx.request_id.clone(),
         );
         let holds = |names: &[&str]| {
-            scope_set(state, names).is_some_and(|s| s.difference(&actor.effective).is_empty())
+            state
+                .app
+                .catalog()
+                .scope_set(names)
+                .is_some_and(|s| s.difference(&actor.effective).is_empty())
         };
         let chrome = Chrome {
             email: session.user.email.clone(),

@@ -227,12 +227,7 @@ impl Server {
             .map(Arc::new);
         let verify_scope = app
             .catalog()
-            .scope_id("keyward-api-keys:verify")
-            .map(|id| {
-                let mut s = ScopeSet::EMPTY;
-                s.insert(id);
-                s
-            })
+            .scope_set(&["keyward-api-keys:verify"])
             .ok_or_else(|| {
                 ServerError::Config("the catalog lacks keyward's reserved scopes".into())
             })?;

@@ -15,3 +15,14 @@ fn fleet_catalog_compiles() {
     );
     assert_eq!(c.presets().len(), 3);
 }
+
+#[test]
+fn scope_sets_by_name() {
+    let c = Catalog::fleet().unwrap();
+    let set = c
+        .scope_set(&["vehicles:read", "keyward-api-keys:verify"])
+        .unwrap();
+    assert_eq!(c.names(set), ["vehicles:read", "keyward-api-keys:verify"]);
+    assert_eq!(c.scope_set(&[]), Some(ScopeSet::EMPTY));
+    assert_eq!(c.scope_set(&["vehicles:read", "vehicles:fly"]), None);
+}
