@@ -497,9 +497,13 @@ impl Catalog {
     }
     /// Scope names of a set, in catalog order.
     pub fn names(&self, set: ScopeSet) -> Vec<&str> {
-        set.iter()
-            .map(|id| self.scopes[id.index()].name.as_str())
-            .collect()
+        self.name_iter(set).collect()
+    }
+
+    /// [`Catalog::names`] without the `Vec`, for answers written straight
+    /// into a response buffer.
+    pub fn name_iter(&self, set: ScopeSet) -> impl Iterator<Item = &str> + '_ {
+        set.iter().map(|id| self.scopes[id.index()].name.as_str())
     }
 }
 

@@ -94,8 +94,8 @@ impl ScopeSet {
     }
 
     /// The scopes in catalog order.
-    pub fn iter(&self) -> impl Iterator<Item = ScopeId> + '_ {
-        self.0.iter().enumerate().flat_map(|(wi, &word)| {
+    pub fn iter(&self) -> impl Iterator<Item = ScopeId> + use<> {
+        self.0.into_iter().enumerate().flat_map(|(wi, word)| {
             let mut w = word;
             std::iter::from_fn(move || {
                 if w == 0 {

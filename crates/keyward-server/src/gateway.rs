@@ -101,10 +101,12 @@ pub async fn find_key(
         // Legacy keys have any shape; they were found above if they exist.
         return Ok(Err(AuthFailure::Malformed));
     }
-    let caught_up = tokio::time::timeout(
+    // Boxed: the store's lookup is a large future, and this rare path must
+    // not make every request's future as large.
+    let caught_up = Box::pin(tokio::time::timeout(
         CATCH_UP_TIMEOUT,
         state.app.catch_up_snapshot(&state.snapshot),
-    )
+    ))
     .await;
     match caught_up {
         Ok(Ok(())) => {

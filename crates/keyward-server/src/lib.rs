@@ -40,6 +40,7 @@ use keyward_store::AnyStore;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -184,9 +185,15 @@ impl State {
             .fetch_max(self.app.now(), Ordering::AcqRel);
     }
 
-    async fn record(&self, mut entry: AuditEntry) -> Result<(), audit::AuditUnavailable> {
+    /// Boxed: the wait for the group commit is large, and inline it would
+    /// grow every request's future (moved by hyper on each request), audited
+    /// or not, to its size.
+    fn record(
+        &self,
+        mut entry: AuditEntry,
+    ) -> Pin<Box<dyn Future<Output = Result<(), audit::AuditUnavailable>> + Send + '_>> {
         entry.at_ms = self.app.now();
-        self.audit.record(entry).await
+        Box::pin(self.audit.record(entry))
     }
 }
 
@@ -497,6 +504,15 @@ fn json_response(
     if serde_json::to_writer(&mut bytes, value).is_err() {
         bytes.clear();
     }
+    json_bytes_response(status, bytes, request_id)
+}
+
+/// [`json_response`] for a body already written.
+fn json_bytes_response(
+    status: StatusCode,
+    bytes: Vec<u8>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
     let mut res = Response::new(Body::full(bytes));
     *res.status_mut() = status;
     res.headers_mut().insert(

@@ -6,14 +6,14 @@
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::gateway::{Exchange, authenticate, check_token, find_key, refuse};
-use crate::{State, X_REQUEST_ID, json_response};
+use crate::{State, X_REQUEST_ID, json_bytes_response, json_response};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, path};
-use serde::{Deserialize, Serialize};
+use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, ScopeSet, path};
+use serde::Deserialize;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,23 +42,33 @@ pub async fn handle(
     let request_id = state
         .request_ids
         .for_request(req.headers().get(&X_REQUEST_ID));
-    let path = req.uri().path().to_owned();
-    let allowed: &[Method] = match path.as_str() {
-        "/healthz" | "/metrics" | "/v1/whoami" => &[Method::GET, Method::HEAD],
-        "/v1/verify" => &[Method::POST],
+    const READ: &[Method] = &[Method::GET, Method::HEAD];
+    let (endpoint, allowed): (Endpoint, &[Method]) = match req.uri().path() {
+        "/healthz" => (Endpoint::Healthz, READ),
+        "/metrics" => (Endpoint::Metrics, READ),
+        "/v1/whoami" => (Endpoint::Whoami, READ),
+        "/v1/verify" => (Endpoint::Verify, &[Method::POST]),
         // Boxed: the admin router's future is large, and inline it would make
         // every request's future (the gateway's too) as large.
         _ => return Box::pin(admin.call(req, client, request_id)).await,
     };
     if !allowed.contains(req.method()) {
-        return method_not_allowed(req.method(), &path, allowed, &request_id);
+        return method_not_allowed(req.method(), req.uri().path(), allowed, &request_id);
     }
-    match req.uri().path() {
-        "/healthz" => healthz(&state, &request_id),
-        "/metrics" => metrics(&state, &request_id),
-        "/v1/whoami" => whoami(&state, client, req, &request_id).await,
-        _ => verify(&state, client, req, &request_id).await,
+    match endpoint {
+        Endpoint::Healthz => healthz(&state, &request_id),
+        Endpoint::Metrics => metrics(&state, &request_id),
+        Endpoint::Whoami => whoami(&state, client, req, &request_id).await,
+        Endpoint::Verify => verify(&state, client, req, &request_id).await,
     }
+}
+
+/// The endpoints written by hand in this module.
+enum Endpoint {
+    Healthz,
+    Metrics,
+    Whoami,
+    Verify,
 }
 
 pub(crate) fn method_not_allowed(
@@ -233,24 +243,105 @@ async fn whoami(
 struct VerifyRequest<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     method: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     path: Option<Cow<'a, str>>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
 }
 
-#[derive(Serialize)]
-struct VerifyResponse<'a> {
+/// An optional string borrowed from the body where it has no escapes: serde
+/// copies `Option<Cow<str>>` even under `#[serde(borrow)]`.
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
+}
+
+/// `POST /v1/verify`'s answer (the shape of `admin::VerifyResponseDoc`).
+struct VerifyResponse<'a, S, R, M> {
     valid: bool,
     allowed: bool,
     key_id: Option<&'a str>,
     org_id: Option<&'a str>,
-    scopes: Vec<&'a str>,
-    required: Vec<&'a str>,
-    missing: Vec<&'a str>,
+    scopes: S,
+    required: R,
+    missing: M,
     reason: &'static str,
+}
+
+impl<'a, S, R, M> VerifyResponse<'a, S, R, M>
+where
+    S: Iterator<Item = &'a str>,
+    R: Iterator<Item = &'a str>,
+    M: Iterator<Item = &'a str>,
+{
+    /// Written by hand rather than through serde: verify is on integrations'
+    /// hot path, and this answer is most of its own work (the scope names go
+    /// straight from the catalog into the buffer, with no `Vec` per list).
+    /// The unit tests hold it byte for byte to serde_json's output.
+    fn into_json(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"valid\":");
+        out.extend_from_slice(bool_json(self.valid));
+        out.extend_from_slice(b",\"allowed\":");
+        out.extend_from_slice(bool_json(self.allowed));
+        out.extend_from_slice(b",\"key_id\":");
+        push_json_opt(&mut out, self.key_id);
+        out.extend_from_slice(b",\"org_id\":");
+        push_json_opt(&mut out, self.org_id);
+        out.extend_from_slice(b",\"scopes\":");
+        push_json_names(&mut out, self.scopes);
+        out.extend_from_slice(b",\"required\":");
+        push_json_names(&mut out, self.required);
+        out.extend_from_slice(b",\"missing\":");
+        push_json_names(&mut out, self.missing);
+        out.extend_from_slice(b",\"reason\":");
+        push_json_str(&mut out, self.reason);
+        out.push(b'}');
+        out
+    }
+}
+
+fn bool_json(b: bool) -> &'static [u8] {
+    if b { b"true" } else { b"false" }
+}
+
+fn push_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A list of scope names. The catalog admits only `[a-z0-9:-]` names
+/// (`is_valid_scope_name`), which JSON takes as they are.
+fn push_json_names<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) {
+    out.push(b'[');
+    for (i, name) in names.enumerate() {
+        debug_assert!(keyward_core::scope::is_valid_scope_name(name), "{name}");
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b']');
+}
+
+/// A JSON string. Names and ids need no escaping and are copied as they are;
+/// anything else goes through serde_json, so escaping has one definition.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        // Writing to a Vec cannot fail; keep the document well formed anyway.
+        out.extend_from_slice(b"null");
+    }
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
@@ -334,7 +425,12 @@ async fn verify(
             }
             let route_path = path::strip_gateway_prefix(catalog.gateway_prefix(), route_path)
                 .unwrap_or(route_path);
-            Question::Route(m.to_ascii_uppercase(), route_path)
+            let method = if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                Cow::Owned(m.to_ascii_uppercase())
+            } else {
+                Cow::Borrowed(&**m)
+            };
+            Question::Route(method, route_path)
         }
         (None, None, Some(scopes)) => {
             let req = GrantRequest {
@@ -380,19 +476,99 @@ async fn verify(
         allowed: decision.is_allowed(),
         key_id: entry.filter(|_| valid).map(|e| &*e.key_id),
         org_id: entry.filter(|_| valid).map(|e| &*e.org_id),
-        scopes: if valid {
-            catalog.names(decision.effective)
+        scopes: catalog.name_iter(if valid {
+            decision.effective
         } else {
-            Vec::new()
-        },
-        required: catalog.names(decision.required),
-        missing: catalog.names(decision.missing),
+            ScopeSet::EMPTY
+        }),
+        required: catalog.name_iter(decision.required),
+        missing: catalog.name_iter(decision.missing),
         reason: decision.reason(),
     };
-    json_response(StatusCode::OK, &answer, request_id)
+    json_bytes_response(StatusCode::OK, answer.into_json(), request_id)
 }
 
 enum Question<'a> {
-    Route(String, &'a str),
+    Route(Cow<'a, str>, &'a str),
     Scopes(keyward_core::ScopeSet),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VerifyResponse;
+
+    /// The serde shape the hand-written answer must match byte for byte.
+    #[derive(serde::Serialize)]
+    struct Oracle<'a> {
+        valid: bool,
+        allowed: bool,
+        key_id: Option<&'a str>,
+        org_id: Option<&'a str>,
+        scopes: Vec<&'a str>,
+        required: Vec<&'a str>,
+        missing: Vec<&'a str>,
+        reason: &'static str,
+    }
+
+    fn both(o: &Oracle<'_>) -> (String, String) {
+        let hand = VerifyResponse {
+            valid: o.valid,
+            allowed: o.allowed,
+            key_id: o.key_id,
+            org_id: o.org_id,
+            scopes: o.scopes.iter().copied(),
+            required: o.required.iter().copied(),
+            missing: o.missing.iter().copied(),
+            reason: o.reason,
+        }
+        .into_json();
+        (
+            String::from_utf8(hand).expect("hand-written JSON is UTF-8"),
+            serde_json::to_string(o).expect("serializes"),
+        )
+    }
+
+    /// Scope names as the catalog admits them.
+    const NAMES: [&str; 3] = ["vehicles:read", "keyward-api-keys:verify", "a2:b-c"];
+
+    #[test]
+    fn verify_answer_matches_serde_byte_for_byte() {
+        let odd = [
+            "key_abc",
+            "",
+            "quote\"inside",
+            "back\\slash",
+            "new\nline\ttab\u{1}\u{1f}\u{7f}",
+            "ünïcødé ✓ 🔑",
+            "</script>",
+        ];
+        for (i, s) in odd.iter().enumerate() {
+            let o = Oracle {
+                valid: i % 2 == 0,
+                allowed: i % 3 == 0,
+                key_id: Some(s),
+                org_id: (i % 2 == 1).then_some(*s),
+                scopes: NAMES[..i.min(NAMES.len())].to_vec(),
+                required: vec![NAMES[i % NAMES.len()]],
+                missing: Vec::new(),
+                reason: "missing_scopes",
+            };
+            let (hand, serde) = both(&o);
+            assert_eq!(hand, serde, "case {i}: {s:?}");
+            let parsed: serde_json::Value = serde_json::from_str(&hand).expect("valid JSON");
+            assert_eq!(parsed["key_id"], *s);
+        }
+        let none = Oracle {
+            valid: false,
+            allowed: false,
+            key_id: None,
+            org_id: None,
+            scopes: Vec::new(),
+            required: vec!["vehicles:read", "vehicles:write"],
+            missing: vec!["vehicles:write"],
+            reason: "revoked",
+        };
+        let (hand, serde) = both(&none);
+        assert_eq!(hand, serde);
+    }
 }

@@ -215,7 +215,60 @@ impl RequestIds {
             return v.clone();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{}-{n:x}", self.node))
+        // `{node}-{n:x}`, without the formatting machinery: this runs for
+        // every request that brings no id of its own.
+        let mut id = Vec::with_capacity(self.node.len() + 17);
+        id.extend_from_slice(self.node.as_bytes());
+        id.push(b'-');
+        push_hex(&mut id, n);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
             .unwrap_or_else(|_| HeaderValue::from_static("keyward"))
+    }
+}
+
+/// Lower-case hex of `n`, no leading zeros (as `{n:x}`).
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let len = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..len).rev() {
+        out.push(DIGITS[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RequestIds, push_hex};
+    use http::HeaderValue;
+
+    #[test]
+    fn hex_matches_format() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            0xdead_beef,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).expect("ascii"), format!("{n:x}"));
+        }
+    }
+
+    #[test]
+    fn request_ids_are_node_dash_counter_unless_given_a_clean_one() {
+        let ids = RequestIds::new("n0de".into());
+        assert_eq!(ids.for_request(None), "n0de-1");
+        assert_eq!(ids.for_request(None), "n0de-2");
+        let given = HeaderValue::from_static("client-id_1.2:3");
+        assert_eq!(ids.for_request(Some(&given)), given);
+        let dirty = HeaderValue::from_static("has space");
+        assert_eq!(ids.for_request(Some(&dirty)), "n0de-3");
     }
 }

@@ -544,6 +544,23 @@ fn verify_whoami_healthz_and_metrics() {
     let with_prefix =
         verify(json!({"key": ro, "method": "get", "path": format!("{PREFIX}/vehicles/9")})).json();
     assert_eq!(with_prefix["allowed"], true);
+    // JSON escapes in the strings mean the same strings (they are read
+    // without copying only when there are none).
+    let escaped = format!(
+        r#"{{"key":"{}","method":"G\u0045T","path":"\/vehicles\/9"}}"#,
+        ro.replace('_', "\\u005f")
+    );
+    let a = req("POST", "/v1/verify")
+        .bearer(&verifier)
+        .header("Content-Type", "application/json")
+        .body(escaped.as_bytes())
+        .send(&server)
+        .json();
+    assert_eq!(
+        (a["allowed"].clone(), a["key_id"].clone()),
+        (json!(true), json!(ro_id)),
+        "{a}"
+    );
     let denied = verify(json!({"key": ro, "method": "POST", "path": "/inspections"})).json();
     assert_eq!(
         (denied["valid"].clone(), denied["allowed"].clone()),
