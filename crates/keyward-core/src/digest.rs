@@ -8,7 +8,6 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
-use subtle::ConstantTimeEq;
 
 /// SHA-256 or HMAC-SHA-256 of a key: 32 bytes, uniform, never reversible.
 #[derive(Clone, Copy, Eq)]
@@ -40,8 +39,19 @@ impl KeyDigest {
 }
 
 impl PartialEq for KeyDigest {
+    /// Constant-time: every byte is compared, with no branch on the data.
+    /// Four 64-bit lanes are OR-ed together and the result hidden from the
+    /// optimizer, so it cannot stop at the first difference; this runs on
+    /// every map probe, where `subtle`'s byte-at-a-time barrier cost more
+    /// than the rest of the probe.
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        let mut diff = 0u64;
+        for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
+            let a = u64::from_ne_bytes(a.try_into().unwrap_or_default());
+            let b = u64::from_ne_bytes(b.try_into().unwrap_or_default());
+            diff |= a ^ b;
+        }
+        std::hint::black_box(diff) == 0
     }
 }
 
@@ -134,5 +144,18 @@ mod tests {
         assert_eq!(Digester::hmac(b"").digest("k"), plain);
         assert_eq!(KeyDigest::from_slice(a.as_bytes()), Some(a));
         assert_eq!(KeyDigest::from_slice(&[0; 31]), None);
+    }
+
+    #[test]
+    fn a_difference_in_any_bit_is_seen() {
+        let base = *Digester::sha256().digest("k").as_bytes();
+        assert_eq!(KeyDigest(base), KeyDigest(base));
+        for byte in 0..32 {
+            for bit in 0..8 {
+                let mut other = base;
+                other[byte] ^= 1 << bit;
+                assert_ne!(KeyDigest(base), KeyDigest(other), "byte {byte} bit {bit}");
+            }
+        }
     }
 }

@@ -91,12 +91,14 @@ pub async fn find_key(
         Ok(t) => t,
         Err(f) => return Ok(Err(f)),
     };
-    let well_formed =
-        key::parse(token).is_ok_and(|k| k.prefix() == state.app.catalog().key_prefix());
     let digest = state.app.digester().digest(token);
     if let Some(entry) = state.snapshot.get(&digest) {
         return Ok(Ok(entry));
     }
+    // Only a miss needs the shape and checksum: garbage is refused here,
+    // from memory, and only a well-formed key costs a look at the store.
+    let well_formed =
+        key::parse(token).is_ok_and(|k| k.prefix() == state.app.catalog().key_prefix());
     if !well_formed {
         // Legacy keys have any shape; they were found above if they exist.
         return Ok(Err(AuthFailure::Malformed));

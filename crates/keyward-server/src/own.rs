@@ -282,7 +282,8 @@ where
     /// straight from the catalog into the buffer, with no `Vec` per list).
     /// The unit tests hold it byte for byte to serde_json's output.
     fn into_json(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        // Enough for a key holding a dozen scopes without growing.
+        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"valid\":");
         out.extend_from_slice(bool_json(self.valid));
         out.extend_from_slice(b",\"allowed\":");
