@@ -36,20 +36,51 @@ pub enum PathError {
 /// # Errors
 /// The first [`PathError`] found.
 pub fn check_normal(path: &str) -> Result<(), PathError> {
-    let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    if rest.is_empty() {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if bytes.len() == 1 {
         return Ok(());
     }
-    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(PathError::BadCharacter);
-    }
-    for seg in rest.split('/') {
-        match seg {
-            "" => return Err(PathError::EmptySegment),
-            "." | ".." => return Err(PathError::DotSegment(seg.to_owned())),
+    // One pass over the bytes (this runs on every gateway request). A bad
+    // character anywhere outranks a bad segment, which outranks a bad escape,
+    // so the first segment error waits until the end of the pass.
+    let mut segment_error = None;
+    let mut segment_start = 1;
+    let mut escapes = false;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match b {
+            0..=b' ' | 0x7f => return Err(PathError::BadCharacter),
+            b'/' => {
+                if segment_error.is_none() {
+                    segment_error = bad_segment(path.get(segment_start..i).unwrap_or_default());
+                }
+                segment_start = i + 1;
+            }
+            b'%' => escapes = true,
             _ => {}
         }
     }
+    if segment_error.is_none() {
+        segment_error = bad_segment(path.get(segment_start..).unwrap_or_default());
+    }
+    if let Some(e) = segment_error {
+        return Err(e);
+    }
+    if escapes { check_escapes(path) } else { Ok(()) }
+}
+
+fn bad_segment(segment: &str) -> Option<PathError> {
+    match segment {
+        "" => Some(PathError::EmptySegment),
+        "." | ".." => Some(PathError::DotSegment(segment.to_owned())),
+        _ => None,
+    }
+}
+
+/// The percent-escapes of a path otherwise normal.
+fn check_escapes(path: &str) -> Result<(), PathError> {
     let bytes = path.as_bytes();
     let mut non_ascii = false;
     for (i, _) in path.match_indices('%') {
@@ -151,6 +182,55 @@ mod tests {
         ];
         for (p, e) in bad {
             assert_eq!(check_normal(p).as_ref(), Err(e), "{p}");
+        }
+    }
+
+    /// The three-pass check this module used before the one-pass one, kept
+    /// as the oracle: same verdict, same error, on every input.
+    fn three_passes(path: &str) -> Result<(), PathError> {
+        let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(PathError::BadCharacter);
+        }
+        for seg in rest.split('/') {
+            match seg {
+                "" => return Err(PathError::EmptySegment),
+                "." | ".." => return Err(PathError::DotSegment(seg.to_owned())),
+                _ => {}
+            }
+        }
+        let bytes = path.as_bytes();
+        let mut non_ascii = false;
+        for (i, _) in path.match_indices('%') {
+            let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
+            let decoded = match hex {
+                [a, b] => match (char::from(*a).to_digit(16), char::from(*b).to_digit(16)) {
+                    (Some(h), Some(l)) => Some(h * 16 + l),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match decoded {
+                Some(0x2f) => return Err(PathError::EncodedDelimiter("/".into())),
+                Some(0x2e) => return Err(PathError::EncodedDelimiter(".".into())),
+                Some(0x25) => return Err(PathError::EncodedDelimiter("%".into())),
+                Some(b) => non_ascii |= b >= 0x80,
+                None => return Err(PathError::BadCharacter),
+            }
+        }
+        if non_ascii && std::str::from_utf8(&percent_decode(bytes)).is_err() {
+            return Err(PathError::InvalidUtf8);
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_agrees_with_three_passes(path in "/?([a-z./%0-9fFeE\\x01 é]{0,10})") {
+            proptest::prop_assert_eq!(check_normal(&path), three_passes(&path));
         }
     }
 
