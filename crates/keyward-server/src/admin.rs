@@ -288,6 +288,7 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             headers: &parts.headers,
             client: ctx.client,
             request_id: &ctx.request_id,
+            now: state.app.now(),
         };
         let entry: Arc<KeyEntry> = caller(state, &asked, true).await.map_err(reply)?;
         let Some(required) = state.app.catalog().scope_set(N::SCOPES) else {

@@ -201,14 +201,14 @@ pub async fn handle(
         let e = ApiError::bad_request(format!("Path is not in normal form: {e}"));
         return refuse(&state, &ex, write, e, Vec::new(), "path_not_normal").await;
     }
-    if let Some(e) = state.stale() {
+    let now = state.app.now();
+    if let Some(e) = state.stale_at(now) {
         return refuse(&state, &ex, false, e, Vec::new(), "stale").await;
     }
     let found = match authenticate(&state, &parts.headers).await {
         Ok(found) => found,
         Err(e) => return refuse(&state, &ex, false, e, Vec::new(), "store_unreachable").await,
     };
-    let now = state.app.now();
     let catalog = state.app.catalog();
     let access = found.as_ref().map(|e| e.access()).map_err(|f| *f);
     let decision = match path::strip_gateway_prefix(catalog.gateway_prefix(), raw_path) {

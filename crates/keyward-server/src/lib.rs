@@ -143,12 +143,21 @@ impl State {
 
     /// Milliseconds since the snapshot last caught up with the change log.
     fn snapshot_age_ms(&self) -> i64 {
-        self.app.now() - self.last_sync_ms.load(Ordering::Acquire)
+        self.snapshot_age_ms_at(self.app.now())
+    }
+
+    fn snapshot_age_ms_at(&self, now: i64) -> i64 {
+        now - self.last_sync_ms.load(Ordering::Acquire)
     }
 
     /// 503 when the snapshot is too old to trust (revocations may be missed).
     fn stale(&self) -> Option<ApiError> {
-        let age = self.snapshot_age_ms();
+        self.stale_at(self.app.now())
+    }
+
+    /// [`State::stale`] at `now`, for a request that has read the clock.
+    fn stale_at(&self, now: i64) -> Option<ApiError> {
+        let age = self.snapshot_age_ms_at(now);
         let max = i64::try_from(self.config.max_staleness.as_millis()).unwrap_or(i64::MAX);
         (age > max).then(|| {
             ApiError::unavailable(format!(

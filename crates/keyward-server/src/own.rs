@@ -141,16 +141,24 @@ pub(crate) struct Asked<'a> {
     pub(crate) headers: &'a http::HeaderMap,
     pub(crate) client: SocketAddr,
     pub(crate) request_id: &'a HeaderValue,
+    /// The clock, read once for the whole request.
+    pub(crate) now: i64,
 }
 
 impl<'a> Asked<'a> {
-    fn of(req: &'a Request<Incoming>, client: SocketAddr, request_id: &'a HeaderValue) -> Self {
+    fn of(
+        state: &State,
+        req: &'a Request<Incoming>,
+        client: SocketAddr,
+        request_id: &'a HeaderValue,
+    ) -> Self {
         Asked {
             method: req.method(),
             path: req.uri().path(),
             headers: req.headers(),
             client,
             request_id,
+            now: state.app.now(),
         }
     }
 
@@ -175,14 +183,14 @@ pub(crate) async fn caller(
 ) -> Result<Arc<keyward_app::KeyEntry>, Response<Body>> {
     let ex = asked.exchange(None);
     let audited = audit_writes && crate::gateway::is_write(asked.method);
-    if let Some(e) = state.stale() {
+    if let Some(e) = state.stale_at(asked.now) {
         return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
     }
     let found = match authenticate(state, asked.headers).await {
         Ok(f) => f,
         Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
     };
-    let now = state.app.now();
+    let now = asked.now;
     let checked = found.and_then(|e| keyward_core::check_key_state(&e.access(), now).map(|()| e));
     match checked {
         Ok(entry) => {
@@ -209,7 +217,7 @@ pub(crate) async fn require(
     required: keyward_core::ScopeSet,
 ) -> Result<(), Response<Body>> {
     let catalog = state.app.catalog();
-    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), state.app.now(), required);
+    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), asked.now, required);
     if held.is_allowed() {
         return Ok(());
     }
@@ -226,7 +234,7 @@ async fn whoami(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let entry = match caller(state, &Asked::of(&req, client, request_id), false).await {
+    let entry = match caller(state, &Asked::of(state, &req, client, request_id), false).await {
         Ok(e) => e,
         Err(res) => return res,
     };
@@ -396,7 +404,7 @@ async fn verify(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let asked = Asked::of(&req, client, request_id);
+    let asked = Asked::of(state, &req, client, request_id);
     let caller_entry = match caller(state, &asked, false).await {
         Ok(e) => e,
         Err(res) => return res,
@@ -405,7 +413,7 @@ async fn verify(
         return res;
     }
     let catalog = state.app.catalog();
-    let now = state.app.now();
+    let now = asked.now;
     let bytes = match read_body(req.into_body()).await {
         Ok(b) => b,
         Err(e) => return e.into_response(Some(request_id)),

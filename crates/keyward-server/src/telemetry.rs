@@ -217,7 +217,9 @@ impl RequestIds {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         // `{node}-{n:x}`, without the formatting machinery: this runs for
         // every request that brings no id of its own.
-        let mut id = Vec::with_capacity(self.node.len() + 17);
+        // Exactly sized: `Bytes` then takes the buffer without a second
+        // allocation for its shared header.
+        let mut id = Vec::with_capacity(self.node.len() + 1 + hex_len(n));
         id.extend_from_slice(self.node.as_bytes());
         id.push(b'-');
         push_hex(&mut id, n);
@@ -226,11 +228,15 @@ impl RequestIds {
     }
 }
 
+/// Digits of `n` in hex.
+fn hex_len(n: u64) -> usize {
+    (64 - n.leading_zeros()).div_ceil(4).max(1) as usize
+}
+
 /// Lower-case hex of `n`, no leading zeros (as `{n:x}`).
 fn push_hex(out: &mut Vec<u8>, n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let len = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..len).rev() {
+    for i in (0..hex_len(n)).rev() {
         out.push(DIGITS[((n >> (i * 4)) & 0xf) as usize]);
     }
 }
