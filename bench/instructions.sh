@@ -7,10 +7,14 @@
 #   bash bench/instructions.sh                       # this tree's release build
 #   bash bench/instructions.sh OLD_BIN [NEW_BIN]     # two binaries, same load
 #
+# Prints instructions per request for each scenario, and the requests served.
+#
 # For each binary: `keyward serve` runs under callgrind on core 1 in front of
 # the bench upstream; after start-up the counters are zeroed, wrk (core 0)
 # sends POST /v1/verify for DURATION seconds, the count is dumped and divided
-# by the requests wrk completed; then the same for a GET through the gateway.
+# by the requests wrk completed; then the same for a GET through the gateway
+# and for an audited POST (which includes the audit writer's share: the
+# SQLite insert and the chain's hashes, divided over the requests).
 # Counts are user-space only (no kernel), and SHA-256 runs in software under
 # valgrind (no SHA extensions), which adds about 3 500 instructions per digest
 # that real hardware does not spend.
@@ -38,10 +42,16 @@ for bin in "${BINS[@]}"; do
   "$bin" migrate >/dev/null 2>&1
   key() { "$bin" keys create --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'; }
   reader=$(key --name reader --preset read-only-integration)
+  writer=$(key --name writer --preset inspection-submission)
   verifier=$(key --name verifier --scope keyward-api-keys:verify)
   cat >"$W/verify.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '{"key":"$reader","method":"GET","path":"/vehicles"}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  cat >"$W/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"vehicle_id":42,"passed":true}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
   out="$W/cg.out"
@@ -57,9 +67,13 @@ EOF
   g=$(served -H "Authorization: Bearer $reader" http://127.0.0.1:19302/api/third-party/v1/vehicles)
   callgrind_control -d "$pid" >/dev/null 2>&1; sleep 1
   get=$(( $(total "$out.2") / g ))
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  p=$(served -H "Authorization: Bearer $writer" -s "$W/post.lua" http://127.0.0.1:19302/api/third-party/v1/inspections)
+  callgrind_control -d "$pid" >/dev/null 2>&1; sleep 1
+  post=$(( $(total "$out.3") / p ))
   callgrind_control -k "$pid" >/dev/null 2>&1 || true
   wait "$pid" 2>/dev/null || true
   rm -f "$out"*
-  printf '%-40s verify %6d instructions/request (%d requests)   GET %6d instructions/request (%d requests)\n' \
-    "$bin" "$verify" "$n" "$get" "$g"
+  printf '%-32s verify %6d (%d requests)   GET %6d (%d)   audited POST %6d (%d)\n' \
+    "$bin" "$verify" "$n" "$get" "$g" "$post" "$p"
 done

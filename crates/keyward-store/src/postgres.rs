@@ -73,10 +73,10 @@ impl PgStore {
     }
 }
 
-/// Links `entries` into the chain. Caller holds the write lock.
 /// Audit rows per `INSERT` (15 parameters each; PostgreSQL allows 65 535).
 const AUDIT_ROWS_PER_INSERT: usize = 500;
 
+/// Links `entries` into the chain. Caller holds the write lock.
 async fn append_audit_tx(conn: &mut PgConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
     if entries.is_empty() {
         return Ok(Vec::new());

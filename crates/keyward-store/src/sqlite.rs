@@ -119,10 +119,10 @@ impl SqliteStore {
     }
 }
 
-/// Links `entries` into the chain. Caller holds the write lock.
 /// Audit rows per `INSERT` (15 parameters each; SQLite allows 32 766).
 const AUDIT_ROWS_PER_INSERT: usize = 500;
 
+/// Links `entries` into the chain. Caller holds the write lock.
 async fn append_audit_tx(conn: &mut SqliteConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
     if entries.is_empty() {
         return Ok(Vec::new());
