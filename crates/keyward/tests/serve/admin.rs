@@ -2,11 +2,9 @@
 //! errors, organizations probing each other, no escalation, membership
 //! audit, key immutability, and the OpenAPI document.
 
-use crate::harness::{Kw, Server, req};
+use crate::harness::{Kw, Server, TRANSIT, TRANSIT_BROAD_WRITE_SETS, req};
 use crate::strings;
 use serde_json::{Value, json};
-
-const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
 
 /// Every keyward-* write scope (write implies read): an administrator key.
 pub const ADMIN: &[&str] = &[
@@ -220,19 +218,7 @@ fn creating_keys_through_the_api() {
 #[test]
 fn broad_access_needs_acknowledgement() {
     let kw = Kw::new();
-    let sets = [
-        "trips-create",
-        "trips-edit",
-        "trips-cancel",
-        "trips-delete",
-        "riders-create",
-        "riders-edit",
-        "riders-delete",
-        "drivers-create",
-        "drivers-edit",
-        "drivers-delete",
-        "vehicles-create",
-    ];
+    let sets = TRANSIT_BROAD_WRITE_SETS;
     let mut args = vec!["--catalog", TRANSIT, "--acknowledge-broad-access"];
     for s in sets {
         args.extend(["--permission-set", s]);

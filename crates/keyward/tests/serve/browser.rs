@@ -6,15 +6,13 @@
 //! Skips loudly when chromium or chromedriver is missing.
 
 use crate::console::first_start;
-use crate::harness::{Kw, Server, loud_skip, req, until};
+use crate::harness::{Kw, Server, TRANSIT, TRANSIT_BROAD_WRITE_SETS, loud_skip, req, until};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
 
 fn find(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -266,24 +264,13 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
     // Broad access: eleven write-capable sets need an explicit confirmation.
     c.goto(&format!("{base}/console/keys/new")).await.unwrap();
     fill(c, "#name", "Everything bot").await;
-    let writes = [
-        "trips-create",
-        "trips-edit",
-        "trips-cancel",
-        "trips-delete",
-        "riders-create",
-        "riders-edit",
-        "riders-delete",
-        "drivers-create",
-        "drivers-edit",
-        "drivers-delete",
-    ];
-    for s in writes {
+    let (ten, eleventh) = TRANSIT_BROAD_WRITE_SETS.split_at(10);
+    for s in ten {
         click(c, &format!("input[name=set][value={s}]")).await;
     }
     let warning = c.find(Locator::Id("broad-warning")).await.unwrap();
     assert!(!warning.is_displayed().await.unwrap(), "ten is not broad");
-    click(c, "input[name=set][value=vehicles-create]").await;
+    click(c, &format!("input[name=set][value={}]", eleventh[0])).await;
     assert!(warning.is_displayed().await.unwrap(), "eleven is");
     assert!(
         text_of(c, "#broad-warning")

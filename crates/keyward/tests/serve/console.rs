@@ -2,7 +2,7 @@
 //! sign-in and its refusals, CSRF and cross-site refusals, the created key
 //! shown once, over a real socket to a real `keyward serve`.
 
-use crate::harness::{Kw, Resp, Server, req};
+use crate::harness::{Kw, Resp, Server, TRANSIT, TRANSIT_BROAD_WRITE_SETS, req};
 use serde_json::Value;
 
 /// A cookie-keeping client speaking forms, like a browser without script.
@@ -495,7 +495,6 @@ fn console_access_follows_groups() {
 
 #[test]
 fn broad_access_without_javascript() {
-    const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
     let kw = Kw::new();
     let password = first_start(&kw);
     let server = kw.serve(&["--catalog", TRANSIT]);
@@ -513,19 +512,7 @@ fn broad_access_without_javascript() {
             ("new_password", "a long enough password"),
         ],
     );
-    let sets = [
-        "trips-create",
-        "trips-edit",
-        "trips-cancel",
-        "trips-delete",
-        "riders-create",
-        "riders-edit",
-        "riders-delete",
-        "drivers-create",
-        "drivers-edit",
-        "drivers-delete",
-        "vehicles-create",
-    ];
+    let sets = TRANSIT_BROAD_WRITE_SETS;
     let nonce = field(&text(&v.get("/console/keys/new")), "nonce");
     let mut fields = vec![
         ("csrf", csrf.as_str()),

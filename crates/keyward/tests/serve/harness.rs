@@ -504,3 +504,23 @@ impl Drop for ScratchPostgres {
         );
     }
 }
+
+/// The transit catalog shipped in `catalogs/`: its write sets make broad access
+/// reachable.
+pub const TRANSIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalogs/transit.toml");
+
+/// Eleven write-capable permission sets of the transit catalog: one more than
+/// keyward grants without an explicit acknowledgement of broad access.
+pub const TRANSIT_BROAD_WRITE_SETS: [&str; 11] = [
+    "trips-create",
+    "trips-edit",
+    "trips-cancel",
+    "trips-delete",
+    "riders-create",
+    "riders-edit",
+    "riders-delete",
+    "drivers-create",
+    "drivers-edit",
+    "drivers-delete",
+    "vehicles-create",
+];
