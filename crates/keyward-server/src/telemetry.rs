@@ -215,10 +215,9 @@ impl RequestIds {
             return v.clone();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // `{node}-{n:x}`, without the formatting machinery: this runs for
-        // every request that brings no id of its own.
-        // Exactly sized: `Bytes` then takes the buffer without a second
-        // allocation for its shared header.
+        // `{node}-{n:x}` without the formatting machinery (this runs for every
+        // request that brings no id of its own), sized exactly so `Bytes`
+        // takes the buffer without allocating a shared header.
         let mut id = Vec::with_capacity(self.node.len() + 1 + hex_len(n));
         id.extend_from_slice(self.node.as_bytes());
         id.push(b'-');
