@@ -342,7 +342,7 @@ fn push_json_names<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) 
 
 /// A JSON string. Names and ids need no escaping and are copied as they are;
 /// anything else goes through serde_json, so escaping has one definition.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
