@@ -188,14 +188,17 @@ EOF
 echo "== load: wrk -t1 -c$CONNECTIONS -d${DURATION}s on core $LOAD_CORE; servers on core $SERVER_CORE"
 # The one-hop scenarios run ROUNDS times, interleaved, and each keeps its
 # median round (by req/s): one noisy round cannot decide a ratio.
+# Within a round, each ratio's two scenarios run back to back (bare, verify;
+# nginx GET, keyward GET; keyward GET, audited POST), so the machine's drift
+# has the least time to come between them.
 for r in $(seq 1 "$ROUNDS"); do
   WRK_ARGS=()
   run "bare_upstream_$r" "http://127.0.0.1:$UP_PORT/api/third-party/v1/vehicles"
+  WRK_ARGS=(-H "Authorization: Bearer $VERIFIER_KEY" -s "$WORK/verify.lua")
+  run "keyward_verify_$r" "http://127.0.0.1:$KW_PORT/v1/verify"
   WRK_ARGS=(-H "Authorization: Bearer $RO_KEY")
   run "nginx_map_get_$r" "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/vehicles"
   run "keyward_get_$r" "http://127.0.0.1:$KW_PORT/api/third-party/v1/vehicles"
-  WRK_ARGS=(-H "Authorization: Bearer $VERIFIER_KEY" -s "$WORK/verify.lua")
-  run "keyward_verify_$r" "http://127.0.0.1:$KW_PORT/v1/verify"
   # The audited POST in the same rounds, so its ratio to keyward's GET is
   # paired like the others (it swings with the disk's fsync latency).
   WRK_ARGS=(-H "Authorization: Bearer $RW_KEY" -s "$WORK/post.lua")
