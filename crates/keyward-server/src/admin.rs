@@ -609,6 +609,13 @@ async fn create_key(
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Answer {
     let ctx = &who.ctx;
+    for (field, names) in [
+        ("scopes", &body.scopes),
+        ("permission_sets", &body.permission_sets),
+        ("presets", &body.presets),
+    ] {
+        listed_once(field, names).map_err(|e| fail(e, ctx))?;
+    }
     let expires_at = body
         .expires_at
         .as_deref()
@@ -646,6 +653,20 @@ async fn create_key(
         .await
         .map_err(|e| fail(e, ctx))?;
     ok(StatusCode::CREATED, &created, ctx)
+}
+
+/// The create body's lists are sets (`uniqueItems` in `/openapi.json`): a name
+/// given twice is a client's mistake worth hearing about, not something to
+/// merge silently.
+fn listed_once(field: &str, names: &[String]) -> Result<(), ApiError> {
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    match names.iter().find(|n| !seen.insert(n.as_str())) {
+        Some(twice) => Err(ApiError::validation(
+            field,
+            format!("`{twice}` is listed more than once in {field}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -144,6 +144,24 @@ fn creating_keys_through_the_api() {
             "at least one",
         ),
         (
+            json!({"name": "x", "scopes": ["vehicles:read", "damages:read", "vehicles:read"]}),
+            422,
+            "VALIDATION_FAILED",
+            "`vehicles:read` is listed more than once in scopes",
+        ),
+        (
+            json!({"name": "x", "permission_sets": ["vehicles:read", "vehicles:read"]}),
+            422,
+            "VALIDATION_FAILED",
+            "permission_sets",
+        ),
+        (
+            json!({"name": "x", "presets": ["inspection-submission", "read-only-integration", "inspection-submission"]}),
+            422,
+            "VALIDATION_FAILED",
+            "presets",
+        ),
+        (
             json!({"name": "x", "scopes": ["vehicles:fly"]}),
             422,
             "VALIDATION_FAILED",
