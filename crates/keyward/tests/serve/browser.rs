@@ -301,6 +301,12 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
         .click()
         .await
         .unwrap();
+    // A click that navigates returns before the next page has replaced this
+    // one: wait for the next page's words before reading it.
+    wait_for("the key detail", || async {
+        text_of(c, "main").await.contains("cannot be edited")
+    })
+    .await;
     let detail = text_of(c, "main").await;
     for needle in [
         "View Trips",
@@ -313,7 +319,10 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
     shot(c, &dir, "08-key-detail").await;
     click(c, "button.danger").await;
     c.accept_alert().await.unwrap();
-    assert!(text_of(c, "main").await.contains("The key was revoked."));
+    wait_for("the revocation notice", || async {
+        text_of(c, "main").await.contains("The key was revoked.")
+    })
+    .await;
     until(Duration::from_secs(2), "revocation", || {
         gateway(server, "/trips", &key) == 401
     });
@@ -337,6 +346,10 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
         .await
         .unwrap();
     click(c, "form.inline-form button").await;
+    wait_for("the added user", || async {
+        text_of(c, "main").await.contains("The user was added")
+    })
+    .await;
     let users = text_of(c, "main").await;
     assert!(
         users.contains("The user was added") && users.contains("Dana Ops"),
@@ -344,17 +357,22 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
     );
     shot(c, &dir, "10-group-users").await;
     click(c, "button[aria-label='Remove dana@example.com']").await;
-    assert!(
+    wait_for("the user's removal", || async {
         text_of(c, "main")
             .await
             .contains("No user is in this group yet.")
-    );
+    })
+    .await;
     c.find(Locator::LinkText("API Keys"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
+    wait_for("the API Keys tab", || async {
+        text_of(c, "main").await.contains("Dispatch board")
+    })
+    .await;
     let keys_tab = text_of(c, "main").await;
     assert!(keys_tab.contains("Dispatch board"), "{keys_tab}");
     shot(c, &dir, "11-group-api-keys").await;
