@@ -85,7 +85,7 @@ impl Admin {
     pub(crate) async fn call(
         &self,
         mut req: Request<Incoming>,
-        client: SocketAddr,
+        client: crate::Client,
         request_id: HeaderValue,
     ) -> Response<Body> {
         req.extensions_mut().insert(Ctx {
@@ -200,7 +200,7 @@ impl Modify for BearerAuth {
 /// What dispatch knows of a request before the router sees it.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(crate) client: SocketAddr,
+    pub(crate) client: crate::Client,
     pub(crate) request_id: HeaderValue,
 }
 
@@ -210,7 +210,7 @@ fn ctx(parts: &Parts) -> Ctx {
         .get::<Ctx>()
         .cloned()
         .unwrap_or_else(|| Ctx {
-            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client: crate::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
             request_id: HeaderValue::from_static("unknown"),
         })
 }
@@ -286,7 +286,7 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             method: &parts.method,
             path: parts.uri.path(),
             headers: &parts.headers,
-            client: ctx.client,
+            client: &ctx.client,
             request_id: &ctx.request_id,
             now: state.app.now(),
         };
@@ -308,7 +308,7 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
         let actor = Actor {
             id: format!("key:{}", entry.key_id),
             effective: entry.access().effective,
-            client: Some(ctx.client.ip().to_string()),
+            client: Some(ctx.client.ip_text().to_owned()),
             request_id: ctx.request_id.to_str().ok().map(str::to_owned),
         };
         Ok(Authorized {

@@ -220,18 +220,18 @@ fn sentence(text: &str) -> String {
 
 #[derive(Clone)]
 struct Ctx {
-    client: SocketAddr,
+    client: crate::Client,
     request_id: Option<String>,
 }
 
 fn ctx(parts: &Parts) -> Ctx {
     match parts.extensions.get::<crate::admin::Ctx>() {
         Some(c) => Ctx {
-            client: c.client,
+            client: c.client.clone(),
             request_id: c.request_id.to_str().ok().map(str::to_owned),
         },
         None => Ctx {
-            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client: crate::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
             request_id: None,
         },
     }
@@ -445,7 +445,7 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
         };
         let actor = state.app.user_actor(
             &session.user,
-            Some(ctx.client.ip().to_string()),
+            Some(ctx.client.ip_text().to_owned()),
             ctx.request_id.clone(),
         );
         let holds = |names: &[&str]| {
@@ -536,7 +536,7 @@ async fn sign_in(
     let ctx = ctx(&parts);
     let email = form.get("email").to_owned();
     let org = form.get("org").trim().to_owned();
-    let client = ctx.client.ip().to_string();
+    let client = ctx.client.ip_text().to_owned();
     let result = state
         .app
         .sign_in(

@@ -312,12 +312,7 @@ impl Server {
             stream.set_nodelay(true).ok();
             let state = state.clone();
             let admin = admin.clone();
-            // Rendered once per connection, shared by its requests.
-            let client = Client {
-                addr: peer,
-                ip: HeaderValue::try_from(peer.ip().to_string())
-                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            };
+            let client = Client::new(peer);
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let client = client.clone();
@@ -363,12 +358,26 @@ impl Server {
     }
 }
 
-/// The peer of a connection.
+/// The peer of a connection, its address rendered once per connection and
+/// shared by its requests: `X-Forwarded-For`, audit records, sign-in throttles.
 #[derive(Clone)]
-struct Client {
-    addr: SocketAddr,
-    /// Its address as a header value (`X-Forwarded-For`).
-    ip: HeaderValue,
+pub(crate) struct Client {
+    /// The address as a header value (`X-Forwarded-For`).
+    pub(crate) ip: HeaderValue,
+}
+
+impl Client {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Client {
+            ip: HeaderValue::try_from(addr.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+
+    /// The address as text (an address renders as ASCII, so never empty).
+    pub(crate) fn ip_text(&self) -> &str {
+        self.ip.to_str().unwrap_or("unknown")
+    }
 }
 
 /// Routes a request: keyward's own endpoints, else the gateway.
@@ -379,7 +388,7 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match admin {
-        Some(admin) => own::handle(state, client.addr, &admin, req).await,
+        Some(admin) => own::handle(state, client, &admin, req).await,
         None => gateway::handle(state, client, req).await,
     }
 }

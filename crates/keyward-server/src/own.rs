@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, ScopeSet, path};
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Largest JSON body keyward's own endpoints read.
@@ -35,7 +34,7 @@ pub fn is_own_path(path: &str) -> bool {
 /// Handles one request to keyward's own endpoints.
 pub async fn handle(
     state: Arc<State>,
-    client: SocketAddr,
+    client: crate::Client,
     admin: &crate::admin::Admin,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -58,8 +57,8 @@ pub async fn handle(
     match endpoint {
         Endpoint::Healthz => healthz(&state, &request_id),
         Endpoint::Metrics => metrics(&state, &request_id),
-        Endpoint::Whoami => whoami(&state, client, req, &request_id).await,
-        Endpoint::Verify => verify(&state, client, req, &request_id).await,
+        Endpoint::Whoami => whoami(&state, &client, req, &request_id).await,
+        Endpoint::Verify => verify(&state, &client, req, &request_id).await,
     }
 }
 
@@ -139,7 +138,7 @@ pub(crate) struct Asked<'a> {
     pub(crate) method: &'a Method,
     pub(crate) path: &'a str,
     pub(crate) headers: &'a http::HeaderMap,
-    pub(crate) client: SocketAddr,
+    pub(crate) client: &'a crate::Client,
     pub(crate) request_id: &'a HeaderValue,
     /// The clock, read once for the whole request.
     pub(crate) now: i64,
@@ -149,7 +148,7 @@ impl<'a> Asked<'a> {
     fn of(
         state: &State,
         req: &'a Request<Incoming>,
-        client: SocketAddr,
+        client: &'a crate::Client,
         request_id: &'a HeaderValue,
     ) -> Self {
         Asked {
@@ -230,7 +229,7 @@ pub(crate) async fn require(
 
 async fn whoami(
     state: &State,
-    client: SocketAddr,
+    client: &crate::Client,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -400,7 +399,7 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
 
 async fn verify(
     state: &State,
-    client: SocketAddr,
+    client: &crate::Client,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {

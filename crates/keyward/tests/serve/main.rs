@@ -271,15 +271,18 @@ fn cli_changes_reach_the_running_server_within_a_second() {
     assert_eq!(server.get("/vehicles", &new_key).status, 200);
 }
 
-fn audit_rows(kw: &Kw) -> Vec<(String, String, String, i64, String)> {
+/// Gateway audit rows: actor, method, path, status, details, client.
+type AuditRow = (String, String, String, i64, String, Option<String>);
+
+fn audit_rows(kw: &Kw) -> Vec<AuditRow> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
-            "SELECT actor, method, path, status, details FROM audit_log \
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT actor, method, path, status, details, client FROM audit_log \
              WHERE action = 'gateway.request' ORDER BY seq",
         )
         .fetch_all(&pool)
@@ -356,6 +359,10 @@ fn writes_and_403s_are_audited_before_the_response_and_the_chain_verifies() {
     assert_eq!((rows[3].1.as_str(), rows[3].3), ("DELETE", 404));
     assert_eq!((rows[4].0.as_str(), rows[4].3), ("anonymous", 401));
     assert!(rows[5..].iter().all(|r| r.0 == rw_actor && r.3 == 200));
+    assert!(
+        rows.iter().all(|r| r.5.as_deref() == Some("127.0.0.1")),
+        "every record names the client's address: {rows:#?}"
+    );
 
     // Last use is flushed in batches.
     until(Duration::from_secs(5), "last_used_at flushed", || {
