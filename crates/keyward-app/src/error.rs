@@ -53,6 +53,13 @@ pub enum AppError {
         /// Seconds until the window has passed.
         retry_after_s: i64,
     },
+    /// 503 `BUSY` with `Retry-After`: every password-hashing slot is taken
+    /// and the short queue for them is full ([`crate::hashing`]).
+    #[error("too many sign-ins at once: try again in {retry_after_s} seconds")]
+    Busy {
+        /// Seconds to wait before trying again.
+        retry_after_s: i64,
+    },
     /// 409 `CONFLICT`: the action contradicts current state.
     #[error("{0}")]
     Conflict(String),

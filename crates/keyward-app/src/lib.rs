@@ -11,6 +11,7 @@
 
 pub mod env;
 mod error;
+pub mod hashing;
 mod legacy;
 pub mod people;
 pub mod sessions;
@@ -145,6 +146,8 @@ pub struct App<S> {
     /// Organizations by id. Never stale: an organization is never renamed
     /// or removed, and an id not here is looked up in the store.
     orgs: papaya::HashMap<String, Org>,
+    /// Password hashing, bounded for the whole process.
+    hash_slots: hashing::HashSlots,
 }
 
 impl<S: Store> App<S> {
@@ -163,6 +166,7 @@ impl<S: Store> App<S> {
             clock,
             rng,
             orgs: papaya::HashMap::new(),
+            hash_slots: hashing::HashSlots::per_core(),
         }
     }
 
@@ -224,7 +228,9 @@ impl<S: Store> App<S> {
             key_id: key_id.map(str::to_owned),
             client: actor.client.clone(),
             request_id: actor.request_id.clone(),
-            details: details.to_string(),
+            // Client text (names, refused scope names, emails) may hold a
+            // key pasted into the wrong field: never stored in full.
+            details: keyward_core::text::redact_keys(&details.to_string()).into_owned(),
             ..AuditEntry::default()
         }
     }
@@ -386,6 +392,8 @@ impl<S: Store> App<S> {
                 format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
             ));
         }
+        keyward_core::text::check_label(&description, true)
+            .map_err(|e| AppError::validation("description", e.to_string()))?;
         let now = self.now();
         if let Some(at) = req.expires_at
             && at <= now
@@ -893,12 +901,8 @@ fn validate_name(raw: &str) -> Result<String, AppError> {
             format!("must be at most {MAX_NAME_CHARS} characters, got {n}"),
         ));
     }
-    if name.chars().any(char::is_control) {
-        return Err(AppError::validation(
-            "name",
-            "must not contain control characters",
-        ));
-    }
+    keyward_core::text::check_label(name, false)
+        .map_err(|e| AppError::validation("name", e.to_string()))?;
     Ok(name.to_owned())
 }
 

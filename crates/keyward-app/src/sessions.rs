@@ -6,6 +6,7 @@
 //! too (per user and per client address), so throttling holds across nodes.
 //! Every sign-in, failure and sign-out is audited.
 
+use crate::hashing::HashSlot;
 use crate::{Actor, App, AppError};
 use keyward_core::Digester;
 use keyward_store::{Org, SessionRecord, Store, UserRecord};
@@ -77,9 +78,10 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Checks a password on a blocking thread: argon2 takes tens of
-    /// milliseconds of CPU, which must not stall the runtime's other tasks.
-    async fn password_matches(password: &str, hash: Option<&str>) -> bool {
+    /// Checks a password in one of the process's hashing slots (on a
+    /// blocking thread: argon2 takes tens of milliseconds of CPU, which must
+    /// not stall the runtime's other tasks).
+    async fn password_matches(slot: HashSlot<'_>, password: &str, hash: Option<&str>) -> bool {
         // A user without a hash (or no user) still costs one verification,
         // so timing does not tell which emails exist.
         static DUMMY: std::sync::LazyLock<String> =
@@ -89,11 +91,10 @@ impl<S: Store> App<S> {
             Some(h) => (h.to_owned(), true),
             None => (DUMMY.clone(), false),
         };
-        let ok = tokio::task::spawn_blocking(move || {
-            password_auth::verify_password(password.as_bytes(), &hash).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let ok = slot
+            .run(move || crate::hashing::verify_password(password.as_bytes(), &hash))
+            .await
+            .unwrap_or(false);
         ok && real
     }
 
@@ -112,6 +113,9 @@ impl<S: Store> App<S> {
         client: &str,
         request_id: Option<String>,
     ) -> Result<SignedIn, AppError> {
+        // Before anything else: a burst beyond the hashing slots is refused
+        // here, without a database write or a hash.
+        let slot = self.hash_slots.reserve().await?;
         let org = match self
             .resolve_org(org_slug.filter(|s| !s.trim().is_empty()))
             .await
@@ -120,7 +124,7 @@ impl<S: Store> App<S> {
             Err(AppError::NotFound { .. }) => {
                 // As slow as a wrong password: timing must not tell which
                 // organizations exist.
-                Self::password_matches(password, None).await;
+                Self::password_matches(slot, password, None).await;
                 return Err(sign_in_failed());
             }
             Err(e) => return Err(e),
@@ -171,6 +175,7 @@ impl<S: Store> App<S> {
         }
         let user = self.store.user_by_email(&org.id, &email).await?;
         let matches = Self::password_matches(
+            slot,
             password,
             user.as_ref().and_then(|u| u.password_hash.as_deref()),
         )
@@ -298,16 +303,21 @@ impl<S: Store> App<S> {
                 "must differ from the current password",
             ));
         }
-        if !Self::password_matches(current, session.user.password_hash.as_deref()).await {
+        let slot = self.hash_slots.reserve().await?;
+        if !Self::password_matches(slot, current, session.user.password_hash.as_deref()).await {
             return Err(AppError::validation(
                 "current_password",
                 "is not the current password",
             ));
         }
         let new = new.to_owned();
-        let hash = tokio::task::spawn_blocking(move || password_auth::generate_hash(new))
+        let hash = self
+            .hash_slots
+            .reserve()
+            .await?
+            .run(move || password_auth::generate_hash(new))
             .await
-            .map_err(|e| AppError::validation("new_password", e.to_string()))?;
+            .ok_or_else(|| AppError::validation("new_password", "could not be hashed"))?;
         let entry = self.audit(
             actor,
             &session.org,

@@ -18,6 +18,7 @@ pub mod key;
 pub mod path;
 pub mod route;
 pub mod scope;
+pub mod text;
 
 pub use catalog::{
     Catalog, CatalogError, CatalogErrors, Location, PermissionSet, Preset, Route, Scope,

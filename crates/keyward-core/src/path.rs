@@ -1,8 +1,23 @@
 //! Request paths the gateway will authorize.
 //!
 //! keyward must never authorize one path and forward another, so a path that
-//! an upstream might normalise differently is refused before anything else:
-//! dot segments, empty segments, and percent-encoded `/`, `.` or `%`.
+//! an upstream might normalise differently is refused before anything else.
+//! The rule assumes the most permissive back ends in common use: servlet
+//! containers (Tomcat, Jetty, Spring) drop a segment's `;…` parameters before
+//! resolving dot segments, IIS and ASP.NET read `\` as `/`, and some stacks
+//! decode escapes before routing. A path is refused when
+//!
+//! - it does not begin with `/`;
+//! - it holds a raw control character, space or backslash;
+//! - a segment is empty, `.` or `..`, either as it is or once its `;…`
+//!   parameter part is removed (`//`, a trailing `/`, `..;`, `.;x=1`, `;x`);
+//! - an escape is malformed (`%zz`, `%2`), or decodes to `/`, `\`, `.`, `;`,
+//!   `%` or a control character (`%00`–`%1F`, `%7F`), or escapes decode to bytes
+//!   that are not UTF-8.
+//!
+//! For every path this accepts, such a back end resolves the same segments
+//! keyward matched (the property test at the end holds it to a permissive
+//! resolver).
 
 use thiserror::Error;
 
@@ -12,16 +27,22 @@ pub enum PathError {
     /// Does not begin with `/`.
     #[error("path must begin with `/`")]
     NotAbsolute,
-    /// `.` or `..` segment.
+    /// `.` or `..` segment, also with a `;…` parameter part (`..;x`).
     #[error("path contains a dot segment `{0}`")]
     DotSegment(String),
-    /// `//` or a trailing `/`.
+    /// `//`, a trailing `/`, or a segment that is only a `;…` parameter part.
     #[error("path contains an empty segment")]
     EmptySegment,
-    /// `%2F`, `%2E` or `%25`.
+    /// `%2F`, `%5C`, `%2E`, `%3B` or `%25`.
     #[error("path contains a percent-encoded `{0}`")]
     EncodedDelimiter(String),
-    /// Control characters, spaces and the like.
+    /// `\`, which some back ends read as `/`.
+    #[error("path contains a backslash")]
+    Backslash,
+    /// `%00`–`%1F` or `%7F`.
+    #[error("path contains a percent-encoded control character `%{0:02X}`")]
+    EncodedControl(u8),
+    /// Control characters, spaces, malformed escapes and the like.
     #[error("path contains a character that must be percent-encoded")]
     BadCharacter,
     /// Percent-escapes that decode to bytes which are not UTF-8.
@@ -48,22 +69,27 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
     // so the first segment error waits until the end of the pass.
     let mut segment_error = None;
     let mut segment_start = 1;
+    // Where the current segment's `;…` parameter part begins, if it has one.
+    let mut params_at = None;
     let mut escapes = false;
     for (i, &b) in bytes.iter().enumerate().skip(1) {
         match b {
             0..=b' ' | 0x7f => return Err(PathError::BadCharacter),
+            b'\\' => return Err(PathError::Backslash),
             b'/' => {
                 if segment_error.is_none() {
-                    segment_error = bad_segment(path.get(segment_start..i).unwrap_or_default());
+                    segment_error = bad_segment(path, segment_start, params_at, i);
                 }
                 segment_start = i + 1;
+                params_at = None;
             }
+            b';' if params_at.is_none() => params_at = Some(i),
             b'%' => escapes = true,
             _ => {}
         }
     }
     if segment_error.is_none() {
-        segment_error = bad_segment(path.get(segment_start..).unwrap_or_default());
+        segment_error = bad_segment(path, segment_start, params_at, bytes.len());
     }
     if let Some(e) = segment_error {
         return Err(e);
@@ -71,8 +97,19 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
     if escapes { check_escapes(path) } else { Ok(()) }
 }
 
-fn bad_segment(segment: &str) -> Option<PathError> {
-    match segment {
+/// The segment `path[start..end]`, judged as it is and without its `;…`
+/// parameter part (which begins at `params_at`).
+fn bad_segment(
+    path: &str,
+    start: usize,
+    params_at: Option<usize>,
+    end: usize,
+) -> Option<PathError> {
+    let segment = path.get(start..end).unwrap_or_default();
+    let bare = path
+        .get(start..params_at.unwrap_or(end))
+        .unwrap_or_default();
+    match bare {
         "" => Some(PathError::EmptySegment),
         "." | ".." => Some(PathError::DotSegment(segment.to_owned())),
         _ => None,
@@ -94,8 +131,13 @@ fn check_escapes(path: &str) -> Result<(), PathError> {
         };
         match decoded {
             Some(0x2f) => return Err(PathError::EncodedDelimiter("/".into())),
+            Some(0x5c) => return Err(PathError::EncodedDelimiter("\\".into())),
             Some(0x2e) => return Err(PathError::EncodedDelimiter(".".into())),
+            Some(0x3b) => return Err(PathError::EncodedDelimiter(";".into())),
             Some(0x25) => return Err(PathError::EncodedDelimiter("%".into())),
+            Some(b @ (0..0x20 | 0x7f)) => {
+                return Err(PathError::EncodedControl(u8::try_from(b).unwrap_or(0)));
+            }
             Some(b) => non_ascii |= b >= 0x80,
             None => return Err(PathError::BadCharacter),
         }
@@ -157,27 +199,55 @@ mod tests {
             "/a/%7Euser",
             "/a/b.json",
             "/a/..b",
+            "/a/...",
+            "/a/b;c",
+            "/a/x;..",
+            "/a/b;jsessionid=1/c",
             "/caf%C3%A9",
         ];
         for p in ok {
             assert_eq!(check_normal(p), Ok(()), "{p}");
         }
+        let dot = |s: &str| PathError::DotSegment(s.into());
+        let enc = |s: &str| PathError::EncodedDelimiter(s.into());
         let bad: &[(&str, PathError)] = &[
             ("vehicles", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
             ("/vehicles/", PathError::EmptySegment),
             ("//vehicles", PathError::EmptySegment),
             ("/a//b", PathError::EmptySegment),
-            ("/a/./b", PathError::DotSegment(".".into())),
-            ("/a/..", PathError::DotSegment("..".into())),
-            ("/a%2Fb", PathError::EncodedDelimiter("/".into())),
-            ("/a%2fb", PathError::EncodedDelimiter("/".into())),
-            ("/a/%2e%2e/b", PathError::EncodedDelimiter(".".into())),
-            ("/a/%252F", PathError::EncodedDelimiter("%".into())),
+            ("/a/;x/b", PathError::EmptySegment),
+            ("/a/;", PathError::EmptySegment),
+            ("/a/./b", dot(".")),
+            ("/a/..", dot("..")),
+            ("/a/..;/b", dot("..;")),
+            ("/a/..;x=1/b", dot("..;x=1")),
+            ("/a/.;/b", dot(".;")),
+            ("/a/..;;/b", dot("..;;")),
+            ("/a%2Fb", enc("/")),
+            ("/a%2fb", enc("/")),
+            ("/a%5Cb", enc("\\")),
+            ("/a%5cb", enc("\\")),
+            ("/a/%2e%2e/b", enc(".")),
+            ("/a/%2e%2e;/b", enc(".")),
+            ("/a/%252F", enc("%")),
+            ("/a/..%3b/b", enc(";")),
+            ("/a/..%3B/b", enc(";")),
+            ("/a\\b", PathError::Backslash),
+            ("/a/..\\b", PathError::Backslash),
+            ("/a%00b", PathError::EncodedControl(0)),
+            ("/a%0d%0aX-Injected:%201", PathError::EncodedControl(0x0d)),
+            ("/a%0A", PathError::EncodedControl(0x0a)),
+            ("/a%1f", PathError::EncodedControl(0x1f)),
+            ("/a%7F", PathError::EncodedControl(0x7f)),
             ("/a/%zz", PathError::BadCharacter),
             ("/a/%2", PathError::BadCharacter),
+            ("/a/%u002e", PathError::BadCharacter),
             ("/a b", PathError::BadCharacter),
+            ("/a\tb", PathError::BadCharacter),
+            ("/a\u{0}b", PathError::BadCharacter),
             ("/a/%FF", PathError::InvalidUtf8),
+            ("/a/%C0%AE", PathError::InvalidUtf8),
             ("/a/%C3%28", PathError::InvalidUtf8),
         ];
         for (p, e) in bad {
@@ -185,19 +255,21 @@ mod tests {
         }
     }
 
-    /// The character and segment passes this module used before the one
-    /// pass, kept as the oracle (the escape check is unchanged and shared):
-    /// same verdict, same error, on every input.
-    fn three_passes(path: &str) -> Result<(), PathError> {
+    /// The rule as the module documents it, one clause at a time: the oracle
+    /// the one-pass check must agree with (same verdict, same error).
+    fn by_the_rules(path: &str) -> Result<(), PathError> {
         let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
         if rest.is_empty() {
             return Ok(());
         }
-        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(PathError::BadCharacter);
+        // The first character refused as it stands decides the error.
+        match path.bytes().find(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
+            Some(b'\\') => return Err(PathError::Backslash),
+            Some(_) => return Err(PathError::BadCharacter),
+            None => {}
         }
         for seg in rest.split('/') {
-            match seg {
+            match seg.split(';').next().unwrap_or_default() {
                 "" => return Err(PathError::EmptySegment),
                 "." | ".." => return Err(PathError::DotSegment(seg.to_owned())),
                 _ => {}
@@ -206,10 +278,72 @@ mod tests {
         check_escapes(path)
     }
 
+    /// What a permissive back end makes of a path: `\` read as `/`, escapes
+    /// decoded (`%2F` and `%5C` becoming separators too), each segment's
+    /// `;…` parameters dropped, empty and `.` segments dropped, `..` popping
+    /// its parent. Returns its segments.
+    fn permissive(path: &str) -> Vec<Vec<u8>> {
+        let decoded = percent_decode(path.as_bytes());
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for seg in decoded.split(|&b| b == b'/' || b == b'\\') {
+            let bare = seg.split(|&b| b == b';').next().unwrap_or_default();
+            match bare {
+                b"" | b"." => {}
+                b".." => {
+                    out.pop();
+                }
+                _ => out.push(bare.to_vec()),
+            }
+        }
+        out
+    }
+
+    /// The segments keyward matched routes against: the raw path split on
+    /// `/`, each segment decoded, its `;…` parameters dropped.
+    fn as_authorized(path: &str) -> Vec<Vec<u8>> {
+        path.split('/')
+            .skip(1)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let bare = s.split(';').next().unwrap_or_default();
+                percent_decode(bare.as_bytes())
+            })
+            .collect()
+    }
+
     proptest::proptest! {
         #[test]
-        fn one_pass_agrees_with_three_passes(path in "/?([a-z./%0-9fFeE\\x01 é]{0,10})") {
-            proptest::prop_assert_eq!(check_normal(&path), three_passes(&path));
+        fn one_pass_agrees_with_the_rules(path in "/?([a-z./;%0-9fFeEcC\\\\\x01 é]{0,12})") {
+            proptest::prop_assert_eq!(check_normal(&path), by_the_rules(&path));
+        }
+
+        /// Whatever the check accepts, a permissive back end resolves to the
+        /// segments keyward authorized.
+        #[test]
+        fn accepted_paths_resolve_to_what_was_authorized(
+            path in "/([a-z.;%/\\\\0-9a-fA-F]{0,16})"
+        ) {
+            if check_normal(&path).is_ok() {
+                proptest::prop_assert_eq!(permissive(&path), as_authorized(&path), "{}", path);
+            }
+        }
+    }
+
+    /// The property above, on the spellings a security review used.
+    #[test]
+    fn review_samples_are_refused_or_resolve_alike() {
+        for p in [
+            "/vehicles/..;/damages/1",
+            "/vehicles/.;/damages",
+            "/vehicles\\..\\damages",
+            "/vehicles/%5c..%5cdamages",
+            "/vehicles/%2e%2e;/damages",
+            "/vehicles/..%3b/damages",
+            "/vehicles;/..;/damages",
+            "/vehicles/1%00",
+            "/vehicles/1%0d%0aHost:x",
+        ] {
+            assert!(check_normal(p).is_err(), "{p} must be refused");
         }
     }
 

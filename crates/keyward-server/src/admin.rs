@@ -93,7 +93,8 @@ impl Admin {
             request_id: request_id.clone(),
         });
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Client text: bounded and with keys redacted before it is logged.
+        let path = keyward_core::text::recorded_path(req.uri().path()).into_owned();
         let mut router = self.router.clone();
         let res = match tower_service::Service::call(&mut router, req).await {
             Ok(res) => res,
@@ -1045,6 +1046,12 @@ async fn membership(
     )
 }
 
+/// A body that must be empty, `null` or `{}`: anything else is refused,
+/// so a client that meant to send fields learns they are not read.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
 /// Add a user to a group (audited). The caller must hold the group's scopes.
 #[utoipa::path(
     put, path = "/v1/groups/{id}/users/{user}", tag = "groups",
@@ -1052,6 +1059,7 @@ async fn membership(
         ("id" = String, Path, description = "Group id"),
         ("user" = String, Path, description = "User id (`usr_…`) or email"),
     ),
+    request_body(content = Option<NoFields>, description = "None, or `{}`"),
     responses(
         (status = 200, description = "Member", body = Membership),
         (status = "default", description = "Error (403 names the scopes the caller lacks)", body = ErrorDoc),
@@ -1061,6 +1069,7 @@ async fn add_member(
     state: axum::extract::State<Shared>,
     who: Authorized<GroupsWrite>,
     PathArgs((group, user)): PathArgs<(String, String)>,
+    OptionalJsonBody(NoFields {}): OptionalJsonBody<NoFields>,
 ) -> Answer {
     membership(&state, &who, group, &user, true).await
 }
@@ -1072,6 +1081,7 @@ async fn add_member(
         ("id" = String, Path, description = "Group id"),
         ("user" = String, Path, description = "User id (`usr_…`) or email"),
     ),
+    request_body(content = Option<NoFields>, description = "None, or `{}`"),
     responses(
         (status = 200, description = "Not a member", body = Membership),
         (status = "default", description = "Error", body = ErrorDoc),
@@ -1081,6 +1091,7 @@ async fn remove_member(
     state: axum::extract::State<Shared>,
     who: Authorized<GroupsWrite>,
     PathArgs((group, user)): PathArgs<(String, String)>,
+    OptionalJsonBody(NoFields {}): OptionalJsonBody<NoFields>,
 ) -> Answer {
     membership(&state, &who, group, &user, false).await
 }

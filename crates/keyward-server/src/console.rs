@@ -22,7 +22,10 @@ use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request as AxRequest};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, SET_COOKIE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, RETRY_AFTER, SET_COOKIE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use keyward_app::people::{GroupView, UserView};
@@ -105,6 +108,7 @@ fn page_of(status: StatusCode, html: String) -> Page {
     // Pages show who can do what; none belongs in a shared cache, and the
     // page showing a new key must never come back from any cache.
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(
         http::header::HeaderName::from_static("x-frame-options"),
         HeaderValue::from_static("DENY"),
@@ -150,6 +154,8 @@ fn asset(text: &'static str, content_type: &'static str) -> Page {
     let mut res = Response::new(Body::full(text));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     res.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
@@ -192,6 +198,7 @@ fn app_error(chrome: Option<Chrome>, e: AppError, back: &str) -> Page {
         AppError::Escalation { .. } => StatusCode::FORBIDDEN,
         AppError::Conflict(_) => StatusCode::CONFLICT,
         AppError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+        AppError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         AppError::Store(_) | AppError::Rng(_) | AppError::Catalog(_) => {
             tracing::error!(error = %e, "console request failed");
             return error_page(
@@ -562,13 +569,15 @@ async fn sign_in(
             }
             page
         }
-        Err(e @ (AppError::SignInFailed | AppError::Throttled { .. })) => {
-            let status = if matches!(e, AppError::Throttled { .. }) {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::UNAUTHORIZED
+        Err(e @ (AppError::SignInFailed | AppError::Throttled { .. } | AppError::Busy { .. })) => {
+            let (status, retry_after) = match e {
+                AppError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
+                AppError::Busy { retry_after_s } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after_s))
+                }
+                _ => (StatusCode::UNAUTHORIZED, None),
             };
-            render(
+            let mut page = render(
                 status,
                 &SignInPage {
                     chrome: None,
@@ -576,7 +585,13 @@ async fn sign_in(
                     email,
                     org,
                 },
-            )
+            );
+            if let Some(s) = retry_after {
+                page.0
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(s));
+            }
+            page
         }
         Err(e) => app_error(None, e, "/console/sign-in"),
     }

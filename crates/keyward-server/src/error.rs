@@ -6,7 +6,7 @@
 //! disagree between the gateway, the verify service and the admin API.
 
 use crate::body::Body;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use keyward_app::AppError;
 use keyward_core::AuthFailure;
@@ -26,6 +26,8 @@ pub struct ApiError {
     pub details: Map<String, Value>,
     /// `WWW-Authenticate` value, for 401 and 403.
     pub challenge: Option<String>,
+    /// `Retry-After` seconds, for 503 `BUSY` and the like.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -41,6 +43,7 @@ impl ApiError {
             message: message.into(),
             details: Map::new(),
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -141,6 +144,9 @@ impl ApiError {
         if let Some(c) = self.challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
             h.insert(WWW_AUTHENTICATE, c);
         }
+        if let Some(s) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
         if let Some(id) = request_id {
             h.insert(crate::X_REQUEST_ID.clone(), id.clone());
         }
@@ -184,6 +190,12 @@ impl From<AppError> for ApiError {
                 e.to_string(),
             )
             .detail("retry_after_s", retry_after_s),
+            AppError::Busy { retry_after_s } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "BUSY", e.to_string())
+                    .detail("retry_after", retry_after_s);
+                e.retry_after = u64::try_from(retry_after_s).ok();
+                e
+            }
             AppError::Catalog(_) | AppError::Store(_) | AppError::Rng(_) => {
                 tracing::error!(error = %e, "internal failure");
                 ApiError::new(

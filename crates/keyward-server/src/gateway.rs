@@ -7,7 +7,7 @@
 
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::proxy::{ProxyError, strip_hop_by_hop, strip_keyward_headers};
+use crate::proxy::{ProxyError, strip_hop_by_hop, strip_spoofable_headers};
 use crate::telemetry::monotonic;
 use crate::{State, X_REQUEST_ID};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,7 +16,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use keyward_app::KeyEntry;
 use keyward_core::audit::AuditEntry;
-use keyward_core::{AuthFailure, Decision, Outcome, ScopeSet, key, path};
+use keyward_core::{AuthFailure, Decision, Outcome, ScopeSet, key, path, text};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +135,9 @@ pub struct Exchange<'a> {
     pub path: &'a str,
     pub client: &'a crate::Client,
     pub request_id: &'a HeaderValue,
+    /// The client's own `X-Request-Id`, when clean enough to keep beside
+    /// keyward's (never instead of it).
+    pub client_request_id: Option<&'a HeaderValue>,
     pub key: Option<&'a KeyEntry>,
 }
 
@@ -160,21 +163,26 @@ impl Exchange<'_> {
             action: "gateway.request".to_owned(),
             key_id: self.key.map(|k| String::from(&*k.key_id)),
             method: Some(self.method.as_str().to_owned()),
-            path: Some(self.path.to_owned()),
+            path: Some(text::recorded_path(self.path).into_owned()),
             status: Some(status),
             required,
             client: Some(self.client.ip_text().to_owned()),
             request_id: self.request_id.to_str().ok().map(str::to_owned),
-            details: reason_details(reason),
+            details: reason_details(reason, self.client_request_id.and_then(|v| v.to_str().ok())),
         }
     }
 }
 
-/// `{"reason":…}`, the audit record's details for a gateway request.
-fn reason_details(reason: &str) -> String {
+/// `{"reason":…}` (and the client's request id, if it sent a clean one),
+/// the audit record's details for a gateway request.
+fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
     let mut out = Vec::with_capacity(12 + reason.len());
     out.extend_from_slice(b"{\"reason\":");
     crate::own::push_json_str(&mut out, reason);
+    if let Some(id) = client_request_id {
+        out.extend_from_slice(b",\"client_request_id\":");
+        crate::own::push_json_str(&mut out, id);
+    }
     out.push(b'}');
     // Always UTF-8: `reason` is, and the rest is ASCII.
     String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
@@ -187,9 +195,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = monotonic();
-    let request_id = state
-        .request_ids
-        .for_request(req.headers().get(&X_REQUEST_ID));
+    let request_id = state.request_ids.next();
+    let client_request_id = crate::telemetry::client_request_id(req.headers().get(&X_REQUEST_ID))
+        .and(req.headers().get(&X_REQUEST_ID).cloned());
     let (mut parts, body) = req.into_parts();
     // Cheap clones (no allocation for standard methods; the URI shares its
     // bytes) so the request can move upstream while these stay for the audit.
@@ -202,6 +210,7 @@ pub async fn handle(
         path: raw_path,
         client: &peer,
         request_id: &request_id,
+        client_request_id: client_request_id.as_ref(),
         key: None,
     };
 
@@ -320,6 +329,7 @@ pub async fn handle(
         &request_id,
         &peer.ip,
         upstream.host(),
+        state.config.allow_underscore_headers,
     );
     parts.uri = origin_form(&uri);
     parts.version = http::Version::HTTP_11;
@@ -348,6 +358,10 @@ pub async fn handle(
                 ProxyError::BodyTooLarge => (
                     ApiError::payload_too_large(state.config.max_body_bytes),
                     "body_too_large",
+                ),
+                ProxyError::ClientBody(_) => (
+                    ApiError::bad_request(format!("The request body could not be read: {e}")),
+                    "bad_body",
                 ),
                 ProxyError::Unreachable(_) => {
                     tracing::warn!(error = %e, request_id = ?request_id, "upstream failed");
@@ -404,7 +418,7 @@ pub async fn refuse(
     tracing::info!(
         request_id = ?ex.request_id,
         method = %ex.method,
-        path = ex.path,
+        path = &*text::recorded_path(ex.path),
         status,
         code = error.code,
         reason,
@@ -413,7 +427,12 @@ pub async fn refuse(
     );
     if audited {
         let entry = ex.audit(&state.default_org, status, required, reason);
-        if state.record(entry).await.is_err() {
+        if ex.key.is_none() {
+            // Nobody authenticated: counted per client and minute, with a
+            // sample, rather than one chained record each (a flood of
+            // anonymous writes must not grow the log at will).
+            state.anonymous.note(entry, state.app.now());
+        } else if state.record(entry).await.is_err() {
             return audit_unavailable(state, ex.request_id, None);
         }
     }
@@ -492,10 +511,11 @@ fn rewrite_request(
     request_id: &HeaderValue,
     client_ip: &HeaderValue,
     upstream_host: &HeaderValue,
+    allow_underscore_headers: bool,
 ) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
-    strip_keyward_headers(headers);
+    strip_spoofable_headers(headers, allow_underscore_headers);
     // One growth of the map instead of several.
     headers.reserve(8);
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
@@ -532,8 +552,14 @@ mod tests {
     fn details_are_the_json_of_the_reason() {
         for reason in ["allowed", "missing_scopes", "a \"quoted\"\\ reason\n", ""] {
             assert_eq!(
-                reason_details(reason),
+                reason_details(reason, None),
                 serde_json::json!({ "reason": reason }).to_string()
+            );
+            let with_id: serde_json::Value =
+                serde_json::from_str(&reason_details(reason, Some("abc-1"))).expect("JSON");
+            assert_eq!(
+                with_id,
+                serde_json::json!({ "reason": reason, "client_request_id": "abc-1" })
             );
         }
     }

@@ -26,7 +26,7 @@ pub use admin::openapi;
 pub use body::Body;
 pub use error::ApiError;
 
-use audit::AuditWriter;
+use audit::{AnonymousTally, AuditWriter};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -72,6 +72,11 @@ pub struct Config {
     pub max_staleness: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Forward request headers whose names hold `_` (dropped by default, as
+    /// nginx does: CGI and WSGI back ends fold `_` into `-`, so such a name
+    /// can shadow a header the upstream trusts). Folded spellings of the
+    /// headers keyward sets are dropped either way.
+    pub allow_underscore_headers: bool,
 }
 
 impl Default for Config {
@@ -86,6 +91,7 @@ impl Default for Config {
             flush_interval: Duration::from_secs(2),
             max_staleness: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            allow_underscore_headers: false,
         }
     }
 }
@@ -111,6 +117,8 @@ pub struct State {
     config: Config,
     upstream: Option<Arc<proxy::Upstream>>,
     audit: AuditWriter,
+    /// Refusals of unauthenticated requests, counted instead of chained.
+    anonymous: AnonymousTally,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
     default_org: String,
@@ -202,6 +210,12 @@ impl State {
         mut entry: AuditEntry,
     ) -> Pin<Box<dyn Future<Output = Result<(), audit::AuditUnavailable>> + Send + '_>> {
         entry.at_ms = self.app.now();
+        // Paths and path ids are client text: bounded, keys redacted.
+        for text in [&mut entry.path, &mut entry.key_id].into_iter().flatten() {
+            if let std::borrow::Cow::Owned(clean) = keyward_core::text::recorded_path(text) {
+                *text = clean;
+            }
+        }
         Box::pin(self.audit.record(entry))
     }
 }
@@ -258,6 +272,7 @@ impl Server {
             config,
             upstream,
             audit,
+            anonymous: AnonymousTally::new(),
             metrics,
             request_ids: RequestIds::new(node_id),
             default_org,
@@ -344,6 +359,7 @@ impl Server {
         background.abort();
         let _ = background.await;
         flush_uses(&state, &mut Vec::new()).await;
+        flush_anonymous(&state, &mut Vec::new(), true).await;
         // The last reference to the audit writer goes with the state; the
         // writer then commits what is queued and stops.
         drop(state);
@@ -387,6 +403,17 @@ async fn dispatch(
     admin: Option<Arc<admin::Admin>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_REQUEST_TARGET {
+        state.metrics.refused(414, "URI_TOO_LONG");
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            format!("The request target is {target} bytes; the limit is {MAX_REQUEST_TARGET}"),
+        )
+        .detail("limit_bytes", MAX_REQUEST_TARGET)
+        .into_response(Some(&state.request_ids.next()));
+    }
     match admin {
         Some(admin) => own::handle(state, client, &admin, req).await,
         None => gateway::handle(state, client, req).await,
@@ -403,6 +430,7 @@ async fn background(state: Arc<State>) {
     let mut flush = tokio::time::interval(state.config.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Vec<(String, i64)> = Vec::new();
+    let mut retry_anonymous: Vec<AuditEntry> = Vec::new();
     let mut notifier = listen(&state).await;
     let mut ticks: u32 = 0;
     loop {
@@ -425,6 +453,7 @@ async fn background(state: Arc<State>) {
             },
             _ = flush.tick() => {
                 flush_uses(&state, &mut retry).await;
+                flush_anonymous(&state, &mut retry_anonymous, false).await;
                 state.metrics.upkeep();
             }
         }
@@ -511,6 +540,27 @@ async fn flush_uses(state: &State, retry: &mut Vec<(String, i64)>) {
         }
     }
 }
+
+/// Writes the counts of unauthenticated refusals whose minute has passed
+/// (all of them at shutdown); keeps them for the next attempt if storage
+/// fails, up to a bound.
+async fn flush_anonymous(state: &State, retry: &mut Vec<AuditEntry>, all: bool) {
+    retry.extend(state.anonymous.take(state.app.now(), all));
+    if retry.is_empty() {
+        return;
+    }
+    match state.app.record(retry).await {
+        Ok(()) => retry.clear(),
+        Err(e) => {
+            tracing::warn!(error = %e, pending = retry.len(), "cannot write counts of unauthenticated requests; will retry");
+            let excess = retry.len().saturating_sub(audit::MAX_TALLIES);
+            retry.drain(..excess);
+        }
+    }
+}
+
+/// Longest request target (path and query) keyward reads; 414 beyond.
+pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
 
 /// Response helpers shared by the modules.
 fn json_response(

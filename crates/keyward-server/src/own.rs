@@ -38,9 +38,7 @@ pub async fn handle(
     admin: &crate::admin::Admin,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let request_id = state
-        .request_ids
-        .for_request(req.headers().get(&X_REQUEST_ID));
+    let request_id = state.request_ids.next();
     const READ: &[Method] = &[Method::GET, Method::HEAD];
     let (endpoint, allowed): (Endpoint, &[Method]) = match req.uri().path() {
         "/healthz" => (Endpoint::Healthz, READ),
@@ -167,6 +165,7 @@ impl<'a> Asked<'a> {
             path: self.path,
             client: self.client,
             request_id: self.request_id,
+            client_request_id: None,
             key,
         }
     }

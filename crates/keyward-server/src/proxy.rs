@@ -42,6 +42,10 @@ pub enum ProxyError {
     /// 413: the client's body exceeded the limit while streaming.
     #[error("request body exceeds the limit")]
     BodyTooLarge,
+    /// 400: the client's body could not be read (invalid chunked framing, a
+    /// body cut short): the client's fault, not the upstream's.
+    #[error("{0}")]
+    ClientBody(String),
 }
 
 /// One upstream origin (`http://host:port`).
@@ -180,6 +184,13 @@ fn classify(e: hyper::Error) -> ProxyError {
         }
         source = s.source();
     }
+    // A "user" error of the upstream connection is the body we streamed
+    // into it failing: the client's body, read as it was forwarded.
+    if e.is_user() {
+        let cause =
+            std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        return ProxyError::ClientBody(cause);
+    }
     ProxyError::Unreachable(e.to_string())
 }
 
@@ -274,14 +285,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every `X-Keyward-*` header a client sent: only keyward sets them.
-pub fn strip_keyward_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_keyward_header) {
+/// Removes the request headers an upstream could take for keyward's own:
+/// every name that, with `_` read as `-` (as CGI and WSGI servers fold it),
+/// is `x-keyward-*` or another header keyward sets (`x-request-id`,
+/// `x-forwarded-*`); and, unless `allow_underscores`, every name holding a
+/// `_` at all (nginx's default), so no other folded spelling can shadow a
+/// header the upstream trusts.
+pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool) {
+    // One pass over the names (most requests carry none of these).
+    if !headers
+        .keys()
+        .any(|n| is_spoofable(n.as_str().as_bytes(), allow_underscores))
+    {
         return;
     }
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_keyward_header(n))
+        .filter(|n| is_spoofable(n.as_str().as_bytes(), allow_underscores))
         .cloned()
         .collect();
     for n in names {
@@ -289,6 +309,72 @@ pub fn strip_keyward_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn is_keyward_header(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-keyward-")
+/// Whether a (lower-case) header name must not reach the upstream.
+fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
+    if name.starts_with(b"x-keyward-") {
+        return true;
+    }
+    if !name.contains(&b'_') {
+        return false;
+    }
+    if !allow_underscores {
+        return true;
+    }
+    // Underscores allowed: still never a folded spelling of a name keyward
+    // writes for the upstream. (Plain `x-forwarded-*` is the client's own
+    // forwarding chain, which the gateway extends; plain `x-request-id` is
+    // overwritten.)
+    let folded_eq = |a: &[u8], b: &[u8]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(&x, &y)| (if x == b'_' { b'-' } else { x }) == y)
+    };
+    let folded_starts = |p: &[u8]| name.get(..p.len()).is_some_and(|head| folded_eq(head, p));
+    folded_starts(b"x-keyward-")
+        || folded_starts(b"x-forwarded-")
+        || folded_eq(name, b"x-request-id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_spoofable;
+
+    #[test]
+    fn keyward_headers_in_every_spelling_are_spoofable() {
+        // Header names reach us lower-cased.
+        for name in [
+            "x-keyward-scopes",
+            "x_keyward_scopes",
+            "x-keyward_org_id",
+            "x_keyward-key-id",
+            "x-keyward-anything",
+            "x_request_id",
+            "x_forwarded_for",
+            "x-forwarded_host",
+        ] {
+            for allow in [false, true] {
+                assert!(is_spoofable(name.as_bytes(), allow), "{name} allow={allow}");
+            }
+        }
+        for name in ["my_header", "x_api_version", "some_thing"] {
+            assert!(is_spoofable(name.as_bytes(), false), "{name}");
+            assert!(!is_spoofable(name.as_bytes(), true), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "content-type",
+            "x-keywardish",
+            "x-requestid",
+        ] {
+            for allow in [false, true] {
+                assert!(
+                    !is_spoofable(name.as_bytes(), allow),
+                    "{name} allow={allow}"
+                );
+            }
+        }
+    }
 }

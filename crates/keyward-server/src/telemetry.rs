@@ -51,6 +51,7 @@ const OUTCOMES: &[(u16, &str)] = &[
     (404, "NOT_FOUND"),
     (405, "METHOD_NOT_ALLOWED"),
     (413, "PAYLOAD_TOO_LARGE"),
+    (414, "URI_TOO_LONG"),
     (422, "VALIDATION_FAILED"),
     (431, "REQUEST_HEADER_FIELDS_TOO_LARGE"),
     (500, "INTERNAL"),
@@ -58,6 +59,7 @@ const OUTCOMES: &[(u16, &str)] = &[
     (502, "UPSTREAM_NOT_CONFIGURED"),
     (503, "UNAVAILABLE"),
     (503, "AUDIT_UNAVAILABLE"),
+    (503, "BUSY"),
     (504, "GATEWAY_TIMEOUT"),
 ];
 
@@ -187,12 +189,29 @@ impl Metrics {
     }
 }
 
-/// Request ids: the client's `X-Request-Id` when it is short and plain,
-/// otherwise `<node>-<counter>`, unique per node without randomness per
-/// request.
+/// Request ids, always keyward's own: `<node>-<counter>`, unique per node
+/// without randomness per request. A client's `X-Request-Id` never becomes
+/// the id an audit record is filed under (it could collide with another
+/// request's or impersonate one); the gateway keeps a clean one beside it,
+/// as [`client_request_id`].
 pub struct RequestIds {
     node: String,
     next: AtomicU64,
+}
+
+/// Longest client request id kept.
+const MAX_CLIENT_ID: usize = 64;
+
+/// A client's `X-Request-Id`, when short and plain enough to keep beside
+/// keyward's own id in an audit record.
+pub fn client_request_id(given: Option<&HeaderValue>) -> Option<&str> {
+    let v = given?;
+    ((1..=MAX_CLIENT_ID).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')))
+    .then(|| v.to_str().ok())
+    .flatten()
 }
 
 impl RequestIds {
@@ -204,16 +223,8 @@ impl RequestIds {
         }
     }
 
-    /// The id for a request carrying `given`.
-    pub fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
-        if let Some(v) = given
-            && (1..=64).contains(&v.len())
-            && v.as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        {
-            return v.clone();
-        }
+    /// A new id.
+    pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         // `{node}-{n:x}` without the formatting machinery (this runs for every
         // request that brings no id of its own), sized exactly so `Bytes`
@@ -242,7 +253,7 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{RequestIds, push_hex};
+    use super::{RequestIds, client_request_id, push_hex};
     use http::HeaderValue;
 
     #[test]
@@ -267,13 +278,25 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_node_dash_counter_unless_given_a_clean_one() {
+    fn request_ids_are_always_node_dash_counter() {
         let ids = RequestIds::new("n0de".into());
-        assert_eq!(ids.for_request(None), "n0de-1");
-        assert_eq!(ids.for_request(None), "n0de-2");
-        let given = HeaderValue::from_static("client-id_1.2:3");
-        assert_eq!(ids.for_request(Some(&given)), given);
-        let dirty = HeaderValue::from_static("has space");
-        assert_eq!(ids.for_request(Some(&dirty)), "n0de-3");
+        assert_eq!(ids.next(), "n0de-1");
+        assert_eq!(ids.next(), "n0de-2");
+    }
+
+    #[test]
+    fn client_ids_are_kept_only_when_short_and_plain() {
+        let clean = HeaderValue::from_static("client-id_1.2:3");
+        assert_eq!(client_request_id(Some(&clean)), Some("client-id_1.2:3"));
+        let long = HeaderValue::from_str(&"a".repeat(65)).expect("ascii");
+        for dirty in [
+            HeaderValue::from_static("has space"),
+            HeaderValue::from_static(""),
+            HeaderValue::from_static("a\"b"),
+            long,
+        ] {
+            assert_eq!(client_request_id(Some(&dirty)), None, "{dirty:?}");
+        }
+        assert_eq!(client_request_id(None), None);
     }
 }

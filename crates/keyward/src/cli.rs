@@ -91,6 +91,12 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: String,
+    /// Forward request headers whose names contain `_`. By default they are
+    /// dropped (as nginx does): CGI and WSGI back ends read `_` as `-`, so
+    /// `X_Keyward_Scopes` could pose as a header keyward sets. Spellings of
+    /// keyward's own headers are dropped either way.
+    #[arg(long)]
+    pub allow_underscore_headers: bool,
 }
 
 #[derive(Debug, Subcommand)]

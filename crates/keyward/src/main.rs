@@ -176,6 +176,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs) -> Result {
         flush_interval: nonzero("flush-interval", &args.flush_interval)?,
         max_staleness: nonzero("max-staleness", &args.max_staleness)?,
         drain_timeout: std_duration("drain-timeout", &args.drain_timeout)?,
+        allow_underscore_headers: args.allow_underscore_headers,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(

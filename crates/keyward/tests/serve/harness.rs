@@ -17,6 +17,8 @@ pub const PREFIX: &str = "/api/third-party/v1";
 /// `x-test-delay-ms` is answered after that many milliseconds.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Requests received whole (head and complete body).
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -24,65 +26,81 @@ impl Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(echo_server(listener));
+            rt.block_on(echo_server(listener, counted));
         });
-        Upstream { addr }
+        Upstream { addr, hits }
+    }
+
+    /// How many whole requests reached the upstream so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-async fn echo_server(listener: std::net::TcpListener) {
+async fn echo_server(
+    listener: std::net::TcpListener,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let hits = hits.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let delay = req
-                        .headers()
-                        .get("x-test-delay-ms")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let mut headers = serde_json::Map::new();
-                    for (name, value) in req.headers() {
-                        let entry = headers
-                            .entry(name.as_str().to_owned())
-                            .or_insert_with(|| Value::Array(Vec::new()));
-                        if let Value::Array(a) = entry {
-                            a.push(Value::from(value.to_str().unwrap_or("<bytes>")));
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let hits = hits.clone();
+                    async move {
+                        let delay = req
+                            .headers()
+                            .get("x-test-delay-ms")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        let mut headers = serde_json::Map::new();
+                        for (name, value) in req.headers() {
+                            let entry = headers
+                                .entry(name.as_str().to_owned())
+                                .or_insert_with(|| Value::Array(Vec::new()));
+                            if let Value::Array(a) = entry {
+                                a.push(Value::from(value.to_str().unwrap_or("<bytes>")));
+                            }
                         }
+                        let method = req.method().to_string();
+                        let path = req.uri().to_string();
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes().len());
+                        if body.is_ok() {
+                            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if let Some(ms) = delay {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        let doc = serde_json::json!({
+                            "method": method,
+                            "path": path,
+                            "headers": headers,
+                            "body_len": body.unwrap_or(0),
+                        });
+                        let mut res = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(doc.to_string()),
+                        ));
+                        res.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        res.headers_mut()
+                            .insert("connection", "x-upstream-private".parse().unwrap());
+                        res.headers_mut()
+                            .insert("x-upstream-private", "hop".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(res)
                     }
-                    let method = req.method().to_string();
-                    let path = req.uri().to_string();
-                    let body = req.into_body().collect().await.map(|c| c.to_bytes().len());
-                    if let Some(ms) = delay {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    let doc = serde_json::json!({
-                        "method": method,
-                        "path": path,
-                        "headers": headers,
-                        "body_len": body.unwrap_or(0),
-                    });
-                    let mut res = hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(doc.to_string()),
-                    ));
-                    res.headers_mut()
-                        .insert("content-type", "application/json".parse().unwrap());
-                    res.headers_mut()
-                        .insert("connection", "x-upstream-private".parse().unwrap());
-                    res.headers_mut()
-                        .insert("x-upstream-private", "hop".parse().unwrap());
-                    Ok::<_, std::convert::Infallible>(res)
-                },
-            );
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
