@@ -768,8 +768,16 @@ async fn sqlite_story() {
 /// captures `eprintln!`: a skipped test must never pass silently.
 macro_rules! loud {
     ($($arg:tt)*) => {{
+        let message = format!($($arg)*);
+        // CI sets KEYWARD_REQUIRE_POSTGRES=1: there a skip is a failure.
+        if message.contains("SKIPPED")
+            && message.contains("PostgreSQL")
+            && std::env::var("KEYWARD_REQUIRE_POSTGRES").as_deref() == Ok("1")
+        {
+            panic!("{message} (KEYWARD_REQUIRE_POSTGRES=1)");
+        }
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let _ = writeln!(std::io::stderr(), "{message}");
     }};
 }
 
@@ -777,7 +785,7 @@ macro_rules! loud {
 /// a loud message) when `KEYWARD_TEST_POSTGRES_URL` is unset or unreachable.
 async fn scratch_postgres(name: &str) -> Option<(sqlx::PgPool, String, String)> {
     let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
-        loud!("\n*** SKIPPED {name}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+        loud!("\n*** SKIPPED {name}: KEYWARD_TEST_POSTGRES_URL is not set (PostgreSQL) ***\n");
         return None;
     };
     let admin = match sqlx::PgPool::connect(&admin_url).await {

@@ -448,8 +448,16 @@ pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Du
 /// captures `eprintln!`: a skipped test must never pass silently.
 macro_rules! loud {
     ($($arg:tt)*) => {{
+        let message = format!($($arg)*);
+        // CI sets KEYWARD_REQUIRE_POSTGRES=1: there a skip is a failure.
+        if message.contains("SKIPPED")
+            && message.contains("PostgreSQL")
+            && std::env::var("KEYWARD_REQUIRE_POSTGRES").as_deref() == Ok("1")
+        {
+            panic!("{message} (KEYWARD_REQUIRE_POSTGRES=1)");
+        }
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let _ = writeln!(std::io::stderr(), "{message}");
     }};
 }
 
@@ -492,7 +500,7 @@ impl ScratchPostgres {
 
     pub fn create(test: &str) -> Option<Self> {
         let Ok(admin_url) = std::env::var("KEYWARD_TEST_POSTGRES_URL") else {
-            loud!("\n*** SKIPPED {test}: KEYWARD_TEST_POSTGRES_URL is not set ***\n");
+            loud!("\n*** SKIPPED {test}: KEYWARD_TEST_POSTGRES_URL is not set (PostgreSQL) ***\n");
             return None;
         };
         let nanos = std::time::SystemTime::UNIX_EPOCH
