@@ -13,6 +13,8 @@ pub mod catalog;
 pub mod decision;
 pub mod digest;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grant;
 pub mod key;
 pub mod path;

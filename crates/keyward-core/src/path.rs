@@ -148,8 +148,9 @@ fn check_escapes(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Decodes `%XY` escapes; callers have checked every escape is well formed.
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+/// Decodes `%XY` escapes; callers have checked every escape is well formed
+/// (a malformed one is kept as it is).
+pub(crate) fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -188,6 +189,7 @@ pub fn strip_gateway_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::{as_authorized, permissive};
 
     #[test]
     fn normal_and_refused_paths() {
@@ -276,39 +278,6 @@ mod tests {
             }
         }
         check_escapes(path)
-    }
-
-    /// What a permissive back end makes of a path: `\` read as `/`, escapes
-    /// decoded (`%2F` and `%5C` becoming separators too), each segment's
-    /// `;…` parameters dropped, empty and `.` segments dropped, `..` popping
-    /// its parent. Returns its segments.
-    fn permissive(path: &str) -> Vec<Vec<u8>> {
-        let decoded = percent_decode(path.as_bytes());
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        for seg in decoded.split(|&b| b == b'/' || b == b'\\') {
-            let bare = seg.split(|&b| b == b';').next().unwrap_or_default();
-            match bare {
-                b"" | b"." => {}
-                b".." => {
-                    out.pop();
-                }
-                _ => out.push(bare.to_vec()),
-            }
-        }
-        out
-    }
-
-    /// The segments keyward matched routes against: the raw path split on
-    /// `/`, each segment decoded, its `;…` parameters dropped.
-    fn as_authorized(path: &str) -> Vec<Vec<u8>> {
-        path.split('/')
-            .skip(1)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let bare = s.split(';').next().unwrap_or_default();
-                percent_decode(bare.as_bytes())
-            })
-            .collect()
     }
 
     proptest::proptest! {

@@ -23,6 +23,18 @@ mod proxy;
 mod telemetry;
 
 pub use admin::openapi;
+
+/// The bodies of keyward-server's fuzz targets (`fuzz/fuzz_targets/`),
+/// shared with the corpus replay test. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Every JSON request body keyward reads: the admin API's and the
+    /// verify service's.
+    pub fn json_bodies(data: &[u8]) {
+        crate::admin::fuzz_json_bodies(data);
+        crate::own::fuzz_verify_body(data);
+    }
+}
 pub use body::Body;
 pub use error::ApiError;
 

@@ -1,0 +1,117 @@
+//! The bodies of keyward-core's fuzz targets (`fuzz/fuzz_targets/`), kept
+//! here so the same code runs under `cargo fuzz` on nightly and, over the
+//! committed corpora, as ordinary tests on stable
+//! (`tests/fuzz_corpus.rs`). Each panics on a broken property, never on
+//! bad input.
+//!
+//! Not part of the API: hidden from the docs, free to change.
+
+use crate::path::{check_normal, percent_decode, strip_gateway_prefix};
+use crate::{Catalog, KeyAccess, ScopeSet, key, text};
+use std::sync::LazyLock;
+
+static FLEET: LazyLock<Option<Catalog>> = LazyLock::new(|| Catalog::fleet().ok());
+
+/// The path check, the permissive-back-end property, and a decision on every
+/// accepted path.
+pub fn path_and_route(data: &[u8]) {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    // The first line is the method, the rest the path.
+    let (method, path) = input.split_once('\n').unwrap_or(("GET", input));
+    if check_normal(path).is_err() {
+        return;
+    }
+    assert_eq!(
+        permissive(path),
+        as_authorized(path),
+        "accepted `{path}` resolves elsewhere on a permissive back end"
+    );
+    let Some(catalog) = FLEET.as_ref() else {
+        return;
+    };
+    let all = catalog
+        .scope_set(&["vehicles:write", "inspections:write"])
+        .unwrap_or(ScopeSet::EMPTY);
+    let access = KeyAccess::new(catalog, all);
+    let route_path = strip_gateway_prefix(catalog.gateway_prefix(), path).unwrap_or(path);
+    let decision = catalog.authorize(Ok(&access), 0, method, route_path);
+    // Deny is a value: whatever the outcome, it names only known scopes.
+    assert!(decision.missing.is_subset(&decision.required));
+}
+
+/// What a permissive back end makes of a path: escapes decoded first (`%2F`,
+/// `%5C` and `%3B` becoming delimiters too), `\` read as `/`, each segment's
+/// `;…` parameters dropped, empty and `.` segments dropped, `..` popping its
+/// parent. Returns its segments.
+pub fn permissive(path: &str) -> Vec<Vec<u8>> {
+    let decoded = percent_decode(path.as_bytes());
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for seg in decoded.split(|&b| b == b'/' || b == b'\\') {
+        let bare = seg.split(|&b| b == b';').next().unwrap_or_default();
+        match bare {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            _ => out.push(bare.to_vec()),
+        }
+    }
+    out
+}
+
+/// The segments keyward matched routes against: the raw path split on `/`,
+/// each segment's `;…` parameters dropped, then decoded.
+pub fn as_authorized(path: &str) -> Vec<Vec<u8>> {
+    path.split('/')
+        .skip(1)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let bare = s.split(';').next().unwrap_or_default();
+            percent_decode(bare.as_bytes())
+        })
+        .collect()
+}
+
+/// Key parsing, key finding and redaction, labels and clipping.
+pub fn key_text(data: &[u8]) {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(parsed) = key::parse(input) {
+        assert!(input.starts_with(&parsed.display_prefix()));
+    }
+    let found = text::find_keys(input);
+    let redacted = text::redact_keys(input);
+    for (range, display) in &found {
+        let whole = input.get(range.clone()).unwrap_or_default();
+        assert!(key::parse(whole).is_ok(), "found a key that does not parse");
+        assert!(!redacted.contains(whole), "a found key survived redaction");
+        assert!(redacted.contains(display.as_str()));
+    }
+    // Redaction leaves nothing a second pass would find.
+    assert!(text::find_keys(&redacted).is_empty());
+    let _ = text::check_label(input, true);
+    let clipped = text::clip(input, 64);
+    assert!(clipped.len() <= 64 + text::TRUNCATED_MARK.len());
+    let _ = text::recorded_path(input);
+}
+
+/// Loading a catalog: every input is a catalog or a list of errors.
+pub fn catalog_load(data: &[u8]) {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Catalog::parse("fuzz.toml", input) {
+        Ok(catalog) => {
+            // A loaded catalog's own prefix is in normal form.
+            let prefix = catalog.gateway_prefix();
+            assert!(
+                prefix.is_empty() || check_normal(prefix).is_ok(),
+                "{prefix}"
+            );
+        }
+        Err(errors) => assert!(!errors.to_string().is_empty()),
+    }
+}
