@@ -129,9 +129,10 @@ impl<S: Store> App<S> {
             }
             Err(e) => return Err(e),
         };
-        // Whatever was typed, what is recorded stays bounded.
-        let email: String = email
-            .trim()
+        // Whatever was typed, what is recorded stays bounded, and a key
+        // typed into the email field is redacted before lowercasing (a
+        // lowercased key no longer checksums, yet its case is guessable).
+        let email: String = keyward_core::text::redact_keys(email.trim())
             .to_lowercase()
             .chars()
             .take(crate::people::MAX_EMAIL_CHARS)

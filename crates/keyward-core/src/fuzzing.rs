@@ -6,7 +6,7 @@
 //!
 //! Not part of the API: hidden from the docs, free to change.
 
-use crate::path::{check_normal, percent_decode, strip_gateway_prefix};
+use crate::path::{check_normal, delimiter_lookalike, percent_decode, strip_gateway_prefix};
 use crate::{Catalog, KeyAccess, ScopeSet, key, text};
 use std::sync::LazyLock;
 
@@ -42,18 +42,36 @@ pub fn path_and_route(data: &[u8]) {
 }
 
 /// What a permissive back end makes of a path: escapes decoded first (`%2F`,
-/// `%5C` and `%3B` becoming delimiters too), `\` read as `/`, each segment's
-/// `;…` parameters dropped, empty and `.` segments dropped, `..` popping its
-/// parent. Returns its segments.
+/// `%5C` and `%3B` becoming delimiters too), delimiter lookalikes (`．`)
+/// normalised to ASCII, `\` read as `/`, each segment's `;…` parameters
+/// dropped, empty and `.` segments dropped, `..` popping its parent, and
+/// (Windows) any other segment of only dots and spaces taken for `..`.
+/// Returns its segments.
 pub fn permissive(path: &str) -> Vec<Vec<u8>> {
     let decoded = percent_decode(path.as_bytes());
+    let mut normalised = Vec::with_capacity(decoded.len());
+    for chunk in decoded.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match delimiter_lookalike(c) {
+                Some(ascii) => normalised.extend_from_slice(ascii.as_bytes()),
+                None => normalised.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        normalised.extend_from_slice(chunk.invalid());
+    }
     let mut out: Vec<Vec<u8>> = Vec::new();
-    for seg in decoded.split(|&b| b == b'/' || b == b'\\') {
+    for seg in normalised.split(|&b| b == b'/' || b == b'\\') {
         let bare = seg.split(|&b| b == b';').next().unwrap_or_default();
+        let dots_and_spaces = bare.iter().all(|&b| b == b'.' || b == b' ');
         match bare {
             b"" | b"." => {}
             b".." => {
                 out.pop();
+            }
+            _ if dots_and_spaces => {
+                if bare.contains(&b'.') {
+                    out.pop();
+                }
             }
             _ => out.push(bare.to_vec()),
         }

@@ -8,12 +8,16 @@
 //! decode escapes before routing. A path is refused when
 //!
 //! - it does not begin with `/`;
-//! - it holds a raw control character, space or backslash;
-//! - a segment is empty, `.` or `..`, either as it is or once its `;…`
-//!   parameter part is removed (`//`, a trailing `/`, `..;`, `.;x=1`, `;x`);
+//! - it holds a raw control character, space, backslash or non-ASCII byte
+//!   (RFC 3986 wants those percent-encoded);
+//! - a segment, once its `;…` parameter part is removed, is empty or made
+//!   only of dots and encoded spaces (`//`, a trailing `/`, `.`, `..`, `..;`,
+//!   `.;x=1`, `;x`, `...`, `..%20`: Windows drops trailing dots and spaces);
 //! - an escape is malformed (`%zz`, `%2`), or decodes to `/`, `\`, `.`, `;`,
 //!   `%` or a control character (`%00`–`%1F`, `%7F`), or escapes decode to bytes
-//!   that are not UTF-8.
+//!   that are not UTF-8, or to a character that Unicode normalisation or
+//!   Windows' best-fit mapping turns into one of `.`, `/`, `\`, `;`, `%`
+//!   (`%EF%BC%8E`, the fullwidth `．`).
 //!
 //! For every path this accepts, such a back end resolves the same segments
 //! keyward matched (the property test at the end holds it to a permissive
@@ -36,6 +40,10 @@ pub enum PathError {
     /// `%2F`, `%5C`, `%2E`, `%3B` or `%25`.
     #[error("path contains a percent-encoded `{0}`")]
     EncodedDelimiter(String),
+    /// A character that Unicode normalisation (NFKC) or Windows' best-fit
+    /// mapping turns into a delimiter, e.g. the fullwidth `．`.
+    #[error("path contains `{0}` (U+{1:04X}), which some back ends read as `{2}`")]
+    Lookalike(char, u32, &'static str),
     /// `\`, which some back ends read as `/`.
     #[error("path contains a backslash")]
     Backslash,
@@ -74,7 +82,7 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
     let mut escapes = false;
     for (i, &b) in bytes.iter().enumerate().skip(1) {
         match b {
-            0..=b' ' | 0x7f => return Err(PathError::BadCharacter),
+            0..=b' ' | 0x7f.. => return Err(PathError::BadCharacter),
             b'\\' => return Err(PathError::Backslash),
             b'/' => {
                 if segment_error.is_none() {
@@ -112,8 +120,42 @@ fn bad_segment(
     match bare {
         "" => Some(PathError::EmptySegment),
         "." | ".." => Some(PathError::DotSegment(segment.to_owned())),
+        _ if only_dots_and_spaces(bare) => Some(if bare.contains('.') {
+            PathError::DotSegment(segment.to_owned())
+        } else {
+            PathError::EmptySegment
+        }),
         _ => None,
     }
+}
+
+/// Whether `bare` is made only of `.` and `%20` (Windows drops trailing dots
+/// and spaces, so `...` and `..%20` are `..` there, and `%20` is empty).
+fn only_dots_and_spaces(bare: &str) -> bool {
+    let mut rest = bare.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = match (b, tail) {
+            (b'.', _) => tail,
+            (b'%', [b'2', b'0', more @ ..]) => more,
+            _ => return false,
+        };
+    }
+    true
+}
+
+/// The ASCII delimiter a non-ASCII character stands for on some back end
+/// (NFKC normalisation, or Windows' best-fit mapping to a code page).
+pub(crate) fn delimiter_lookalike(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{FF0E}' | '\u{2024}' | '\u{FE52}' => ".",
+        '\u{2025}' => "..",
+        '\u{2026}' => "...",
+        '\u{FF0F}' | '\u{2215}' | '\u{2044}' | '\u{29F8}' => "/",
+        '\u{FF3C}' | '\u{FE68}' | '\u{2216}' | '\u{29F5}' | '\u{29F9}' => "\\",
+        '\u{FF1B}' | '\u{FE54}' | '\u{037E}' => ";",
+        '\u{FF05}' | '\u{FE6A}' => "%",
+        _ => return None,
+    })
 }
 
 /// The percent-escapes of a path otherwise normal.
@@ -142,8 +184,15 @@ fn check_escapes(path: &str) -> Result<(), PathError> {
             None => return Err(PathError::BadCharacter),
         }
     }
-    if non_ascii && std::str::from_utf8(&percent_decode(bytes)).is_err() {
-        return Err(PathError::InvalidUtf8);
+    if non_ascii {
+        let decoded = percent_decode(bytes);
+        let text = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
+        if let Some((c, ascii)) = text
+            .chars()
+            .find_map(|c| delimiter_lookalike(c).map(|a| (c, a)))
+        {
+            return Err(PathError::Lookalike(c, u32::from(c), ascii));
+        }
     }
     Ok(())
 }
@@ -201,7 +250,8 @@ mod tests {
             "/a/%7Euser",
             "/a/b.json",
             "/a/..b",
-            "/a/...",
+            "/a/b.",
+            "/a/.b.",
             "/a/b;c",
             "/a/x;..",
             "/a/b;jsessionid=1/c",
@@ -248,6 +298,25 @@ mod tests {
             ("/a b", PathError::BadCharacter),
             ("/a\tb", PathError::BadCharacter),
             ("/a\u{0}b", PathError::BadCharacter),
+            ("/a/...", dot("...")),
+            ("/a/..%20/b", dot("..%20")),
+            ("/a/.%20.", dot(".%20.")),
+            ("/a/%20", PathError::EmptySegment),
+            ("/a/%20%20;x/b", PathError::EmptySegment),
+            ("/a/caf\u{e9}", PathError::BadCharacter),
+            (
+                "/a/%EF%BC%8E%EF%BC%8E/b",
+                PathError::Lookalike('\u{FF0E}', 0xFF0E, "."),
+            ),
+            (
+                "/a/..%EF%BC%8Fb",
+                PathError::Lookalike('\u{FF0F}', 0xFF0F, "/"),
+            ),
+            (
+                "/a/x%E2%80%A5",
+                PathError::Lookalike('\u{2025}', 0x2025, ".."),
+            ),
+            ("/a/x%CD%BE", PathError::Lookalike('\u{037E}', 0x037E, ";")),
             ("/a/%FF", PathError::InvalidUtf8),
             ("/a/%C0%AE", PathError::InvalidUtf8),
             ("/a/%C3%28", PathError::InvalidUtf8),
@@ -265,16 +334,21 @@ mod tests {
             return Ok(());
         }
         // The first character refused as it stands decides the error.
-        match path.bytes().find(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
+        match path.bytes().find(|&b| b <= b' ' || b >= 0x7f || b == b'\\') {
             Some(b'\\') => return Err(PathError::Backslash),
             Some(_) => return Err(PathError::BadCharacter),
             None => {}
         }
         for seg in rest.split('/') {
-            match seg.split(';').next().unwrap_or_default() {
-                "" => return Err(PathError::EmptySegment),
-                "." | ".." => return Err(PathError::DotSegment(seg.to_owned())),
-                _ => {}
+            // Dots and (encoded) spaces only, or nothing: refused.
+            let bare = seg.split(';').next().unwrap_or_default();
+            let spaced = bare.replace("%20", " ");
+            if spaced.trim_matches(|c| c == '.' || c == ' ').is_empty() {
+                return Err(if spaced.contains('.') {
+                    PathError::DotSegment(seg.to_owned())
+                } else {
+                    PathError::EmptySegment
+                });
             }
         }
         check_escapes(path)

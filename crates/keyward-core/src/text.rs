@@ -113,9 +113,23 @@ pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// A client's path as keyward records it (audit log, log lines): keys
-/// redacted, then clipped to [`MAX_RECORDED_PATH`].
+/// redacted, then clipped to [`MAX_RECORDED_PATH`]. A key hidden behind
+/// escapes (`insp%5Flive%5F…`) is found in the decoded path; the path is
+/// then recorded decoded, with the key redacted.
 pub fn recorded_path(path: &str) -> Cow<'_, str> {
-    match redact_keys(path) {
+    let redacted = match redact_keys(path) {
+        Cow::Borrowed(p) if p.contains('%') => {
+            let decoded = crate::path::percent_decode(p.as_bytes());
+            let decoded = String::from_utf8_lossy(&decoded);
+            if contains_key(&decoded) {
+                Cow::Owned(redact_keys(&decoded).into_owned())
+            } else {
+                Cow::Borrowed(p)
+            }
+        }
+        other => other,
+    };
+    match redacted {
         Cow::Borrowed(p) => clip(p, MAX_RECORDED_PATH),
         Cow::Owned(p) => Cow::Owned(clip(&p, MAX_RECORDED_PATH).into_owned()),
     }
@@ -157,20 +171,28 @@ pub fn check_label(text: &str, allow_newlines: bool) -> Result<(), LabelError> {
     Ok(())
 }
 
-/// Bidirectional embeddings, overrides and isolates, and the zero-width and
-/// other invisible formatting characters that make text display as
-/// something other than what it is.
+/// Bidirectional embeddings, overrides and isolates, and the zero-width,
+/// filler and other invisible formatting characters that make text display
+/// as something other than what it is.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{200B}'..='\u{200F}' // zero-width space, joiners, LRM, RLM
             | '\u{202A}'..='\u{202E}' // embeddings and overrides
+            | '\u{2028}' | '\u{2029}' // line and paragraph separators
             | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
-            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{2066}'..='\u{206F}' // isolates, deprecated format characters
             | '\u{061C}' // Arabic letter mark
             | '\u{FEFF}' // zero-width no-break space
-            | '\u{180E}' // Mongolian vowel separator
+            | '\u{180B}'..='\u{180F}' // Mongolian selectors and separator
             | '\u{00AD}' // soft hyphen
+            | '\u{034F}' // combining grapheme joiner
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+            | '\u{FE00}'..='\u{FE0F}' // variation selectors
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotations
+            | '\u{1D173}'..='\u{1D17A}' // musical formatting
+            | '\u{E0000}'..='\u{E007F}' // tags
+            | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
     )
 }
 
@@ -247,6 +269,17 @@ mod tests {
     }
 
     #[test]
+    fn keys_behind_escapes_are_found_in_the_decoded_path() {
+        let k = a_key("insp", 5);
+        let encoded = format!("/damages/{}", k.replace('_', "%5F"));
+        let recorded = recorded_path(&encoded);
+        assert!(!recorded.contains(&k[14..]), "{recorded}");
+        assert!(recorded.contains(&format!("{}…", &k[..14])), "{recorded}");
+        // Escapes without a key are recorded as sent.
+        assert_eq!(recorded_path("/a%20b/c%C3%A9"), "/a%20b/c%C3%A9");
+    }
+
+    #[test]
     fn labels() {
         assert_eq!(check_label("Production Server", false), Ok(()));
         assert_eq!(check_label("Ünïcode ✓ 🔑", false), Ok(()));
@@ -254,7 +287,18 @@ mod tests {
         assert_eq!(check_label("line\nbreak", false), Err(LabelError::Control));
         assert_eq!(check_label("nul\0", true), Err(LabelError::Control));
         for c in [
-            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200D}', '\u{FEFF}', '\u{061C}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{061C}',
+            '\u{E0041}',
+            '\u{3164}',
+            '\u{034F}',
+            '\u{FE0F}',
+            '\u{FFF9}',
+            '\u{2028}',
         ] {
             assert_eq!(
                 check_label(&format!("admin{c}txt.exe"), true),

@@ -571,7 +571,9 @@ async fn sign_in(
         }
         Err(e @ (AppError::SignInFailed | AppError::Throttled { .. } | AppError::Busy { .. })) => {
             let (status, retry_after) = match e {
-                AppError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
+                AppError::Throttled { retry_after_s } => {
+                    (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_s))
+                }
                 AppError::Busy { retry_after_s } => {
                     (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after_s))
                 }

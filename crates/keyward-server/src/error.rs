@@ -184,12 +184,16 @@ impl From<AppError> for ApiError {
             AppError::SignInFailed => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
             }
-            AppError::Throttled { retry_after_s } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_REQUESTS",
-                e.to_string(),
-            )
-            .detail("retry_after_s", retry_after_s),
+            AppError::Throttled { retry_after_s } => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_REQUESTS",
+                    e.to_string(),
+                )
+                .detail("retry_after_s", retry_after_s);
+                e.retry_after = u64::try_from(retry_after_s).ok();
+                e
+            }
             AppError::Busy { retry_after_s } => {
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "BUSY", e.to_string())
                     .detail("retry_after", retry_after_s);

@@ -196,8 +196,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = monotonic();
     let request_id = state.request_ids.next();
-    let client_request_id = crate::telemetry::client_request_id(req.headers().get(&X_REQUEST_ID))
-        .and(req.headers().get(&X_REQUEST_ID).cloned());
+    let client_request_id =
+        crate::telemetry::client_request_id(req.headers().get(&X_REQUEST_ID)).cloned();
     let (mut parts, body) = req.into_parts();
     // Cheap clones (no allocation for standard methods; the URI shares its
     // bytes) so the request can move upstream while these stay for the audit.

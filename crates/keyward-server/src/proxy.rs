@@ -309,9 +309,26 @@ pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool)
     }
 }
 
+/// Headers that make common back ends act on another method, path or
+/// client than the one keyward authorized: method overrides (Rails, Symfony,
+/// ASP.NET, Express), original-URL rewrites (IIS, Symfony), nginx's
+/// `auth_request` originals, and RFC 7239 `Forwarded` (preferred over
+/// `X-Forwarded-*` by Spring), which keyward does not write.
+const OVERRIDES: [&[u8]; 9] = [
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-original-method",
+    b"x-rewrite-url",
+    b"forwarded",
+    b"x-forwarded-prefix",
+];
+
 /// Whether a (lower-case) header name must not reach the upstream.
 fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
-    if name.starts_with(b"x-keyward-") {
+    if name.starts_with(b"x-keyward-") || OVERRIDES.contains(&name) {
         return true;
     }
     if !name.contains(&b'_') {
@@ -334,6 +351,7 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
     folded_starts(b"x-keyward-")
         || folded_starts(b"x-forwarded-")
         || folded_eq(name, b"x-request-id")
+        || OVERRIDES.iter().any(|o| folded_eq(name, o))
 }
 
 #[cfg(test)]
@@ -352,6 +370,16 @@ mod tests {
             "x_request_id",
             "x_forwarded_for",
             "x-forwarded_host",
+            "x-http-method-override",
+            "x_http_method_override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x_original_url",
+            "x-rewrite-url",
+            "x-original-method",
+            "forwarded",
+            "x-forwarded-prefix",
         ] {
             for allow in [false, true] {
                 assert!(is_spoofable(name.as_bytes(), allow), "{name} allow={allow}");

@@ -203,15 +203,14 @@ pub struct RequestIds {
 const MAX_CLIENT_ID: usize = 64;
 
 /// A client's `X-Request-Id`, when short and plain enough to keep beside
-/// keyward's own id in an audit record.
-pub fn client_request_id(given: Option<&HeaderValue>) -> Option<&str> {
+/// keyward's own id in an audit record, and not a key pasted there.
+pub fn client_request_id(given: Option<&HeaderValue>) -> Option<&HeaderValue> {
     let v = given?;
-    ((1..=MAX_CLIENT_ID).contains(&v.len())
+    let plain = (1..=MAX_CLIENT_ID).contains(&v.len())
         && v.as_bytes()
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')))
-    .then(|| v.to_str().ok())
-    .flatten()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    (plain && !v.to_str().is_ok_and(keyward_core::text::contains_key)).then_some(v)
 }
 
 impl RequestIds {
@@ -287,7 +286,7 @@ mod tests {
     #[test]
     fn client_ids_are_kept_only_when_short_and_plain() {
         let clean = HeaderValue::from_static("client-id_1.2:3");
-        assert_eq!(client_request_id(Some(&clean)), Some("client-id_1.2:3"));
+        assert_eq!(client_request_id(Some(&clean)), Some(&clean));
         let long = HeaderValue::from_str(&"a".repeat(65)).expect("ascii");
         for dirty in [
             HeaderValue::from_static("has space"),

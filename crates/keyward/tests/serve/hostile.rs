@@ -76,6 +76,17 @@ const CONFUSED: &[&str] = &[
     "/vehicles/1%09",
     "/vehicles/1%1f",
     "/vehicles/1%7F",
+    // segments Windows trims to `..` or to nothing
+    "/vehicles/.../damages/1",
+    "/vehicles/..%20/damages/1",
+    "/vehicles/.%20./damages/1",
+    "/vehicles/%20/1",
+    // characters Unicode normalisation or best-fit mapping makes delimiters
+    "/vehicles/%EF%BC%8E%EF%BC%8E/damages/1",
+    "/vehicles/..%EF%BC%8Fdamages/1",
+    "/vehicles/..%ef%bc%bcdamages/1",
+    "/vehicles/%E2%80%A5/damages/1",
+    "/vehicles/1%CD%BE",
     // the classes refused before
     "/vehicles/../damages/1",
     "/vehicles/%2e%2e/damages/1",
@@ -113,15 +124,19 @@ fn confusing_paths_are_refused_before_authentication_and_never_forwarded() {
         let out = kw.cli(&["explain", "--scope", "vehicles:write", "DELETE", path]);
         assert!(!out.status.success(), "explain accepted {path}");
     }
-    // A raw backslash is refused too (by keyward, or by the HTTP parser).
+    // A raw backslash or non-ASCII byte is refused too (by keyward, or by
+    // the HTTP parser).
     for target in [
         format!("{PREFIX}/vehicles\\..\\damages\\1"),
         format!("{PREFIX}/vehicles/..\\damages"),
+        format!("{PREFIX}/vehicles/\u{FF0E}\u{FF0E}/damages/1"),
+        format!("{PREFIX}/vehicles/caf\u{e9}"),
     ] {
-        let request = format!(
-            "DELETE {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        let mut request = format!("DELETE {target} HTTP/1.1\r\nHost: x\r\n").into_bytes();
+        request.extend_from_slice(
+            format!("Authorization: Bearer {key}\r\nConnection: close\r\n\r\n").as_bytes(),
         );
-        let r = raw(server.addr, request.as_bytes());
+        let r = raw(server.addr, &request);
         assert_eq!(r.status, 400, "{target}");
     }
     assert_eq!(up.hits(), 0, "a confusing path reached the upstream");
@@ -151,6 +166,17 @@ fn spoofed_identity_headers_never_reach_the_upstream_in_any_spelling() {
         ("X_Request_Id", "forged-id"),
         ("X_Forwarded_For", "10.9.9.9"),
         ("X-Forwarded_Host", "evil.example"),
+        // Headers that would make the upstream act on another method, path
+        // or client than the one keyward authorized.
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("X-Original-URL", "/api/third-party/v1/damages"),
+        ("X-Rewrite-URL", "/api/third-party/v1/damages"),
+        ("X-Original-Method", "DELETE"),
+        ("Forwarded", "for=10.0.0.1;proto=https;host=evil.example"),
+        ("X-Forwarded-Prefix", "/admin"),
     ];
     for allow in [false, true] {
         let (_, up, server, key) = writer(if allow {
@@ -169,6 +195,18 @@ fn spoofed_identity_headers_never_reach_the_upstream_in_any_spelling() {
         let h = seen["headers"].as_object().unwrap();
         for name in h.keys() {
             let folded = name.replace('_', "-");
+            for o in [
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+                "x-original-url",
+                "x-rewrite-url",
+                "x-original-method",
+                "forwarded",
+                "x-forwarded-prefix",
+            ] {
+                assert_ne!(folded, o, "{name} reached the upstream (allow={allow})");
+            }
             if folded.starts_with("x-keyward-") || folded == "x-request-id" {
                 assert!(
                     !name.contains('_'),
@@ -346,27 +384,62 @@ fn keys_pasted_into_the_wrong_field_are_refused_or_redacted() {
         assert_eq!(e["details"]["field"], field, "{e}");
         assert!(!e.to_string().contains(&key[14..]), "{e}");
     }
-    // Inside an unknown scope, in a path: refused, and recorded redacted.
+    // Inside an unknown scope, in a path (also behind escapes), as a
+    // request id, as a method: refused, or recorded redacted.
     post(json!({"name": "ok", "scopes": [format!("x:{key}")]}));
     req("POST", &format!("{PREFIX}/vehicles/{key}"))
         .bearer(&key)
+        .header("X-Request-Id", &key)
         .send(&server)
         .seen();
+    req(
+        "POST",
+        &format!("{PREFIX}/damages/{}", key.replace('_', "%5F")),
+    )
+    .bearer(&key)
+    .send(&server)
+    .error(403, "FORBIDDEN");
+    for method in [
+        key.clone(),
+        "Y".repeat(50_000),
+        format!("Q{}", "q".repeat(40)),
+    ] {
+        let r = req(&method, &format!("{PREFIX}/vehicles"))
+            .bearer(&key)
+            .send(&server);
+        assert_eq!(r.status, 400, "a {}-byte method", method.len());
+    }
+    // Typed into the sign-in form's email field: redacted before the email
+    // is lowercased (a lowercased key's case is guessable from its checksum).
+    let r = req("POST", "/console/sign-in")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("email={key}&password=x").as_bytes())
+        .send(&server);
+    assert_eq!(r.status, 401);
     req("POST", &format!("/v1/keys/{key}/revoke"))
         .bearer(&admin)
         .send(&server);
     assert_eq!(up.hits(), 1);
     server.stop();
     let rows = audit(&kw);
+    let secret = key[14..].to_lowercase();
     for r in &rows {
-        let all = format!("{r:?}");
-        assert!(!all.contains(&key[14..]), "a full key was stored: {all}");
+        let all = format!("{r:?}").to_lowercase();
+        assert!(!all.contains(&secret), "a full key was stored: {all}");
     }
     assert!(rows.iter().any(|r| {
         r.2.as_deref()
             .is_some_and(|p| p.contains(&format!("{display}…")))
     }));
-    assert!(!server.log().contains(&key[14..]), "a full key was logged");
+    assert!(
+        !server.log().to_lowercase().contains(&secret),
+        "a full key was logged"
+    );
+    assert!(
+        server.log().len() < 64 * 1024,
+        "{} bytes of log",
+        server.log().len()
+    );
 }
 
 #[test]
@@ -523,4 +596,20 @@ fn a_burst_of_sign_ins_is_bounded_in_memory_and_answered_busy() {
         .body(b"email=owner&password=nope")
         .send(&server);
     assert!([401, 429].contains(&r.status), "{}", r.status);
+    // A throttled sign-in says when to come back.
+    let mut last = r;
+    for _ in 0..25 {
+        if last.status == 429 {
+            break;
+        }
+        last = req("POST", "/console/sign-in")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(b"email=owner&password=nope")
+            .send(&server);
+    }
+    assert_eq!(last.status, 429);
+    assert!(
+        last.header("retry-after")
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+    );
 }
