@@ -52,6 +52,10 @@ pub enum AppError {
     Throttled {
         /// Seconds until the window has passed.
         retry_after_s: i64,
+        /// The record of this refusal, for the caller to count rather than
+        /// chain: a throttled attempt costs the client nothing, so one
+        /// chained record each would let anyone grow the log at will.
+        record: Option<Box<keyward_core::audit::AuditEntry>>,
     },
     /// 503 `BUSY` with `Retry-After`: every password-hashing slot is taken
     /// and the short queue for them is full ([`crate::hashing`]).

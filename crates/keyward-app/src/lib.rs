@@ -663,7 +663,9 @@ impl<S: Store> App<S> {
         method: &str,
         raw_path: &str,
     ) -> Result<Explanation, AppError> {
-        let method = method.to_ascii_uppercase();
+        // Decided as the gateway decides: as sent, case and all.
+        path::check_method(method)
+            .map_err(|e| AppError::validation("method", format!("`{method}`: {e}")))?;
         let path_only = raw_path.split('?').next().unwrap_or(raw_path);
         path::check_normal(path_only)
             .map_err(|e| AppError::validation("path", format!("`{raw_path}`: {e}")))?;
@@ -703,9 +705,9 @@ impl<S: Store> App<S> {
         };
         let decision =
             self.catalog
-                .authorize(Ok::<_, AuthFailure>(&access), now, &method, route_path);
+                .authorize(Ok::<_, AuthFailure>(&access), now, method, route_path);
         Ok(Explanation {
-            method,
+            method: method.to_owned(),
             path: raw_path.to_owned(),
             route_path: route_path.to_owned(),
             key,

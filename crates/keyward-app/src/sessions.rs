@@ -101,7 +101,9 @@ impl<S: Store> App<S> {
     /// Signs a user in. Every failure is the same `SignInFailed` to the
     /// client (audited with its real reason); too many recent failures for
     /// the user or from the client address give [`AppError::Throttled`]
-    /// before the password is even checked.
+    /// before the password is even checked, carrying the refusal's record
+    /// for the caller to count (the server counts them per client and
+    /// minute) instead of chaining one each.
     ///
     /// # Errors
     /// [`AppError::SignInFailed`], [`AppError::Throttled`], storage failures.
@@ -169,9 +171,9 @@ impl<S: Store> App<S> {
                 json!({"email": email, "reason": "throttled"}),
             );
             entry.status = Some(429);
-            self.store.append_audit(&[entry]).await?;
             return Err(AppError::Throttled {
                 retry_after_s: THROTTLE_WINDOW_MS / 1000,
+                record: Some(Box::new(entry)),
             });
         }
         let user = self.store.user_by_email(&org.id, &email).await?;

@@ -6,9 +6,10 @@
 //!
 //! Not part of the API: hidden from the docs, free to change.
 
-use crate::path::{check_normal, delimiter_lookalike, percent_decode, strip_gateway_prefix};
+use crate::path::{best_fit_delimiter, check_normal, percent_decode, strip_gateway_prefix};
 use crate::{Catalog, KeyAccess, ScopeSet, key, text};
 use std::sync::LazyLock;
+use unicode_normalization::UnicodeNormalization;
 
 static FLEET: LazyLock<Option<Catalog>> = LazyLock::new(|| Catalog::fleet().ok());
 
@@ -42,8 +43,9 @@ pub fn path_and_route(data: &[u8]) {
 }
 
 /// What a permissive back end makes of a path: escapes decoded first (`%2F`,
-/// `%5C` and `%3B` becoming delimiters too), delimiter lookalikes (`．`)
-/// normalised to ASCII, `\` read as `/`, each segment's `;…` parameters
+/// `%5C` and `%3B` becoming delimiters too), then NFKC and best-fit mapping
+/// (`．` becoming `.`, `¥` becoming `\`, a no-break space a space), `\` read
+/// as `/`, each segment's `;…` parameters
 /// dropped, empty and `.` segments dropped, `..` popping its parent, and
 /// (Windows) any other segment of only dots and spaces taken for `..`.
 /// Returns its segments.
@@ -52,9 +54,14 @@ pub fn permissive(path: &str) -> Vec<Vec<u8>> {
     let mut normalised = Vec::with_capacity(decoded.len());
     for chunk in decoded.utf8_chunks() {
         for c in chunk.valid().chars() {
-            match delimiter_lookalike(c) {
+            match best_fit_delimiter(c) {
                 Some(ascii) => normalised.extend_from_slice(ascii.as_bytes()),
-                None => normalised.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                None => {
+                    for n in std::iter::once(c).nfkc() {
+                        let n = if n.is_whitespace() { ' ' } else { n };
+                        normalised.extend_from_slice(n.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                }
             }
         }
         normalised.extend_from_slice(chunk.invalid());

@@ -15,9 +15,14 @@
 //!   `.;x=1`, `;x`, `...`, `..%20`: Windows drops trailing dots and spaces);
 //! - an escape is malformed (`%zz`, `%2`), or decodes to `/`, `\`, `.`, `;`,
 //!   `%` or a control character (`%00`–`%1F`, `%7F`), or escapes decode to bytes
-//!   that are not UTF-8, or to a character that Unicode normalisation or
-//!   Windows' best-fit mapping turns into one of `.`, `/`, `\`, `;`, `%`
-//!   (`%EF%BC%8E`, the fullwidth `．`).
+//!   that are not UTF-8, or to a character that Unicode normalisation (NFKC)
+//!   or Windows' best-fit mapping turns into one of `.`, `/`, `\`, `;`, `%`
+//!   or a space (`%EF%BC%8E`, the fullwidth `．`; `%EF%B8%B0`, `︰`, which
+//!   is `..`; `%C2%A0`, a no-break space; `%C2%A5`, `¥`, which is `\` in
+//!   Japanese code pages).
+//!
+//! [`check_method`] is the method's rule: at most [`MAX_METHOD`] bytes, and
+//! decided as sent (methods are case-sensitive; `delete` is no route).
 //!
 //! For every path this accepts, such a back end resolves the same segments
 //! keyward matched (the property test at the end holds it to a permissive
@@ -41,9 +46,9 @@ pub enum PathError {
     #[error("path contains a percent-encoded `{0}`")]
     EncodedDelimiter(String),
     /// A character that Unicode normalisation (NFKC) or Windows' best-fit
-    /// mapping turns into a delimiter, e.g. the fullwidth `．`.
-    #[error("path contains `{0}` (U+{1:04X}), which some back ends read as `{2}`")]
-    Lookalike(char, u32, &'static str),
+    /// mapping turns into a delimiter or a space, e.g. the fullwidth `．`.
+    #[error("path contains `{0}` (U+{1:04X}), which some back ends read as a delimiter or a space")]
+    Lookalike(char, u32),
     /// `\`, which some back ends read as `/`.
     #[error("path contains a backslash")]
     Backslash,
@@ -143,19 +148,59 @@ fn only_dots_and_spaces(bare: &str) -> bool {
     true
 }
 
-/// The ASCII delimiter a non-ASCII character stands for on some back end
-/// (NFKC normalisation, or Windows' best-fit mapping to a code page).
-pub(crate) fn delimiter_lookalike(c: char) -> Option<&'static str> {
+/// The ASCII a non-ASCII character becomes under Windows' best-fit mapping
+/// to a code page, where that is a delimiter and NFKC does not say so.
+pub(crate) fn best_fit_delimiter(c: char) -> Option<&'static str> {
     Some(match c {
-        '\u{FF0E}' | '\u{2024}' | '\u{FE52}' => ".",
-        '\u{2025}' => "..",
-        '\u{2026}' => "...",
-        '\u{FF0F}' | '\u{2215}' | '\u{2044}' | '\u{29F8}' => "/",
-        '\u{FF3C}' | '\u{FE68}' | '\u{2216}' | '\u{29F5}' | '\u{29F9}' => "\\",
-        '\u{FF1B}' | '\u{FE54}' | '\u{037E}' => ";",
-        '\u{FF05}' | '\u{FE6A}' => "%",
+        '\u{2215}' | '\u{2044}' | '\u{29F8}' => "/",
+        // `¥` and `₩` are the backslash of Japanese and Korean code pages.
+        '\u{00A5}' | '\u{20A9}' | '\u{2216}' | '\u{29F5}' | '\u{29F9}' => "\\",
         _ => return None,
     })
+}
+
+/// Whether some back end reads `c` (non-ASCII) as a delimiter (`.`, `/`,
+/// `\`, `;`, `%`) or a space: by its NFKC form, or by best-fit mapping.
+pub(crate) fn is_delimiter_lookalike(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    !c.is_ascii()
+        && (c.is_whitespace()
+            || best_fit_delimiter(c).is_some()
+            || std::iter::once(c)
+                .nfkc()
+                .any(|n| matches!(n, '.' | '/' | '\\' | ';' | '%') || n.is_whitespace()))
+}
+
+/// Longest request method keyward decides on; no catalog route names a
+/// longer one.
+pub const MAX_METHOD: usize = 32;
+
+/// Why a method is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MethodError {
+    /// Empty, or longer than [`MAX_METHOD`] bytes.
+    #[error("method must be 1 to {MAX_METHOD} bytes")]
+    Length,
+    /// Not an HTTP token (RFC 9110 §5.6.2).
+    #[error("method must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~)")]
+    NotToken,
+}
+
+/// Checks a request method the way the gateway does. Methods are decided as
+/// sent: they are case-sensitive, so `delete` matches no `DELETE` route.
+///
+/// # Errors
+/// The [`MethodError`].
+pub fn check_method(method: &str) -> Result<(), MethodError> {
+    if method.is_empty() || method.len() > MAX_METHOD {
+        return Err(MethodError::Length);
+    }
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if method.bytes().all(token) {
+        Ok(())
+    } else {
+        Err(MethodError::NotToken)
+    }
 }
 
 /// The percent-escapes of a path otherwise normal.
@@ -187,11 +232,8 @@ fn check_escapes(path: &str) -> Result<(), PathError> {
     if non_ascii {
         let decoded = percent_decode(bytes);
         let text = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
-        if let Some((c, ascii)) = text
-            .chars()
-            .find_map(|c| delimiter_lookalike(c).map(|a| (c, a)))
-        {
-            return Err(PathError::Lookalike(c, u32::from(c), ascii));
+        if let Some(c) = text.chars().find(|&c| is_delimiter_lookalike(c)) {
+            return Err(PathError::Lookalike(c, u32::from(c)));
         }
     }
     Ok(())
@@ -261,6 +303,7 @@ mod tests {
             assert_eq!(check_normal(p), Ok(()), "{p}");
         }
         let dot = |s: &str| PathError::DotSegment(s.into());
+        let look = |c: char| PathError::Lookalike(c, u32::from(c));
         let enc = |s: &str| PathError::EncodedDelimiter(s.into());
         let bad: &[(&str, PathError)] = &[
             ("vehicles", PathError::NotAbsolute),
@@ -304,19 +347,18 @@ mod tests {
             ("/a/%20", PathError::EmptySegment),
             ("/a/%20%20;x/b", PathError::EmptySegment),
             ("/a/caf\u{e9}", PathError::BadCharacter),
-            (
-                "/a/%EF%BC%8E%EF%BC%8E/b",
-                PathError::Lookalike('\u{FF0E}', 0xFF0E, "."),
-            ),
-            (
-                "/a/..%EF%BC%8Fb",
-                PathError::Lookalike('\u{FF0F}', 0xFF0F, "/"),
-            ),
-            (
-                "/a/x%E2%80%A5",
-                PathError::Lookalike('\u{2025}', 0x2025, ".."),
-            ),
-            ("/a/x%CD%BE", PathError::Lookalike('\u{037E}', 0x037E, ";")),
+            ("/a/%EF%BC%8E%EF%BC%8E/b", look('\u{FF0E}')),
+            ("/a/..%EF%BC%8Fb", look('\u{FF0F}')),
+            ("/a/x%E2%80%A5", look('\u{2025}')),
+            ("/a/x%CD%BE", look('\u{037E}')),
+            ("/a/%EF%B8%B0/b", look('\u{FE30}')),
+            ("/a/%EF%B8%99", look('\u{FE19}')),
+            ("/a/x%EF%B8%94", look('\u{FE14}')),
+            ("/a/%E2%84%80", look('\u{2100}')),
+            ("/a/..%C2%A0/b", look('\u{A0}')),
+            ("/a/..%E3%80%80/b", look('\u{3000}')),
+            ("/a/x%C2%A5y", look('\u{A5}')),
+            ("/a/x%E2%82%A9y", look('\u{20A9}')),
             ("/a/%FF", PathError::InvalidUtf8),
             ("/a/%C0%AE", PathError::InvalidUtf8),
             ("/a/%C3%28", PathError::InvalidUtf8),
@@ -387,6 +429,29 @@ mod tests {
             "/vehicles/1%0d%0aHost:x",
         ] {
             assert!(check_normal(p).is_err(), "{p} must be refused");
+        }
+    }
+
+    #[test]
+    fn methods_are_tokens_of_at_most_32_bytes_decided_as_sent() {
+        for ok in [
+            "GET",
+            "DELETE",
+            "delete",
+            "PROPFIND",
+            "X-CUSTOM_1",
+            &"M".repeat(32),
+        ] {
+            assert_eq!(check_method(ok), Ok(()), "{ok}");
+        }
+        for (bad, e) in [
+            ("", MethodError::Length),
+            (&*"M".repeat(33), MethodError::Length),
+            ("GE T", MethodError::NotToken),
+            ("GET/", MethodError::NotToken),
+            ("GÉT", MethodError::NotToken),
+        ] {
+            assert_eq!(check_method(bad), Err(e), "{bad}");
         }
     }
 

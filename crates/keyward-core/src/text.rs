@@ -186,13 +186,16 @@ fn is_invisible(c: char) -> bool {
             | '\u{FEFF}' // zero-width no-break space
             | '\u{180B}'..='\u{180F}' // Mongolian selectors and separator
             | '\u{00AD}' // soft hyphen
+            | '\u{17B4}' | '\u{17B5}' // Khmer inherent vowels
+            | '\u{2800}' // braille blank
+            | '\u{FFF0}'..='\u{FFF8}' // unassigned specials
+            | '\u{1BCA0}'..='\u{1BCA3}' // shorthand format controls
             | '\u{034F}' // combining grapheme joiner
             | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
             | '\u{FE00}'..='\u{FE0F}' // variation selectors
             | '\u{FFF9}'..='\u{FFFB}' // interlinear annotations
             | '\u{1D173}'..='\u{1D17A}' // musical formatting
-            | '\u{E0000}'..='\u{E007F}' // tags
-            | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
+            | '\u{E0000}'..='\u{E0FFF}' // tags, variation selectors supplement
     )
 }
 
@@ -287,6 +290,9 @@ mod tests {
         assert_eq!(check_label("line\nbreak", false), Err(LabelError::Control));
         assert_eq!(check_label("nul\0", true), Err(LabelError::Control));
         for c in [
+            '\u{17B4}',
+            '\u{1BCA0}',
+            '\u{2800}',
             '\u{202E}',
             '\u{2066}',
             '\u{200B}',

@@ -97,8 +97,11 @@ async fn write_loop(
 /// Memory is bounded: beyond [`MAX_TALLIES`] distinct client addresses in a
 /// minute, the rest are counted together under the client `*`.
 pub struct AnonymousTally {
-    tallies: Mutex<HashMap<(String, i64, u16), Tally>>,
+    tallies: Mutex<HashMap<TallyKey, Tally>>,
 }
+
+/// Client address, minute, status, action.
+type TallyKey = (String, i64, u16, String);
 
 /// Distinct (client, minute, status) counts held at once.
 pub const MAX_TALLIES: usize = 10_000;
@@ -124,7 +127,12 @@ impl AnonymousTally {
         let minute = now_ms - now_ms.rem_euclid(MINUTE_MS);
         let status = entry.status.unwrap_or(0);
         let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut key = (entry.client.clone().unwrap_or_default(), minute, status);
+        let mut key = (
+            entry.client.clone().unwrap_or_default(),
+            minute,
+            status,
+            entry.action.clone(),
+        );
         if tallies.len() >= MAX_TALLIES && !tallies.contains_key(&key) {
             key.0 = OTHER_CLIENTS.to_owned();
         }
@@ -144,7 +152,7 @@ impl AnonymousTally {
         let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
         let done: Vec<_> = tallies
             .keys()
-            .filter(|(_, minute, _)| all || *minute < current)
+            .filter(|(_, minute, _, _)| all || *minute < current)
             .cloned()
             .collect();
         let mut out = Vec::with_capacity(done.len());
@@ -152,13 +160,20 @@ impl AnonymousTally {
             let Some(t) = tallies.remove(&key) else {
                 continue;
             };
-            let (client, minute, _) = key;
+            let (client, minute, _, action) = key;
             let sample: serde_json::Value =
                 serde_json::from_str(&t.sample.details).unwrap_or_default();
+            // A gateway request nobody authenticated is recorded as such;
+            // other counted refusals (throttled sign-ins) keep their action.
+            let action = if action == "gateway.request" {
+                "gateway.unauthenticated".to_owned()
+            } else {
+                action
+            };
             out.push(AuditEntry {
                 at_ms: now_ms,
                 actor: "anonymous".to_owned(),
-                action: "gateway.unauthenticated".to_owned(),
+                action,
                 key_id: None,
                 client: (client != OTHER_CLIENTS).then_some(client),
                 details: serde_json::json!({

@@ -571,7 +571,13 @@ async fn sign_in(
         }
         Err(e @ (AppError::SignInFailed | AppError::Throttled { .. } | AppError::Busy { .. })) => {
             let (status, retry_after) = match e {
-                AppError::Throttled { retry_after_s } => {
+                AppError::Throttled {
+                    retry_after_s,
+                    ref record,
+                } => {
+                    if let Some(entry) = record {
+                        state.anonymous.note((**entry).clone(), state.app.now());
+                    }
                     (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_s))
                 }
                 AppError::Busy { retry_after_s } => {

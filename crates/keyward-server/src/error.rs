@@ -184,7 +184,7 @@ impl From<AppError> for ApiError {
             AppError::SignInFailed => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
             }
-            AppError::Throttled { retry_after_s } => {
+            AppError::Throttled { retry_after_s, .. } => {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "TOO_MANY_REQUESTS",

@@ -329,6 +329,7 @@ pub async fn handle(
         &request_id,
         &peer.ip,
         upstream.host(),
+        uri.authority(),
         state.config.allow_underscore_headers,
     );
     parts.uri = origin_form(&uri);
@@ -511,6 +512,7 @@ fn rewrite_request(
     request_id: &HeaderValue,
     client_ip: &HeaderValue,
     upstream_host: &HeaderValue,
+    target_authority: Option<&http::uri::Authority>,
     allow_underscore_headers: bool,
 ) {
     strip_hop_by_hop(headers);
@@ -526,19 +528,18 @@ fn rewrite_request(
         .unwrap_or_else(|_| HeaderValue::from_static(""));
     headers.insert(X_KEYWARD_SCOPES.clone(), scopes);
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            joined.extend_from_slice(prior.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
-        }
-        None => client_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    // The client's own `X-Forwarded-*` were dropped above: a back end that
+    // trusts the first address would otherwise take the client's word for
+    // it. The peer is the client until a trusted proxy is configured.
+    headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = headers.remove(header::HOST) {
+    // The host the client asked for: an absolute-form target's authority
+    // wins over `Host` (RFC 9112 §3.2.2); both were checked at dispatch.
+    let asked = headers.remove(header::HOST);
+    let asked = target_authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or(asked);
+    if let Some(host) = asked {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(header::HOST, upstream_host.clone());

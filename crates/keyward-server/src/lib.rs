@@ -415,24 +415,10 @@ async fn dispatch(
     admin: Option<Arc<admin::Admin>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    if req.method().as_str().len() > MAX_METHOD {
-        // Longer than any method a route can name; never recorded or logged.
-        state.metrics.refused(400, "BAD_REQUEST");
-        return ApiError::bad_request(format!(
-            "The request method is longer than {MAX_METHOD} bytes"
-        ))
-        .into_response(Some(&state.request_ids.next()));
-    }
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target > MAX_REQUEST_TARGET {
-        state.metrics.refused(414, "URI_TOO_LONG");
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "URI_TOO_LONG",
-            format!("The request target is {target} bytes; the limit is {MAX_REQUEST_TARGET}"),
-        )
-        .detail("limit_bytes", MAX_REQUEST_TARGET)
-        .into_response(Some(&state.request_ids.next()));
+    if let Some(e) = check_request_line(&req) {
+        // Refused before anything is recorded or logged.
+        state.metrics.refused(e.status.as_u16(), e.code);
+        return e.into_response(Some(&state.request_ids.next()));
     }
     match admin {
         Some(admin) => own::handle(state, client, &admin, req).await,
@@ -579,9 +565,52 @@ async fn flush_anonymous(state: &State, retry: &mut Vec<AuditEntry>, all: bool) 
     }
 }
 
-/// Longest request method keyward reads; 400 beyond. No catalog route names
-/// a longer one, and a method is recorded and logged as sent.
-pub const MAX_METHOD: usize = 32;
+/// What every request must be before keyward looks further: a method it
+/// can decide on (`path::check_method`), a target of at most
+/// [`MAX_REQUEST_TARGET`] bytes (414), and one `Host` that is a plain
+/// `host[:port]` (RFC 9112 §3.2: a missing, repeated or malformed `Host` is
+/// a 400), or an absolute-form target, whose authority then wins.
+fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
+    if let Err(e) = keyward_core::path::check_method(req.method().as_str()) {
+        return Some(ApiError::bad_request(format!(
+            "The request method is refused: {e}"
+        )));
+    }
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_REQUEST_TARGET {
+        return Some(
+            ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "URI_TOO_LONG",
+                format!("The request target is {target} bytes; the limit is {MAX_REQUEST_TARGET}"),
+            )
+            .detail("limit_bytes", MAX_REQUEST_TARGET),
+        );
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(ApiError::bad_request(
+            "The request has more than one `Host` header",
+        ));
+    }
+    let plain = |h: &HeaderValue| {
+        h.to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
+    };
+    match (req.uri().authority(), host) {
+        (Some(_), _) => None,
+        (None, Some(h)) if plain(h) => None,
+        (None, Some(_)) => Some(ApiError::bad_request(
+            "The `Host` header is not a plain `host[:port]`",
+        )),
+        // HTTP/1.0 may omit it; hyper sends 1.1 onwards with one.
+        (None, None) if req.version() < http::Version::HTTP_11 => None,
+        (None, None) => Some(ApiError::bad_request("The request has no `Host` header")),
+    }
+}
 
 /// Longest request target (path and query) keyward reads; 414 beyond.
 pub const MAX_REQUEST_TARGET: usize = 8 * 1024;

@@ -432,12 +432,12 @@ async fn verify(
             }
             let route_path = path::strip_gateway_prefix(catalog.gateway_prefix(), route_path)
                 .unwrap_or(route_path);
-            let method = if m.bytes().any(|b| b.is_ascii_lowercase()) {
-                Cow::Owned(m.to_ascii_uppercase())
-            } else {
-                Cow::Borrowed(&**m)
-            };
-            Question::Route(method, route_path)
+            // Decided as the gateway decides: as sent, case and all.
+            if let Err(e) = path::check_method(m) {
+                return ApiError::validation("method", e.to_string())
+                    .into_response(Some(request_id));
+            }
+            Question::Route(m, route_path)
         }
         (None, None, Some(scopes)) => {
             let req = GrantRequest {
@@ -511,7 +511,7 @@ pub(crate) fn fuzz_verify_body(data: &[u8]) {
 }
 
 enum Question<'a> {
-    Route(Cow<'a, str>, &'a str),
+    Route(&'a str, &'a str),
     Scopes(keyward_core::ScopeSet),
 }
 

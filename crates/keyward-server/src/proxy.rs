@@ -285,12 +285,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the request headers an upstream could take for keyward's own:
-/// every name that, with `_` read as `-` (as CGI and WSGI servers fold it),
-/// is `x-keyward-*` or another header keyward sets (`x-request-id`,
-/// `x-forwarded-*`); and, unless `allow_underscores`, every name holding a
-/// `_` at all (nginx's default), so no other folded spelling can shadow a
-/// header the upstream trusts.
+/// Removes the request headers an upstream could take for keyward's own or
+/// act on instead of the request keyward judged: every name that, with `_`
+/// read as `-` (as CGI and WSGI servers fold it), is `x-keyward-*`,
+/// `x-forwarded-*`, `x-request-id`, a method override, a URL rewrite or a
+/// client address ([`OVERRIDES`]); and, unless `allow_underscores`, every
+/// name holding a `_` at all (nginx's default), so no other folded spelling
+/// can shadow a header the upstream trusts. keyward then writes
+/// `X-Forwarded-For` (the peer), `-Proto` and `-Host` itself.
 pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool) {
     // One pass over the names (most requests carry none of these).
     if !headers
@@ -311,10 +313,11 @@ pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool)
 
 /// Headers that make common back ends act on another method, path or
 /// client than the one keyward authorized: method overrides (Rails, Symfony,
-/// ASP.NET, Express), original-URL rewrites (IIS, Symfony), nginx's
-/// `auth_request` originals, and RFC 7239 `Forwarded` (preferred over
-/// `X-Forwarded-*` by Spring), which keyward does not write.
-const OVERRIDES: [&[u8]; 9] = [
+/// ASP.NET, Express), original-URL rewrites (IIS, Symfony, Envoy), nginx's
+/// `auth_request` originals, RFC 7239 `Forwarded` (preferred over
+/// `X-Forwarded-*` by Spring), and the client-address headers of other
+/// proxies and CDNs. keyward writes none of them.
+pub const OVERRIDES: [&[u8]; 15] = [
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
@@ -322,13 +325,23 @@ const OVERRIDES: [&[u8]; 9] = [
     b"x-original-uri",
     b"x-original-method",
     b"x-rewrite-url",
+    b"x-envoy-original-path",
     b"forwarded",
-    b"x-forwarded-prefix",
+    b"x-real-ip",
+    b"true-client-ip",
+    b"x-client-ip",
+    b"client-ip",
+    b"x-cluster-client-ip",
+    b"cf-connecting-ip",
 ];
 
 /// Whether a (lower-case) header name must not reach the upstream.
 fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
-    if name.starts_with(b"x-keyward-") || OVERRIDES.contains(&name) {
+    if name.starts_with(b"x-keyward-")
+        || name.starts_with(b"x-forwarded-")
+        || name == b"x-request-id"
+        || OVERRIDES.contains(&name)
+    {
         return true;
     }
     if !name.contains(&b'_') {
@@ -337,10 +350,7 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
     if !allow_underscores {
         return true;
     }
-    // Underscores allowed: still never a folded spelling of a name keyward
-    // writes for the upstream. (Plain `x-forwarded-*` is the client's own
-    // forwarding chain, which the gateway extends; plain `x-request-id` is
-    // overwritten.)
+    // Underscores allowed: still never a folded spelling of those.
     let folded_eq = |a: &[u8], b: &[u8]| {
         a.len() == b.len()
             && a.iter()
@@ -380,6 +390,14 @@ mod tests {
             "x-original-method",
             "forwarded",
             "x-forwarded-prefix",
+            "x-forwarded-for",
+            "x-forwarded-uri",
+            "x-forwarded-port",
+            "x-request-id",
+            "x-real-ip",
+            "x_real_ip",
+            "true-client-ip",
+            "x-envoy-original-path",
         ] {
             for allow in [false, true] {
                 assert!(is_spoofable(name.as_bytes(), allow), "{name} allow={allow}");
@@ -389,14 +407,7 @@ mod tests {
             assert!(is_spoofable(name.as_bytes(), false), "{name}");
             assert!(!is_spoofable(name.as_bytes(), true), "{name}");
         }
-        for name in [
-            "x-request-id",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "content-type",
-            "x-keywardish",
-            "x-requestid",
-        ] {
+        for name in ["content-type", "x-keywardish", "x-requestid"] {
             for allow in [false, true] {
                 assert!(
                     !is_spoofable(name.as_bytes(), allow),

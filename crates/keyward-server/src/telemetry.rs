@@ -203,15 +203,24 @@ pub struct RequestIds {
 const MAX_CLIENT_ID: usize = 64;
 
 /// A client's `X-Request-Id`, when short and plain enough to keep beside
-/// keyward's own id in an audit record, and not a key pasted there.
+/// keyward's own id in an audit record, and nothing like a key: no run of
+/// 38 letters and digits (a key's secret part, pasted bare or with its
+/// separators changed). A W3C trace id (32 hex digits) or a UUID is kept.
 pub fn client_request_id(given: Option<&HeaderValue>) -> Option<&HeaderValue> {
     let v = given?;
-    let plain = (1..=MAX_CLIENT_ID).contains(&v.len())
-        && v.as_bytes()
+    let bytes = v.as_bytes();
+    let plain = (1..=MAX_CLIENT_ID).contains(&bytes.len())
+        && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    (plain && !v.to_str().is_ok_and(keyward_core::text::contains_key)).then_some(v)
+    let secret_like = bytes
+        .split(|b| !b.is_ascii_alphanumeric())
+        .any(|run| run.len() >= SECRET_RUN);
+    (plain && !secret_like).then_some(v)
 }
+
+/// A key's random part and checksum, in letters and digits.
+const SECRET_RUN: usize = keyward_core::key::RANDOM_LEN + keyward_core::key::CHECKSUM_LEN;
 
 impl RequestIds {
     /// Ids prefixed by `node` (random per start).
@@ -288,11 +297,16 @@ mod tests {
         let clean = HeaderValue::from_static("client-id_1.2:3");
         assert_eq!(client_request_id(Some(&clean)), Some(&clean));
         let long = HeaderValue::from_str(&"a".repeat(65)).expect("ascii");
+        let secret =
+            HeaderValue::from_str(&format!("insp-live-{}", "A1".repeat(19))).expect("ascii");
+        let trace = HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(client_request_id(Some(&trace)), Some(&trace));
         for dirty in [
             HeaderValue::from_static("has space"),
             HeaderValue::from_static(""),
             HeaderValue::from_static("a\"b"),
             long,
+            secret,
         ] {
             assert_eq!(client_request_id(Some(&dirty)), None, "{dirty:?}");
         }

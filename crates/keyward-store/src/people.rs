@@ -395,10 +395,16 @@ macro_rules! people_impl {
             }
 
             async fn clear_sign_in_attempt(&self, attempt: &str) -> $crate::Result<()> {
+                // Through the writers' turn: on SQLite a write on the read
+                // pool can meet a snapshot another writer has just moved
+                // (SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out),
+                // and a burst of parallel sign-ins then saw an odd 500.
+                let mut tx = self.write_tx().await?;
                 sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
                     .bind(attempt)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

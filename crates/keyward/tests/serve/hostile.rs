@@ -87,6 +87,14 @@ const CONFUSED: &[&str] = &[
     "/vehicles/..%ef%bc%bcdamages/1",
     "/vehicles/%E2%80%A5/damages/1",
     "/vehicles/1%CD%BE",
+    "/vehicles/%EF%B8%B0/inspections",
+    "/vehicles/%EF%B8%99/inspections",
+    "/vehicles/1%EF%B8%94",
+    "/vehicles/%E2%84%80",
+    "/vehicles/..%C2%A0/inspections",
+    "/vehicles/..%E3%80%80/inspections",
+    "/vehicles/x%C2%A5..%C2%A5inspections",
+    "/vehicles/x%E2%82%A9..",
     // the classes refused before
     "/vehicles/../damages/1",
     "/vehicles/%2e%2e/damages/1",
@@ -177,6 +185,15 @@ fn spoofed_identity_headers_never_reach_the_upstream_in_any_spelling() {
         ("X-Original-Method", "DELETE"),
         ("Forwarded", "for=10.0.0.1;proto=https;host=evil.example"),
         ("X-Forwarded-Prefix", "/admin"),
+        // Client addresses of other proxies, and forwarding headers keyward
+        // does not write.
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Uri", "/api/third-party/v1/damages"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("True-Client-IP", "6.6.6.6"),
+        ("X-Client-IP", "6.6.6.6"),
+        ("X-Envoy-Original-Path", "/api/third-party/v1/damages"),
     ];
     for allow in [false, true] {
         let (_, up, server, key) = writer(if allow {
@@ -204,6 +221,12 @@ fn spoofed_identity_headers_never_reach_the_upstream_in_any_spelling() {
                 "x-original-method",
                 "forwarded",
                 "x-forwarded-prefix",
+                "x-forwarded-port",
+                "x-forwarded-uri",
+                "x-real-ip",
+                "true-client-ip",
+                "x-client-ip",
+                "x-envoy-original-path",
             ] {
                 assert_ne!(folded, o, "{name} reached the upstream (allow={allow})");
             }
@@ -223,11 +246,46 @@ fn spoofed_identity_headers_never_reach_the_upstream_in_any_spelling() {
         );
         assert_ne!(h["x-keyward-org-id"], json!(["org_forged"]));
         assert_ne!(h["x-request-id"], json!(["forged-id"]));
-        assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
+        assert_eq!(
+            h["x-forwarded-for"],
+            json!(["127.0.0.1"]),
+            "the client's own chain is not believed"
+        );
         assert_eq!(h["x-plain"], json!(["kept"]));
         assert_eq!(h.contains_key("my_custom_header"), allow, "{h:?}");
         assert_eq!(up.hits(), 1);
     }
+}
+
+#[test]
+fn a_missing_repeated_or_malformed_host_is_400_and_an_absolute_target_names_the_host() {
+    let (_, up, server, key) = writer(&[]);
+    let send = |head: &str| {
+        let request = format!("{head}Authorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+        raw(server.addr, request.as_bytes())
+    };
+    let path = format!("{PREFIX}/vehicles");
+    for head in [
+        format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: evil/../x?#\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: a b, c\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: user@evil.example\r\n"),
+        format!("GET {path} HTTP/1.1\r\n"),
+    ] {
+        let r = send(&head);
+        assert_eq!(r.status, 400, "{head:?}");
+    }
+    assert_eq!(up.hits(), 0);
+    // An absolute-form target's authority is the host asked for.
+    let r = send(&format!(
+        "GET http://asked.example:81{path} HTTP/1.1\r\nHost: other.example\r\n"
+    ));
+    let seen = r.seen();
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        json!(["asked.example:81"])
+    );
+    assert_eq!(seen["path"], path);
 }
 
 #[test]
@@ -526,7 +584,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_burst_of_sign_ins_is_bounded_in_memory_and_answered_busy() {
-    let (_, _up, server, _) = writer(&[]);
+    let (kw, _up, server, _) = writer(&[]);
     let pid = server.child.as_ref().unwrap().id();
     let before = rss_kib(pid);
     let started = Instant::now();
@@ -612,4 +670,33 @@ fn a_burst_of_sign_ins_is_bounded_in_memory_and_answered_busy() {
         last.header("retry-after")
             .is_some_and(|s| s.parse::<u64>().is_ok())
     );
+    // Throttled sign-ins (free to send) are counted, not chained one each.
+    for _ in 0..50 {
+        let r = req("POST", "/console/sign-in")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(b"email=owner&password=nope")
+            .send(&server);
+        assert_eq!(r.status, 429);
+    }
+    let mut server = server;
+    server.stop();
+    let rows = audit(&kw);
+    let throttled: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.0 == "console.sign_in_failed" && r.5.contains("throttled"))
+        .collect();
+    assert!(
+        (1..=2).contains(&throttled.len()),
+        "{} throttled records",
+        throttled.len()
+    );
+    let counted: u64 = throttled
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.5).unwrap()["count"]
+                .as_u64()
+                .unwrap_or(1)
+        })
+        .sum();
+    assert!(counted >= 51, "{counted}");
 }

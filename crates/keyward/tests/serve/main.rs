@@ -211,7 +211,8 @@ fn identity_headers_are_injected_and_client_headers_stripped() {
     let made = r.header("x-request-id").unwrap().to_owned();
     assert_ne!(made, "client-chosen-1");
     assert_eq!(h["x-request-id"], json!([made]));
-    assert_eq!(h["x-forwarded-for"], json!(["10.0.0.1, 127.0.0.1"]));
+    // The client's own forwarding chain is not believed: the peer is the client.
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
     assert_eq!(h["x-forwarded-proto"], json!(["http"]));
     assert_eq!(h["x-forwarded-host"], json!(["gateway.test"]));
     assert_eq!(h["host"], json!([up.addr.to_string()]));
@@ -578,8 +579,15 @@ fn verify_whoami_healthz_and_metrics() {
     assert_eq!(a["required"], json!(["vehicles:read"]));
     assert!(strings(&a["scopes"]).contains(&"vehicles:read".to_owned()));
     let with_prefix =
-        verify(json!({"key": ro, "method": "get", "path": format!("{PREFIX}/vehicles/9")})).json();
+        verify(json!({"key": ro, "method": "GET", "path": format!("{PREFIX}/vehicles/9")})).json();
     assert_eq!(with_prefix["allowed"], true);
+    // Methods are decided as sent, as the gateway decides them: `get` is no
+    // route there, so it is not allowed here either.
+    let lower = verify(json!({"key": ro, "method": "get", "path": "/vehicles/9"})).json();
+    assert_eq!(
+        (lower["allowed"].clone(), lower["reason"].clone()),
+        (json!(false), json!("no_route"))
+    );
     // JSON escapes in the strings mean the same strings (they are read
     // without copying only when there are none).
     let escaped = format!(
