@@ -53,16 +53,16 @@ pub fn permissive(path: &str) -> Vec<Vec<u8>> {
     let decoded = percent_decode(path.as_bytes());
     let mut normalised = Vec::with_capacity(decoded.len());
     for chunk in decoded.utf8_chunks() {
+        let mut mapped = String::with_capacity(chunk.valid().len());
         for c in chunk.valid().chars() {
             match best_fit_delimiter(c) {
-                Some(ascii) => normalised.extend_from_slice(ascii.as_bytes()),
-                None => {
-                    for n in std::iter::once(c).nfkc() {
-                        let n = if n.is_whitespace() { ' ' } else { n };
-                        normalised.extend_from_slice(n.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                }
+                Some(ascii) => mapped.push_str(ascii),
+                None => mapped.push(c),
             }
+        }
+        for n in mapped.nfkc() {
+            let n = if n.is_whitespace() { ' ' } else { n };
+            normalised.extend_from_slice(n.encode_utf8(&mut [0; 4]).as_bytes());
         }
         normalised.extend_from_slice(chunk.invalid());
     }

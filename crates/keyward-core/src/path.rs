@@ -15,11 +15,12 @@
 //!   `.;x=1`, `;x`, `...`, `..%20`: Windows drops trailing dots and spaces);
 //! - an escape is malformed (`%zz`, `%2`), or decodes to `/`, `\`, `.`, `;`,
 //!   `%` or a control character (`%00`–`%1F`, `%7F`), or escapes decode to bytes
-//!   that are not UTF-8, or to a character that Unicode normalisation (NFKC)
-//!   or Windows' best-fit mapping turns into one of `.`, `/`, `\`, `;`, `%`
-//!   or a space (`%EF%BC%8E`, the fullwidth `．`; `%EF%B8%B0`, `︰`, which
-//!   is `..`; `%C2%A0`, a no-break space; `%C2%A5`, `¥`, which is `\` in
-//!   Japanese code pages).
+//!   that are not UTF-8, or to text that Unicode normalisation (NFKC) would
+//!   change (`%EF%BC%8E`, the fullwidth `．`, is `.`; `%EF%B8%B0`, `︰`, is
+//!   `..`; `%EF%BD%85`, `ｅ`, is `e`, so `/vehicles/ｅxport` would reach a
+//!   normalising back end as `/vehicles/export`), or to a space of any kind,
+//!   or to a character Windows' best-fit mapping makes a delimiter (`¥` and
+//!   `₩` are `\` in Japanese and Korean code pages).
 //!
 //! [`check_method`] is the method's rule: at most [`MAX_METHOD`] bytes, and
 //! decided as sent (methods are case-sensitive; `delete` is no route).
@@ -45,9 +46,12 @@ pub enum PathError {
     /// `%2F`, `%5C`, `%2E`, `%3B` or `%25`.
     #[error("path contains a percent-encoded `{0}`")]
     EncodedDelimiter(String),
-    /// A character that Unicode normalisation (NFKC) or Windows' best-fit
-    /// mapping turns into a delimiter or a space, e.g. the fullwidth `．`.
-    #[error("path contains `{0}` (U+{1:04X}), which some back ends read as a delimiter or a space")]
+    /// A character some back ends read as another: NFKC would change it (the
+    /// fullwidth `．`), it is a space, or best-fit mapping makes it a
+    /// delimiter.
+    #[error(
+        "path contains `{0}` (U+{1:04X}), which some back ends read as other characters (its normal form, a space or a delimiter)"
+    )]
     Lookalike(char, u32),
     /// `\`, which some back ends read as `/`.
     #[error("path contains a backslash")]
@@ -159,16 +163,24 @@ pub(crate) fn best_fit_delimiter(c: char) -> Option<&'static str> {
     })
 }
 
-/// Whether some back end reads `c` (non-ASCII) as a delimiter (`.`, `/`,
-/// `\`, `;`, `%`) or a space: by its NFKC form, or by best-fit mapping.
-pub(crate) fn is_delimiter_lookalike(c: char) -> bool {
+/// The first character of decoded path text that some back end reads as
+/// another: a space of any kind, a best-fit delimiter, or text NFKC would
+/// change (the first character whose own normal form differs, or else the
+/// first non-ASCII one, for a sequence that composes).
+fn unnormal_char(text: &str) -> Option<char> {
     use unicode_normalization::UnicodeNormalization;
-    !c.is_ascii()
-        && (c.is_whitespace()
-            || best_fit_delimiter(c).is_some()
-            || std::iter::once(c)
-                .nfkc()
-                .any(|n| matches!(n, '.' | '/' | '\\' | ';' | '%') || n.is_whitespace()))
+    if let Some(c) = text
+        .chars()
+        .find(|&c| !c.is_ascii() && (c.is_whitespace() || best_fit_delimiter(c).is_some()))
+    {
+        return Some(c);
+    }
+    if unicode_normalization::is_nfkc(text) {
+        return None;
+    }
+    text.chars()
+        .find(|&c| !std::iter::once(c).nfkc().eq(std::iter::once(c)))
+        .or_else(|| text.chars().find(|c| !c.is_ascii()))
 }
 
 /// Longest request method keyward decides on; no catalog route names a
@@ -232,7 +244,7 @@ fn check_escapes(path: &str) -> Result<(), PathError> {
     if non_ascii {
         let decoded = percent_decode(bytes);
         let text = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
-        if let Some(c) = text.chars().find(|&c| is_delimiter_lookalike(c)) {
+        if let Some(c) = unnormal_char(text) {
             return Err(PathError::Lookalike(c, u32::from(c)));
         }
     }
@@ -359,6 +371,9 @@ mod tests {
             ("/a/..%E3%80%80/b", look('\u{3000}')),
             ("/a/x%C2%A5y", look('\u{A5}')),
             ("/a/x%E2%82%A9y", look('\u{20A9}')),
+            ("/a/TT%C2%AAE", look('\u{AA}')),
+            ("/vehicles/%EF%BD%85xport", look('\u{FF45}')),
+            ("/a/e%CC%81", look('\u{301}')),
             ("/a/%FF", PathError::InvalidUtf8),
             ("/a/%C0%AE", PathError::InvalidUtf8),
             ("/a/%C3%28", PathError::InvalidUtf8),

@@ -95,6 +95,10 @@ const CONFUSED: &[&str] = &[
     "/vehicles/..%E3%80%80/inspections",
     "/vehicles/x%C2%A5..%C2%A5inspections",
     "/vehicles/x%E2%82%A9..",
+    // text a normalising back end reads as other text: `ｅxport` is `export`
+    "/vehicles/%EF%BD%85xport",
+    "/vehicles/1%C2%AA",
+    "/vehicles/e%CC%81",
     // the classes refused before
     "/vehicles/../damages/1",
     "/vehicles/%2e%2e/damages/1",
