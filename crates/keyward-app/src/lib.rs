@@ -230,7 +230,11 @@ impl<S: Store> App<S> {
             request_id: actor.request_id.clone(),
             // Client text (names, refused scope names, emails) may hold a
             // key pasted into the wrong field: never stored in full.
-            details: keyward_core::text::redact_keys(&details.to_string()).into_owned(),
+            details: keyward_core::text::redact_secrets(
+                &details.to_string(),
+                self.catalog.key_prefix(),
+            )
+            .into_owned(),
             ..AuditEntry::default()
         }
     }

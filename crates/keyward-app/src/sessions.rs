@@ -134,11 +134,12 @@ impl<S: Store> App<S> {
         // Whatever was typed, what is recorded stays bounded, and a key
         // typed into the email field is redacted before lowercasing (a
         // lowercased key no longer checksums, yet its case is guessable).
-        let email: String = keyward_core::text::redact_keys(email.trim())
-            .to_lowercase()
-            .chars()
-            .take(crate::people::MAX_EMAIL_CHARS)
-            .collect();
+        let email: String =
+            keyward_core::text::redact_secrets(email.trim(), self.catalog().key_prefix())
+                .to_lowercase()
+                .chars()
+                .take(crate::people::MAX_EMAIL_CHARS)
+                .collect();
         let now = self.now();
         let actor = Actor {
             id: format!("anonymous:{email}"),

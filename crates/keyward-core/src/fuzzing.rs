@@ -57,6 +57,8 @@ pub fn permissive(path: &str) -> Vec<Vec<u8>> {
         for c in chunk.valid().chars() {
             match best_fit_delimiter(c) {
                 Some(ascii) => mapped.push_str(ascii),
+                // Some normalisers strip invisible characters.
+                None if crate::text::is_invisible(c) => {}
                 None => mapped.push(c),
             }
         }
@@ -117,10 +119,13 @@ pub fn key_text(data: &[u8]) {
     }
     // Redaction leaves nothing a second pass would find.
     assert!(text::find_keys(&redacted).is_empty());
+    let scrubbed = text::redact_secrets(input, "insp");
+    assert!(text::find_keys(&scrubbed).is_empty());
+    assert!(text::find_bare_secrets(&scrubbed, "insp").is_empty());
     let _ = text::check_label(input, true);
     let clipped = text::clip(input, 64);
     assert!(clipped.len() <= 64 + text::TRUNCATED_MARK.len());
-    let _ = text::recorded_path(input);
+    let _ = text::recorded_path(input, "insp");
 }
 
 /// Loading a catalog: every input is a catalog or a list of errors.

@@ -240,6 +240,28 @@ pub fn parse(text: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
     })
 }
 
+/// The CRC32 state after `<prefix>_<env>_`, to test many candidate secret
+/// parts against one prefix cheaply ([`completes`]).
+pub(crate) fn head_hasher(prefix: &str, env: Environment) -> crc32fast::Hasher {
+    let mut h = crc32fast::Hasher::new();
+    h.update(prefix.as_bytes());
+    h.update(b"_");
+    h.update(env.as_str().as_bytes());
+    h.update(b"_");
+    h
+}
+
+/// Whether `secret` (38 base62 characters: random part, then checksum)
+/// completes a key whose text before it hashed to `head`.
+pub(crate) fn completes(head: &crc32fast::Hasher, secret: &[u8]) -> bool {
+    let Some((random, sum)) = secret.split_at_checked(RANDOM_LEN) else {
+        return false;
+    };
+    let mut h = head.clone();
+    h.update(random);
+    sum.len() == CHECKSUM_LEN && encode_checksum(h.finalize()) == *sum
+}
+
 fn encode_checksum(mut sum: u32) -> [u8; CHECKSUM_LEN] {
     // 62^6 > 2^32, so six fixed-width digits hold every CRC32.
     let mut out = [b'0'; CHECKSUM_LEN];

@@ -164,15 +164,18 @@ pub(crate) fn best_fit_delimiter(c: char) -> Option<&'static str> {
 }
 
 /// The first character of decoded path text that some back end reads as
-/// another: a space of any kind, a best-fit delimiter, or text NFKC would
+/// another: a space of any kind, a best-fit delimiter, an invisible
+/// character some normalisers strip (`..%E2%80%8B` is `..` there), or text NFKC would
 /// change (the first character whose own normal form differs, or else the
 /// first non-ASCII one, for a sequence that composes).
 fn unnormal_char(text: &str) -> Option<char> {
     use unicode_normalization::UnicodeNormalization;
-    if let Some(c) = text
-        .chars()
-        .find(|&c| !c.is_ascii() && (c.is_whitespace() || best_fit_delimiter(c).is_some()))
-    {
+    if let Some(c) = text.chars().find(|&c| {
+        !c.is_ascii()
+            && (c.is_whitespace()
+                || best_fit_delimiter(c).is_some()
+                || crate::text::is_invisible(c))
+    }) {
         return Some(c);
     }
     if unicode_normalization::is_nfkc(text) {
@@ -372,6 +375,9 @@ mod tests {
             ("/a/x%C2%A5y", look('\u{A5}')),
             ("/a/x%E2%82%A9y", look('\u{20A9}')),
             ("/a/TT%C2%AAE", look('\u{AA}')),
+            ("/a/..%E2%80%8B/b", look('\u{200B}')),
+            ("/a/.%C2%AD./b", look('\u{AD}')),
+            ("/a/..%EF%BB%BF", look('\u{FEFF}')),
             ("/vehicles/%EF%BD%85xport", look('\u{FF45}')),
             ("/a/e%CC%81", look('\u{301}')),
             ("/a/%FF", PathError::InvalidUtf8),

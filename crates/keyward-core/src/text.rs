@@ -99,40 +99,114 @@ pub fn redact_keys(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`redact_keys`], and also the secret part of a key of `prefix` written
+/// without its prefix or with other separators (`insp-live-…`, the bare 38
+/// characters), recognised by its checksum under either environment.
+pub fn redact_secrets<'a>(text: &'a str, prefix: &str) -> Cow<'a, str> {
+    let keys_gone = redact_keys(text);
+    let found = find_bare_secrets(&keys_gone, prefix);
+    if found.is_empty() {
+        return keys_gone;
+    }
+    let mut out = String::with_capacity(keys_gone.len());
+    let mut last = 0;
+    for (range, display) in found {
+        out.push_str(keys_gone.get(last..range.start).unwrap_or_default());
+        out.push_str(&display);
+        out.push('…');
+        last = range.end;
+    }
+    out.push_str(keys_gone.get(last..).unwrap_or_default());
+    Cow::Owned(out)
+}
+
+/// Secret parts of `prefix` keys inside runs of letters and digits, with
+/// the display prefix of the key each completes.
+pub fn find_bare_secrets(text: &str, prefix: &str) -> Vec<(Range<usize>, String)> {
+    const SECRET: usize = RANDOM_LEN + CHECKSUM_LEN;
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    // One CRC of 32 bytes per window and environment, from a state that
+    // has already seen `<prefix>_<env>_`.
+    let heads = [key::Environment::Live, key::Environment::Test]
+        .map(|env| (env, key::head_hasher(prefix, env)));
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while bytes.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+            i += 1;
+        }
+        let mut w = start;
+        while w + SECRET <= i {
+            let window = bytes.get(w..w + SECRET).unwrap_or_default();
+            let hit = heads.iter().find_map(|(env, head)| {
+                key::completes(head, window).then(|| {
+                    let shown = text.get(w..w + key::DISPLAY_RANDOM_LEN).unwrap_or_default();
+                    format!("{prefix}_{env}_{shown}")
+                })
+            });
+            match hit {
+                Some(display) => {
+                    found.push((w..w + SECRET, display));
+                    w += SECRET;
+                }
+                None => w += 1,
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// The longest prefix of `text` of at most `max` bytes on a character
+/// boundary.
+fn clip_bytes(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 /// `text` cut to at most `max` bytes (on a character boundary) followed by
 /// [`TRUNCATED_MARK`], or borrowed as it is when short enough.
 pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
         return Cow::Borrowed(text);
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned([text.get(..end).unwrap_or_default(), TRUNCATED_MARK].concat())
+    Cow::Owned([clip_bytes(text, max), TRUNCATED_MARK].concat())
 }
 
-/// A client's path as keyward records it (audit log, log lines): keys
-/// redacted, then clipped to [`MAX_RECORDED_PATH`]. A key hidden behind
-/// escapes (`insp%5Flive%5F…`) is found in the decoded path; the path is
-/// then recorded decoded, with the key redacted.
-pub fn recorded_path(path: &str) -> Cow<'_, str> {
-    let redacted = match redact_keys(path) {
+/// A client's path as keyward records it (audit log, log lines): keys and
+/// bare secrets of `key_prefix` keys redacted ([`redact_secrets`]), then
+/// clipped to [`MAX_RECORDED_PATH`]. A key hidden behind escapes
+/// (`insp%5Flive%5F…`) is found in the decoded path; the path is then
+/// recorded decoded, with the key redacted.
+pub fn recorded_path<'a>(path: &'a str, key_prefix: &str) -> Cow<'a, str> {
+    // Only what may be kept is scanned (bounding the work an anonymous
+    // client can cause), with room for a key that straddles the cut.
+    let whole = path;
+    let path = clip_bytes(whole, MAX_RECORDED_PATH + 64);
+    let redacted = match redact_secrets(path, key_prefix) {
         Cow::Borrowed(p) if p.contains('%') => {
             let decoded = crate::path::percent_decode(p.as_bytes());
             let decoded = String::from_utf8_lossy(&decoded);
-            if contains_key(&decoded) {
-                Cow::Owned(redact_keys(&decoded).into_owned())
-            } else {
-                Cow::Borrowed(p)
+            match redact_secrets(&decoded, key_prefix) {
+                Cow::Owned(clean) => Cow::Owned(clean),
+                Cow::Borrowed(_) => Cow::Borrowed(p),
             }
         }
         other => other,
     };
-    match redacted {
+    let clipped = match redacted {
         Cow::Borrowed(p) => clip(p, MAX_RECORDED_PATH),
         Cow::Owned(p) => Cow::Owned(clip(&p, MAX_RECORDED_PATH).into_owned()),
+    };
+    // Cut before scanning, then shortened by redaction: still marked.
+    if path.len() < whole.len() && !clipped.ends_with(TRUNCATED_MARK) {
+        return Cow::Owned([&*clipped, TRUNCATED_MARK].concat());
     }
+    clipped
 }
 
 /// Why a label (a name or description) is refused.
@@ -174,7 +248,7 @@ pub fn check_label(text: &str, allow_newlines: bool) -> Result<(), LabelError> {
 /// Bidirectional embeddings, overrides and isolates, and the zero-width,
 /// filler and other invisible formatting characters that make text display
 /// as something other than what it is.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{200B}'..='\u{200F}' // zero-width space, joiners, LRM, RLM
@@ -266,7 +340,7 @@ mod tests {
         // `é` is two bytes: a cut inside it moves back.
         assert_eq!(clip("aéb", 2), format!("a{TRUNCATED_MARK}"));
         let long = format!("/{}", "a".repeat(60_000));
-        let recorded = recorded_path(&long);
+        let recorded = recorded_path(&long, "insp");
         assert!(recorded.len() <= MAX_RECORDED_PATH + TRUNCATED_MARK.len());
         assert!(recorded.ends_with(TRUNCATED_MARK));
     }
@@ -275,11 +349,32 @@ mod tests {
     fn keys_behind_escapes_are_found_in_the_decoded_path() {
         let k = a_key("insp", 5);
         let encoded = format!("/damages/{}", k.replace('_', "%5F"));
-        let recorded = recorded_path(&encoded);
+        let recorded = recorded_path(&encoded, "insp");
         assert!(!recorded.contains(&k[14..]), "{recorded}");
         assert!(recorded.contains(&format!("{}…", &k[..14])), "{recorded}");
         // Escapes without a key are recorded as sent.
-        assert_eq!(recorded_path("/a%20b/c%C3%A9"), "/a%20b/c%C3%A9");
+        assert_eq!(recorded_path("/a%20b/c%C3%A9", "insp"), "/a%20b/c%C3%A9");
+    }
+
+    #[test]
+    fn bare_secrets_of_our_keys_are_found_by_their_checksum() {
+        let k = a_key("insp", 11);
+        let secret = &k[10..];
+        for text in [
+            format!("/inspections/{secret}"),
+            format!("/inspections/insp-live-{secret}"),
+            format!("/x/INSP.LIVE.{secret}/y"),
+            format!("xx{secret}"),
+        ] {
+            let clean = redact_secrets(&text, "insp");
+            assert!(!clean.contains(secret), "{clean}");
+            assert!(clean.contains(&format!("{}…", &k[..14])), "{clean}");
+            assert!(!recorded_path(&text, "insp").contains(secret));
+        }
+        // Another catalog's prefix, or a long id that is no secret: kept.
+        let id = "a".repeat(60);
+        assert!(matches!(redact_secrets(&id, "insp"), Cow::Borrowed(_)));
+        assert!(redact_secrets(&format!("/x/{secret}"), "trn").contains(secret));
     }
 
     #[test]

@@ -47,6 +47,8 @@ const MAX_PAGE: u32 = 500;
 /// The admin router and its OpenAPI document, built once per server.
 pub struct Admin {
     router: axum::Router,
+    /// The catalog's key prefix, to redact keys from logged paths.
+    key_prefix: String,
 }
 
 impl Admin {
@@ -54,6 +56,7 @@ impl Admin {
     /// server drops this before waiting for the audit writer to finish.
     pub(crate) fn new(state: Shared) -> Self {
         let catalog = state.app.catalog();
+        let key_prefix = catalog.key_prefix().to_owned();
         let mut spec = serde_json::to_value(openapi()).unwrap_or_default();
         describe_catalog(&mut spec, catalog);
         let spec = bytes::Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
@@ -78,7 +81,7 @@ impl Admin {
             )
             .fallback(not_found)
             .method_not_allowed_fallback(wrong_method);
-        Admin { router }
+        Admin { router, key_prefix }
     }
 
     /// Serves one request.
@@ -94,7 +97,8 @@ impl Admin {
         });
         let method = req.method().clone();
         // Client text: bounded and with keys redacted before it is logged.
-        let path = keyward_core::text::recorded_path(req.uri().path()).into_owned();
+        let path =
+            keyward_core::text::recorded_path(req.uri().path(), &self.key_prefix).into_owned();
         let mut router = self.router.clone();
         let res = match tower_service::Service::call(&mut router, req).await {
             Ok(res) => res,

@@ -144,6 +144,7 @@ pub struct Exchange<'a> {
 impl Exchange<'_> {
     pub fn audit(
         &self,
+        key_prefix: &str,
         state_default_org: &str,
         status: u16,
         required: Vec<String>,
@@ -163,7 +164,7 @@ impl Exchange<'_> {
             action: "gateway.request".to_owned(),
             key_id: self.key.map(|k| String::from(&*k.key_id)),
             method: Some(self.method.as_str().to_owned()),
-            path: Some(text::recorded_path(self.path).into_owned()),
+            path: Some(text::recorded_path(self.path, key_prefix).into_owned()),
             status: Some(status),
             required,
             client: Some(self.client.ip_text().to_owned()),
@@ -390,6 +391,7 @@ pub async fn handle(
     let status = res.status().as_u16();
     if write {
         let entry = ex.audit(
+            state.app.catalog().key_prefix(),
             &state.default_org,
             status,
             required_names(&state, &decision),
@@ -419,7 +421,7 @@ pub async fn refuse(
     tracing::info!(
         request_id = ?ex.request_id,
         method = %ex.method,
-        path = &*text::recorded_path(ex.path),
+        path = &*text::recorded_path(ex.path, state.app.catalog().key_prefix()),
         status,
         code = error.code,
         reason,
@@ -427,7 +429,13 @@ pub async fn refuse(
         "refused"
     );
     if audited {
-        let entry = ex.audit(&state.default_org, status, required, reason);
+        let entry = ex.audit(
+            state.app.catalog().key_prefix(),
+            &state.default_org,
+            status,
+            required,
+            reason,
+        );
         if ex.key.is_none() {
             // Nobody authenticated: counted per client and minute, with a
             // sample, rather than one chained record each (a flood of

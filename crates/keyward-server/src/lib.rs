@@ -224,7 +224,9 @@ impl State {
         entry.at_ms = self.app.now();
         // Paths and path ids are client text: bounded, keys redacted.
         for text in [&mut entry.path, &mut entry.key_id].into_iter().flatten() {
-            if let std::borrow::Cow::Owned(clean) = keyward_core::text::recorded_path(text) {
+            if let std::borrow::Cow::Owned(clean) =
+                keyward_core::text::recorded_path(text, self.app.catalog().key_prefix())
+            {
                 *text = clean;
             }
         }
@@ -594,22 +596,61 @@ fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
             "The request has more than one `Host` header",
         ));
     }
-    let plain = |h: &HeaderValue| {
-        h.to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-            .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
-    };
-    match (req.uri().authority(), host) {
-        (Some(_), _) => None,
-        (None, Some(h)) if plain(h) => None,
-        (None, Some(_)) => Some(ApiError::bad_request(
-            "The `Host` header is not a plain `host[:port]`",
-        )),
-        // HTTP/1.0 may omit it; hyper sends 1.1 onwards with one.
-        (None, None) if req.version() < http::Version::HTTP_11 => None,
-        (None, None) => Some(ApiError::bad_request("The request has no `Host` header")),
+    match host {
+        Some(h) if !h.to_str().is_ok_and(plain_host) => {
+            return Some(ApiError::bad_request(
+                "The `Host` header is not a plain `host[:port]`",
+            ));
+        }
+        // HTTP/1.0 may omit it; from 1.1 on it is required.
+        None if req.version() >= http::Version::HTTP_11 => {
+            return Some(ApiError::bad_request("The request has no `Host` header"));
+        }
+        _ => {}
     }
+    let uri = req.uri();
+    let scheme_ok = matches!(uri.scheme_str(), None | Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_some_and(|a| !plain_host(a.as_str())) {
+        return Some(ApiError::bad_request(
+            "An absolute request target must be `http://host[:port]/…`",
+        ));
+    }
+    None
+}
+
+/// `host[:port]` with nothing a back end could split or misread: a name of
+/// letters, digits, `.`, `-` and `_`, or a bracketed IPv6 address; a port
+/// of 1 to 65535. No user info, no commas, no other punctuation.
+fn plain_host(text: &str) -> bool {
+    let (host_ok, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, tail)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), tail),
+            None => return false,
+        },
+        None => {
+            let (host, port) = match text.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (text, None),
+            };
+            let ok = (1..=253).contains(&host.len())
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            (
+                ok,
+                port.map_or("", |_| text.get(host.len()..).unwrap_or("")),
+            )
+        }
+    };
+    host_ok
+        && match port.strip_prefix(':') {
+            None => port.is_empty(),
+            Some(p) => {
+                (1..=5).contains(&p.len())
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u16>().is_ok_and(|n| n > 0)
+            }
+        }
 }
 
 /// Longest request target (path and query) keyward reads; 414 beyond.
@@ -647,6 +688,41 @@ fn json_bytes_response(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hosts_are_plain_or_refused() {
+        for ok in [
+            "a.example",
+            "a.example:81",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "gateway.test",
+            "svc_internal",
+        ] {
+            assert!(super::plain_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.example,evil.example",
+            "a.example;x",
+            "a!b$&()*+=",
+            "a'b.example",
+            "a.example:8x",
+            "a.example:99999",
+            "a.example:0",
+            "a.example:",
+            "a:",
+            "[zz]",
+            "[::1",
+            "u:p@a.example",
+            "a b",
+            "a.example:81:82",
+            "evil/../x",
+        ] {
+            assert!(!super::plain_host(bad), "{bad}");
+        }
+    }
+
     /// The size of what `f` returns, without calling it.
     fn returned_size<F, A, B, C, D, R>(_: F) -> usize
     where

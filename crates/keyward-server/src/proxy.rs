@@ -317,7 +317,7 @@ pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool)
 /// `auth_request` originals, RFC 7239 `Forwarded` (preferred over
 /// `X-Forwarded-*` by Spring), and the client-address headers of other
 /// proxies and CDNs. keyward writes none of them.
-pub const OVERRIDES: [&[u8]; 15] = [
+pub const OVERRIDES: [&[u8]; 25] = [
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
@@ -333,6 +333,16 @@ pub const OVERRIDES: [&[u8]; 15] = [
     b"client-ip",
     b"x-cluster-client-ip",
     b"cf-connecting-ip",
+    b"fastly-client-ip",
+    b"x-envoy-external-address",
+    b"x-envoy-internal",
+    b"forwarded-for",
+    b"x-original-forwarded-for",
+    b"x-original-host",
+    b"x-host",
+    b"front-end-https",
+    b"x-scheme",
+    b"x-url-scheme",
 ];
 
 /// Whether a (lower-case) header name must not reach the upstream.
@@ -344,10 +354,17 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
     {
         return true;
     }
-    if !name.contains(&b'_') {
+    if name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
         return false;
     }
-    if !allow_underscores {
+    // Punctuation other than `-`: dropped (nginx's `ignore_invalid_headers`),
+    // except `_` when allowed. CGI and WSGI servers fold `_` into `-`, and
+    // lighttpd's CGI folds every other character too.
+    if !allow_underscores
+        || name
+            .iter()
+            .any(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
         return true;
     }
     // Underscores allowed: still never a folded spelling of those.
@@ -355,7 +372,7 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
         a.len() == b.len()
             && a.iter()
                 .zip(b)
-                .all(|(&x, &y)| (if x == b'_' { b'-' } else { x }) == y)
+                .all(|(&x, &y)| (if x.is_ascii_alphanumeric() { x } else { b'-' }) == y)
     };
     let folded_starts = |p: &[u8]| name.get(..p.len()).is_some_and(|head| folded_eq(head, p));
     folded_starts(b"x-keyward-")
@@ -398,7 +415,18 @@ mod tests {
             "x_real_ip",
             "true-client-ip",
             "x-envoy-original-path",
+            "x-keyward.scopes",
+            "x-keyward~scopes",
+            "x-forwarded.for",
+            "fastly-client-ip",
+            "x-original-host",
+            "forwarded-for",
         ] {
+            for allow in [false, true] {
+                assert!(is_spoofable(name.as_bytes(), allow), "{name} allow={allow}");
+            }
+        }
+        for name in ["x.api.version", "x~custom", "x!y"] {
             for allow in [false, true] {
                 assert!(is_spoofable(name.as_bytes(), allow), "{name} allow={allow}");
             }
