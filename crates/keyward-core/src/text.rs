@@ -88,9 +88,24 @@ pub fn contains_key(text: &str) -> bool {
 /// `text` with every full key replaced by its display prefix and `…`.
 /// Borrowed when there is none (the common case).
 pub fn redact_keys(text: &str) -> Cow<'_, str> {
-    let found = find_keys(text);
+    replace_found(Cow::Borrowed(text), find_keys)
+}
+
+/// [`redact_keys`], and also the secret part of a key of `prefix` written
+/// without its prefix or with other separators (`insp-live-…`, the bare 38
+/// characters), recognised by its checksum under either environment.
+pub fn redact_secrets<'a>(text: &'a str, prefix: &str) -> Cow<'a, str> {
+    replace_found(redact_keys(text), |t| find_bare_secrets(t, prefix))
+}
+
+/// `text` with what `find` finds replaced by its display prefix and `…`.
+fn replace_found<'a>(
+    text: Cow<'a, str>,
+    find: impl Fn(&str) -> Vec<(Range<usize>, String)>,
+) -> Cow<'a, str> {
+    let found = find(&text);
     if found.is_empty() {
-        return Cow::Borrowed(text);
+        return text;
     }
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
@@ -101,27 +116,6 @@ pub fn redact_keys(text: &str) -> Cow<'_, str> {
         last = range.end;
     }
     out.push_str(text.get(last..).unwrap_or_default());
-    Cow::Owned(out)
-}
-
-/// [`redact_keys`], and also the secret part of a key of `prefix` written
-/// without its prefix or with other separators (`insp-live-…`, the bare 38
-/// characters), recognised by its checksum under either environment.
-pub fn redact_secrets<'a>(text: &'a str, prefix: &str) -> Cow<'a, str> {
-    let keys_gone = redact_keys(text);
-    let found = find_bare_secrets(&keys_gone, prefix);
-    if found.is_empty() {
-        return keys_gone;
-    }
-    let mut out = String::with_capacity(keys_gone.len());
-    let mut last = 0;
-    for (range, display) in found {
-        out.push_str(keys_gone.get(last..range.start).unwrap_or_default());
-        out.push_str(&display);
-        out.push('…');
-        last = range.end;
-    }
-    out.push_str(keys_gone.get(last..).unwrap_or_default());
     Cow::Owned(out)
 }
 

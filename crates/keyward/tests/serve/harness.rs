@@ -432,6 +432,24 @@ impl Drop for Server {
     }
 }
 
+/// Rows of one query against a test's SQLite database, read as the server
+/// or CLI left them.
+pub fn sqlite_rows<T>(kw: &Kw, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+        let rows: Vec<T> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    })
+}
+
 /// Polls `check` every 10 ms until it holds; returns how long it took.
 pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

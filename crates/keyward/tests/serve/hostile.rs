@@ -22,21 +22,10 @@ type Row = (
 );
 
 fn audit(kw: &Kw) -> Vec<Row> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT action, actor, path, status, request_id, details, client FROM audit_log ORDER BY seq",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        rows
-    })
+    crate::harness::sqlite_rows(
+        kw,
+        "SELECT action, actor, path, status, request_id, details, client FROM audit_log ORDER BY seq",
+    )
 }
 
 /// A served fleet catalog with a key holding `vehicles:write`.

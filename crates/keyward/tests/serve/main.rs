@@ -279,46 +279,25 @@ fn cli_changes_reach_the_running_server_within_a_second() {
 type AuditRow = (String, String, String, i64, String, Option<String>);
 
 fn audit_rows(kw: &Kw) -> Vec<AuditRow> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT actor, method, path, status, details, client FROM audit_log \
-             WHERE action = 'gateway.request' ORDER BY seq",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        rows
-    })
+    harness::sqlite_rows(
+        kw,
+        "SELECT actor, method, path, status, details, client FROM audit_log \
+         WHERE action = 'gateway.request' ORDER BY seq",
+    )
 }
 
 /// `gateway.unauthenticated` records: (status, count).
 fn unauthenticated_counts(kw: &Kw) -> Vec<(i64, u64)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT status, details FROM audit_log WHERE action = 'gateway.unauthenticated' ORDER BY seq",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        rows.into_iter()
-            .map(|(status, d)| {
-                let d: Value = serde_json::from_str(&d).unwrap();
-                (status, d["count"].as_u64().unwrap())
-            })
-            .collect()
-    })
+    let rows: Vec<(i64, String)> = harness::sqlite_rows(
+        kw,
+        "SELECT status, details FROM audit_log WHERE action = 'gateway.unauthenticated' ORDER BY seq",
+    );
+    rows.into_iter()
+        .map(|(status, d)| {
+            let d: Value = serde_json::from_str(&d).unwrap();
+            (status, d["count"].as_u64().unwrap())
+        })
+        .collect()
 }
 
 #[test]
