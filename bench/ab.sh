@@ -6,6 +6,8 @@
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p keyward)
 #   bash bench/ab.sh /tmp/old-target/release/keyward            # vs this tree's release build
 #   R=7 D=5 bash bench/ab.sh OLD_BIN [NEW_BIN]
+#   DB=postgres bash bench/ab.sh OLD_BIN          # each binary on its own scratch
+#                                                 # PostgreSQL database (PG=base URL)
 #
 # Prints, per round, req/s of each binary and new/old for an audited POST,
 # POST /v1/verify and a GET through the gateway. Quote the median ratio.
@@ -17,20 +19,29 @@ cargo build --release -q -p keyward
 cargo build --release -q -p keyward-server --example bench_upstream
 UP=target/release/examples/bench_upstream
 W=$(mktemp -d); PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EXIT
+PG="${PG:-postgres://postgres@127.0.0.1:5432}"
+if [ "${DB:-sqlite}" = postgres ]; then
+  URL_OLD="$PG/kw_ab_old_$$"; URL_NEW="$PG/kw_ab_new_$$"
+  for u in "$URL_OLD" "$URL_NEW"; do psql -q "$PG/postgres" -c "CREATE DATABASE ${u##*/}"; done
+  dropdbs() { for u in "$URL_OLD" "$URL_NEW"; do psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS ${u##*/} WITH (FORCE)" || true; done; }
+else
+  URL_OLD="sqlite://$W/old.db"; URL_NEW="sqlite://$W/new.db"
+  dropdbs() { :; }
+fi
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; sleep 0.5; dropdbs; rm -rf $W' EXIT
 taskset -c 1 $UP 127.0.0.1:19201 >/dev/null & PIDS+=($!)
-setup() { # bin db -> prints "reader verifier"
-  local bin=$1 db=$2
-  KEYWARD_DATABASE_URL=sqlite://$db $bin migrate >/dev/null 2>&1
-  r=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name r --preset read-only-integration | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
-  v=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name v --scope keyward-api-keys:verify | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
-  w=$(KEYWARD_DATABASE_URL=sqlite://$db $bin keys create --json --name w --preset inspection-submission | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+setup() { # bin url -> prints "reader verifier writer"
+  local bin=$1 url=$2
+  KEYWARD_DATABASE_URL=$url $bin migrate >/dev/null 2>&1
+  r=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name r --preset read-only-integration | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  v=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name v --scope keyward-api-keys:verify | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  w=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name w --preset inspection-submission | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
   echo "$r $v $w"
 }
-read -r OR OV OW <<<"$(setup $OLD $W/old.db)"
-read -r NR NV NW <<<"$(setup $NEW $W/new.db)"
-KEYWARD_DATABASE_URL=sqlite://$W/old.db KEYWARD_LOG=warn taskset -c 1 $OLD serve --listen 127.0.0.1:19202 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
-KEYWARD_DATABASE_URL=sqlite://$W/new.db KEYWARD_LOG=warn taskset -c 1 $NEW serve --listen 127.0.0.1:19203 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
+read -r OR OV OW <<<"$(setup $OLD $URL_OLD)"
+read -r NR NV NW <<<"$(setup $NEW $URL_NEW)"
+KEYWARD_DATABASE_URL=$URL_OLD KEYWARD_LOG=warn taskset -c 1 $OLD serve --listen 127.0.0.1:19202 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
+KEYWARD_DATABASE_URL=$URL_NEW KEYWARD_LOG=warn taskset -c 1 $NEW serve --listen 127.0.0.1:19203 --upstream http://127.0.0.1:19201 >/dev/null 2>&1 & PIDS+=($!)
 sleep 1.5
 cat > $W/v.lua <<L
 wrk.method = "POST"

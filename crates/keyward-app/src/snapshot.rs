@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Keys read per query while loading.
 pub const LOAD_PAGE: u32 = 10_000;
+/// Change-log entries applied per page while syncing: a large import is
+/// replayed in a few dozen bulk reads, not one read per key.
+pub const SYNC_PAGE: u32 = 5_000;
 /// Uses of one key closer together than this are recorded once.
 pub const USE_RESOLUTION_MS: i64 = 1_000;
 
@@ -222,7 +225,7 @@ impl Snapshot {
         catalog: &Catalog,
         progress: &mut (dyn FnMut(usize) + Send),
     ) -> Result<Self, AppError> {
-        let (_, version) = store.changes_since(i64::MAX).await?;
+        let (_, version) = store.changes_since(i64::MAX, 0).await?;
         // Headroom for keys created while serving, before the first resize.
         let expected = usize::try_from(store.count_keys().await?).unwrap_or(0);
         let snapshot = Snapshot::empty(version, expected + expected / 4 + 1024);
@@ -279,33 +282,48 @@ impl Snapshot {
 
     async fn sync_locked<S: Store>(&self, store: &S, catalog: &Catalog) -> Result<usize, AppError> {
         let ticket = self.syncs_started.fetch_add(1, Ordering::AcqRel) + 1;
-        let from = self.version();
-        let (changes, current) = store.changes_since(from).await?;
-        let mut fresh = Vec::new();
-        for change in &changes {
-            let Some(key_id) = &change.key_id else {
-                continue;
+        let mut applied = 0;
+        loop {
+            let from = self.version();
+            let (changes, current) = store.changes_since(from, SYNC_PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.version) else {
+                self.version.fetch_max(current, Ordering::AcqRel);
+                break;
             };
-            match store.get_key(&change.org_id, key_id).await? {
-                Some(r) => fresh.push(SnapshotKey::from_record(&r)),
-                None => {
-                    // Keys are never deleted by keyward; if one vanished, drop it.
-                    let map = self.by_digest.pin();
-                    let gone: Vec<KeyDigest> = map
-                        .iter()
-                        .filter(|(_, e)| *e.key_id == **key_id)
-                        .map(|(d, _)| *d)
-                        .collect();
-                    for d in gone {
-                        map.remove(&d);
-                    }
+            let mut ids: Vec<String> = changes.iter().filter_map(|c| c.key_id.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let fresh = store.snapshot_keys_by_id(&ids).await?;
+            if fresh.len() < ids.len() {
+                // Keys are never deleted by keyward; if one vanished, drop it.
+                let found: std::collections::HashSet<&str> =
+                    fresh.iter().map(|k| k.id.as_str()).collect();
+                let vanished: std::collections::HashSet<&str> = ids
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| !found.contains(id))
+                    .collect();
+                let map = self.by_digest.pin();
+                let gone: Vec<KeyDigest> = map
+                    .iter()
+                    .filter(|(_, e)| vanished.contains(&*e.key_id))
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in gone {
+                    map.remove(&d);
                 }
             }
+            self.put_all(catalog, &fresh);
+            // Page by page: what is applied stays applied if a later page
+            // fails, and the next sync starts after it.
+            self.version.fetch_max(last, Ordering::AcqRel);
+            applied += changes.len();
+            if last >= current {
+                break;
+            }
         }
-        self.put_all(catalog, &fresh);
-        self.version.fetch_max(current, Ordering::AcqRel);
         self.last_ok_sync.fetch_max(ticket, Ordering::AcqRel);
-        Ok(changes.len())
+        Ok(applied)
     }
 
     /// Brings the snapshot up to date with everything committed before this

@@ -7,10 +7,12 @@
 //! fsync) instead of serialising on the chain head. Acknowledged means
 //! committed: nothing a client saw answered is missing from the chain.
 
+use crate::telemetry::Outage;
 use keyward_app::App;
 use keyward_core::audit::AuditEntry;
 use keyward_store::AnyStore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -27,9 +29,45 @@ type Ack = oneshot::Sender<bool>;
 #[error("the audit log could not be written")]
 pub struct AuditUnavailable;
 
-/// Hands records to the writer task.
+/// How often the writer tries the database again while it is failing.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Hands records to the writer task, and says whether writes may proceed.
 pub struct AuditWriter {
     tx: mpsc::Sender<(AuditEntry, Ack)>,
+    health: Arc<Health>,
+}
+
+/// Whether the last audit batch committed, and what the outage cost.
+struct Health {
+    ok: AtomicBool,
+    /// Writes refused unforwarded since the outage began.
+    refused: AtomicU64,
+    /// When the batch being committed started (ms since `base`, plus one;
+    /// 0 while none is): one that takes longer than [`SLOW_BATCH`] counts
+    /// as a failure already, so writes stop being forwarded while the
+    /// database is silent, not only once the deadline has passed.
+    batch_started: AtomicU64,
+    base: std::time::Instant,
+}
+
+/// A batch still uncommitted after this long stops forwarding writes.
+const SLOW_BATCH: u64 = 500;
+
+impl Health {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+}
+
+/// Who the writer is, for the record that closes an outage.
+pub struct WriterIdentity {
+    /// This node's id (request ids start with it).
+    pub node: String,
+    /// The organization a node-level record is filed under.
+    pub org_id: String,
 }
 
 impl AuditWriter {
@@ -37,10 +75,36 @@ impl AuditWriter {
     pub fn start(
         app: Arc<App<AnyStore>>,
         metrics: Arc<crate::telemetry::Metrics>,
+        identity: WriterIdentity,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(app, metrics, rx));
-        (AuditWriter { tx }, task)
+        let health = Arc::new(Health {
+            ok: AtomicBool::new(true),
+            refused: AtomicU64::new(0),
+            batch_started: AtomicU64::new(0),
+            base: crate::telemetry::monotonic(),
+        });
+        let task = tokio::spawn(write_loop(app, metrics, rx, health.clone(), identity));
+        (AuditWriter { tx, health }, task)
+    }
+
+    /// Whether audit records are being committed. While they are not, a
+    /// write must be refused before it is forwarded: otherwise the upstream
+    /// what happened. Also false while a batch has been committing for
+    /// longer than [`SLOW_BATCH`] ms. Set again by the next batch that
+    /// commits (the writer tries every [`PROBE_EVERY`]).
+    pub fn healthy(&self) -> bool {
+        if !self.health.ok.load(Ordering::Acquire) {
+            return false;
+        }
+        let started = self.health.batch_started.load(Ordering::Acquire);
+        started == 0 || self.health.now().saturating_sub(started) < SLOW_BATCH
+    }
+
+    /// Counts a write refused because the audit is failing (reported in the
+    /// record that ends the outage).
+    pub fn note_refused(&self) {
+        self.health.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records `entry`; returns once it is committed.
@@ -53,8 +117,13 @@ impl AuditWriter {
             .send((entry, ack))
             .await
             .map_err(|_| AuditUnavailable)?;
-        match done.await {
-            Ok(true) => Ok(()),
+        // Never longer than one database call may take: a record queued
+        // behind a batch that is itself waiting for a silent database would
+        // otherwise wait for two deadlines. A record committed after its
+        // request gave up is still in the chain; only the converse matters
+        // (nothing answered 2xx is missing).
+        match tokio::time::timeout(crate::STORE_DEADLINE, done).await {
+            Ok(Ok(true)) => Ok(()),
             _ => Err(AuditUnavailable),
         }
     }
@@ -64,19 +133,69 @@ async fn write_loop(
     app: Arc<App<AnyStore>>,
     metrics: Arc<crate::telemetry::Metrics>,
     mut rx: mpsc::Receiver<(AuditEntry, Ack)>,
+    health: Arc<Health>,
+    identity: WriterIdentity,
 ) {
     let mut entries = Vec::with_capacity(MAX_BATCH);
     let mut acks = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut acks, MAX_BATCH).await > 0 {
+    let outage = Outage::new(
+        "audit writes",
+        "their requests are answered 503 and writes are refused unforwarded until a batch commits",
+    );
+    // When the current outage began (unix ms), while there is one.
+    let mut failing_since: Option<i64> = None;
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut acks, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            // Only while failing: nothing else would try again once writes
+            // are refused.
+            _ = probe.tick(), if failing_since.is_some() => {}
+        }
         entries.extend(acks.iter_mut().map(|(e, _)| std::mem::take(e)));
-        let ok = match app.record(&entries).await {
+        if let Some(since) = failing_since {
+            // The batch that ends an outage says what it cost, in the chain.
+            let now = app.now();
+            entries.push(AuditEntry {
+                at_ms: now,
+                org_id: identity.org_id.clone(),
+                actor: format!("node:{}", identity.node),
+                action: "node.audit_resumed".to_owned(),
+                details: serde_json::json!({
+                    "failing_since_ms": since,
+                    "failed_for_ms": now - since,
+                    "refused_writes": health.refused.load(Ordering::Relaxed),
+                })
+                .to_string(),
+                ..AuditEntry::default()
+            });
+        }
+        health.batch_started.store(health.now(), Ordering::Release);
+        let result = app.record(&entries).await;
+        health.batch_started.store(0, Ordering::Release);
+        let ok = match result {
             Ok(()) => {
                 metrics.audit_records.increment(entries.len() as u64);
                 metrics.audit_batches.increment(1);
+                if failing_since.take().is_some() {
+                    health.refused.store(0, Ordering::Relaxed);
+                    health.ok.store(true, Ordering::Release);
+                    outage.recovered();
+                }
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, records = entries.len(), "audit records could not be written; their requests are refused");
+                if failing_since.is_none() {
+                    failing_since = Some(app.now());
+                    health.ok.store(false, Ordering::Release);
+                    probe.reset();
+                }
+                outage.failed(&e, entries.len());
                 false
             }
         };

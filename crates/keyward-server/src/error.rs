@@ -200,6 +200,15 @@ impl From<AppError> for ApiError {
                 e.retry_after = u64::try_from(retry_after_s).ok();
                 e
             }
+            AppError::Store(ref s) if s.is_unavailable() => {
+                // Logged once per outage by whoever watches the database
+                // (the sync, the audit writer), not once per request.
+                tracing::debug!(error = %e, "database unavailable");
+                let mut e =
+                    ApiError::unavailable("The database did not answer in time; try again shortly");
+                e.retry_after = Some(1);
+                e
+            }
             AppError::Catalog(_) | AppError::Store(_) | AppError::Rng(_) => {
                 tracing::error!(error = %e, "internal failure");
                 ApiError::new(

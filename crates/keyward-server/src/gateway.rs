@@ -104,6 +104,7 @@ pub async fn find_key(
     }
     // Boxed: the store's lookup is a large future, and this rare path must
     // not make every request's future as large.
+    let asked = state.app.now();
     let caught_up = Box::pin(tokio::time::timeout(
         CATCH_UP_TIMEOUT,
         state.app.catch_up_snapshot(&state.snapshot),
@@ -111,7 +112,7 @@ pub async fn find_key(
     .await;
     match caught_up {
         Ok(Ok(())) => {
-            state.note_sync_ok();
+            state.note_sync_ok(asked);
             Ok(state.snapshot.get(&digest).ok_or(AuthFailure::Unknown))
         }
         Ok(Err(e)) => {
@@ -323,6 +324,13 @@ pub async fn handle(
         .await;
     }
 
+    if write && !state.audit.healthy() {
+        // Refused before the upstream sees it: once audit writes fail, only
+        // the writes already in flight can reach the upstream unrecorded.
+        state.audit.note_refused();
+        return audit_failing(&state, &request_id);
+    }
+
     // Forward.
     rewrite_request(
         &mut parts.headers,
@@ -500,6 +508,18 @@ pub fn audit_unavailable(
             "the upstream processed the request before recording failed",
         );
     }
+    state.metrics.refused(503, "AUDIT_UNAVAILABLE");
+    e.into_response(Some(request_id))
+}
+
+/// 503 before forwarding a write while audit records cannot be committed.
+fn audit_failing(state: &State, request_id: &HeaderValue) -> Response<Body> {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "AUDIT_UNAVAILABLE",
+        "The audit log cannot be written, so writes are refused (not forwarded) until it can; try again shortly",
+    );
+    e.retry_after = Some(1);
     state.metrics.refused(503, "AUDIT_UNAVAILABLE");
     e.into_response(Some(request_id))
 }

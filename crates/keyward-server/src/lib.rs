@@ -56,6 +56,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use telemetry::Outage;
 use telemetry::{Metrics, RequestIds};
 use tokio::net::TcpListener;
 
@@ -135,7 +136,13 @@ pub struct State {
     request_ids: RequestIds,
     default_org: String,
     verify_scope: ScopeSet,
+    /// When the snapshot was last known to hold everything committed (the
+    /// start of the last sync that caught up): its age is how far behind
+    /// the change log this node may be.
     last_sync_ms: AtomicI64,
+    /// When the sync now running started (0: none is running); one that
+    /// runs long means the database is not answering.
+    sync_started_ms: AtomicI64,
     sync_error: Mutex<Option<String>>,
     /// When the audit chain was last verified, and whether it held.
     chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
@@ -209,9 +216,30 @@ impl State {
         Ok(ok)
     }
 
-    fn note_sync_ok(&self) {
-        self.last_sync_ms
-            .fetch_max(self.app.now(), Ordering::AcqRel);
+    /// The snapshot holds everything committed before `as_of` (the time a
+    /// sync that has now caught up started).
+    fn note_sync_ok(&self, as_of: i64) {
+        self.last_sync_ms.fetch_max(as_of, Ordering::AcqRel);
+    }
+
+    /// Why the database looks unreachable from here, if it does: the last
+    /// sync failed, or the one running has had no answer for
+    /// [`UNANSWERED`] (a black-holed database never fails, it just does
+    /// not answer, and the deadline is longer).
+    fn database_error(&self) -> Option<String> {
+        if let Some(e) = self
+            .sync_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(e);
+        }
+        let started = self.sync_started_ms.load(Ordering::Acquire);
+        let waited = self.app.now() - started;
+        let unanswered = i64::try_from(UNANSWERED.as_millis()).unwrap_or(i64::MAX);
+        (started > 0 && waited >= unanswered)
+            .then(|| format!("the change log has not answered for {waited} ms"))
     }
 
     /// Boxed: the wait for the group commit is large, and inline it would
@@ -271,7 +299,14 @@ impl Server {
         let snapshot = app.load_snapshot(progress).await?;
         let metrics = Arc::new(Metrics::new().map_err(ServerError::Config)?);
         let app = Arc::new(app);
-        let (audit, audit_task) = AuditWriter::start(app.clone(), metrics.clone());
+        let (audit, audit_task) = AuditWriter::start(
+            app.clone(),
+            metrics.clone(),
+            audit::WriterIdentity {
+                node: node_id.clone(),
+                org_id: default_org.clone(),
+            },
+        );
         let now = app.now();
         let state = Arc::new(State {
             snapshot,
@@ -284,6 +319,7 @@ impl Server {
             default_org,
             verify_scope,
             last_sync_ms: AtomicI64::new(now),
+            sync_started_ms: AtomicI64::new(0),
             sync_error: Mutex::new(None),
             chain_check: tokio::sync::Mutex::new(None),
             app,
@@ -308,7 +344,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
         let Server { state, audit_task } = self;
-        let background = tokio::spawn(background(state.clone()));
+        let background = [
+            tokio::spawn(sync_loop(state.clone())),
+            tokio::spawn(flush_loop(state.clone())),
+        ];
         let admin = Arc::new(admin::Admin::new(state.clone()));
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -362,10 +401,13 @@ impl Server {
                 "some connections were still open after the drain timeout"
             );
         }
-        background.abort();
-        let _ = background.await;
-        flush_uses(&state, &mut Vec::new()).await;
-        flush_anonymous(&state, &mut Vec::new(), true).await;
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
+        let (uses, anonymous) = flush_outages();
+        flush_uses(&state, &mut Vec::new(), &uses).await;
+        flush_anonymous(&state, &mut Vec::new(), true, &anonymous).await;
         // The last reference to the audit writer goes with the state; the
         // writer then commits what is queued and stops.
         drop(state);
@@ -412,31 +454,63 @@ async fn dispatch(
     if let Some(e) = check_request_line(&req) {
         // Refused before anything is recorded or logged.
         state.metrics.refused(e.status.as_u16(), e.code);
-        return e.into_response(Some(&state.request_ids.next()));
+        let mut res = e.into_response(Some(&state.request_ids.next()));
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            res.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return res;
     }
-    match admin {
+    // A body not yet read when keyward refuses the request stays unread:
+    // hyper then closes the connection after the response, and the client
+    // must be told so, or its next request on the connection fails.
+    let body_pending = !hyper::body::Body::is_end_stream(req.body());
+    let mut res = match admin {
         Some(admin) => own::handle(state, client, &admin, req).await,
         None => gateway::handle(state, client, req).await,
+    };
+    if body_pending && refused_here(&res) {
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    res
 }
 
-/// Snapshot sync, last-use flushes and metrics upkeep, until aborted. Where
-/// the store notifies of changes (PostgreSQL), a notification triggers a sync
-/// at once; the timed sync stays, so a missed notification costs at most one
-/// interval.
-async fn background(state: Arc<State>) {
+/// A refusal keyward wrote itself (not the upstream's answer, which read or
+/// forwarded the whole body).
+fn refused_here(res: &Response<Body>) -> bool {
+    (res.status().is_client_error() || res.status().is_server_error())
+        && !matches!(res.body(), Body::Upstream(_))
+}
+
+/// How long a sync may wait for the database before `/healthz` reports it
+/// unreachable.
+const UNANSWERED: Duration = Duration::from_millis(500);
+
+/// How long one call to the database may take on a server before the
+/// request waiting for it is answered 503: a node whose database stalls
+/// answers on time instead of holding its clients (docs/design.md,
+/// "Failure isolation").
+pub const STORE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Snapshot sync, until aborted. Where the store notifies of changes
+/// (PostgreSQL), a notification triggers a sync at once; the timed sync
+/// stays, so a missed notification costs at most one interval. Alone in
+/// its task: no other background work (flushes that may wait on a lock)
+/// can delay the sync that keeps this node fresh.
+async fn sync_loop(state: Arc<State>) {
     let mut sync = tokio::time::interval(state.config.sync_interval);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flush = tokio::time::interval(state.config.flush_interval);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retry: Vec<(String, i64)> = Vec::new();
-    let mut retry_anonymous: Vec<AuditEntry> = Vec::new();
     let mut notifier = listen(&state).await;
     let mut ticks: u32 = 0;
+    let outage = Outage::new(
+        "reading the change log",
+        "serving from the snapshot until it is older than --max-staleness",
+    );
     loop {
         tokio::select! {
             _ = sync.tick() => {
-                sync_once(&state).await;
+                sync_once(&state, &outage).await;
                 ticks = ticks.wrapping_add(1);
                 // Re-listen now and then after a failure (never on SQLite,
                 // which has nothing to listen to and answers at once).
@@ -445,18 +519,28 @@ async fn background(state: Arc<State>) {
                 }
             }
             woke = notified(&mut notifier) => match woke {
-                Ok(()) => sync_once(&state).await,
+                Ok(()) => sync_once(&state, &outage).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "change notifications lost; polling until they are back");
                     notifier = None;
                 }
             },
-            _ = flush.tick() => {
-                flush_uses(&state, &mut retry).await;
-                flush_anonymous(&state, &mut retry_anonymous, false).await;
-                state.metrics.upkeep();
-            }
         }
+    }
+}
+
+/// Last-use and anonymous-count flushes and metrics upkeep, until aborted.
+async fn flush_loop(state: Arc<State>) {
+    let mut flush = tokio::time::interval(state.config.flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry: Vec<(String, i64)> = Vec::new();
+    let mut retry_anonymous: Vec<AuditEntry> = Vec::new();
+    let (uses, anonymous) = flush_outages();
+    loop {
+        flush.tick().await;
+        flush_uses(&state, &mut retry, &uses).await;
+        flush_anonymous(&state, &mut retry_anonymous, false, &anonymous).await;
+        state.metrics.upkeep();
     }
 }
 
@@ -479,18 +563,20 @@ async fn notified(
     }
 }
 
-async fn sync_once(state: &State) {
+async fn sync_once(state: &State, outage: &Outage) {
+    let started = state.app.now();
+    state.sync_started_ms.store(started, Ordering::Release);
     let result = state.app.sync_snapshot(&state.snapshot).await;
+    state.sync_started_ms.store(0, Ordering::Release);
     let mut error = state
         .sync_error
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     match result {
         Ok(n) => {
-            state.note_sync_ok();
-            if error.take().is_some() {
-                tracing::info!("database reachable again; snapshot caught up");
-            }
+            state.note_sync_ok(started);
+            *error = None;
+            outage.recovered();
             if n > 0 {
                 tracing::debug!(
                     changes = n,
@@ -500,11 +586,8 @@ async fn sync_once(state: &State) {
             }
         }
         Err(e) => {
-            let message = e.to_string();
-            if error.as_deref() != Some(message.as_str()) {
-                tracing::warn!(error = %message, "cannot read the change log; serving from the snapshot");
-            }
-            *error = Some(message);
+            outage.failed(&e, 0);
+            *error = Some(e.to_string());
         }
     }
     drop(error);
@@ -522,16 +605,30 @@ async fn sync_once(state: &State) {
         .set(state.snapshot_age_ms() as f64 / 1000.0);
 }
 
+/// The log lines of the two flushes.
+fn flush_outages() -> (Outage, Outage) {
+    (
+        Outage::new("writing last-use times", "they are kept and retried"),
+        Outage::new(
+            "writing counts of unauthenticated requests",
+            "they are kept (up to a bound) and retried",
+        ),
+    )
+}
+
 /// Writes last-use times; keeps them for the next attempt if storage fails.
-async fn flush_uses(state: &State, retry: &mut Vec<(String, i64)>) {
+async fn flush_uses(state: &State, retry: &mut Vec<(String, i64)>, outage: &Outage) {
     retry.extend(state.snapshot.take_uses());
     if retry.is_empty() {
         return;
     }
     match state.app.flush_uses(retry).await {
-        Ok(()) => retry.clear(),
+        Ok(()) => {
+            retry.clear();
+            outage.recovered();
+        }
         Err(e) => {
-            tracing::warn!(error = %e, pending = retry.len(), "cannot write last-use times; will retry");
+            outage.failed(&e, retry.len());
             // Bound memory while storage is down: keep the latest per key.
             if retry.len() > 100_000 {
                 retry.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -544,15 +641,18 @@ async fn flush_uses(state: &State, retry: &mut Vec<(String, i64)>) {
 /// Writes the counts of unauthenticated refusals whose minute has passed
 /// (all of them at shutdown); keeps them for the next attempt if storage
 /// fails, up to a bound.
-async fn flush_anonymous(state: &State, retry: &mut Vec<AuditEntry>, all: bool) {
+async fn flush_anonymous(state: &State, retry: &mut Vec<AuditEntry>, all: bool, outage: &Outage) {
     retry.extend(state.anonymous.take(state.app.now(), all));
     if retry.is_empty() {
         return;
     }
     match state.app.record(retry).await {
-        Ok(()) => retry.clear(),
+        Ok(()) => {
+            retry.clear();
+            outage.recovered();
+        }
         Err(e) => {
-            tracing::warn!(error = %e, pending = retry.len(), "cannot write counts of unauthenticated requests; will retry");
+            outage.failed(&e, retry.len());
             let excess = retry.len().saturating_sub(audit::MAX_TALLIES);
             retry.drain(..excess);
         }

@@ -91,11 +91,7 @@ pub(crate) fn method_not_allowed(
 }
 
 fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
-    let error = state
-        .sync_error
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let error = state.database_error();
     let stale = state.stale().is_some();
     let body = serde_json::json!({
         "status": if stale { "stale" } else { "ok" },

@@ -189,6 +189,94 @@ impl Metrics {
     }
 }
 
+/// The log lines of one thing that can fail repeatedly (audit writes, the
+/// change-log sync, last-use flushes): the first failure is logged as it
+/// happens, repeats are only counted (a database outage must not write one
+/// line per failed batch), a reminder with the count comes once a minute,
+/// and recovery is logged with the count and how long it lasted.
+pub struct Outage {
+    what: &'static str,
+    consequence: &'static str,
+    state: std::sync::Mutex<Option<Failing>>,
+}
+
+struct Failing {
+    since: Instant,
+    failures: u64,
+    items: u64,
+    reminded: Instant,
+}
+
+/// How often a continuing outage is logged again.
+const REMIND_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Outage {
+    /// `what` names the operation ("audit writes"); `consequence` says
+    /// what its failure means for requests, in the first line.
+    pub fn new(what: &'static str, consequence: &'static str) -> Self {
+        Outage {
+            what,
+            consequence,
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// One more failure, of an attempt covering `items` things (records,
+    /// keys); logged if it is the first of an outage or a minute has passed.
+    pub fn failed(&self, error: &dyn std::fmt::Display, items: usize) {
+        let now = monotonic();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let items = items as u64;
+        match &mut *state {
+            None => {
+                tracing::error!(error = %error, items, "{} failed; {}", self.what, self.consequence);
+                *state = Some(Failing {
+                    since: now,
+                    failures: 1,
+                    items,
+                    reminded: now,
+                });
+            }
+            Some(f) => {
+                f.failures += 1;
+                f.items += items;
+                if now.duration_since(f.reminded) >= REMIND_EVERY {
+                    f.reminded = now;
+                    tracing::error!(
+                        error = %error,
+                        failures = f.failures,
+                        items = f.items,
+                        failing_for_s = f.since.elapsed().as_secs(),
+                        "{} still failing",
+                        self.what
+                    );
+                }
+            }
+        }
+    }
+
+    /// The operation succeeded; ends (and logs the end of) any outage.
+    pub fn recovered(&self) {
+        let ended = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(f) = ended {
+            tracing::warn!(
+                failures = f.failures,
+                items = f.items,
+                failed_for_ms = u64::try_from(f.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "{} working again",
+                self.what
+            );
+        }
+    }
+}
+
 /// Request ids, always keyward's own: `<node>-<counter>`, unique per node
 /// without randomness per request. A client's `X-Request-Id` never becomes
 /// the id an audit record is filed under (it could collide with another

@@ -1,6 +1,7 @@
 //! The store a URL names, as one type: what the binary holds, so every
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
+use crate::StoreError;
 use crate::{AuditQuery, Directory, SessionRecord, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
@@ -8,39 +9,89 @@ use crate::{
 };
 use keyward_core::KeyDigest;
 use keyward_core::audit::AuditEntry;
+use std::time::Duration;
 
-/// SQLite or PostgreSQL, chosen by the URL scheme.
+/// SQLite or PostgreSQL, chosen by the URL scheme, with the deadline every
+/// call of this process gets.
 #[derive(Clone, Debug)]
-pub enum AnyStore {
-    /// `sqlite://PATH`
+pub struct AnyStore {
+    backend: Backend,
+    /// Longest a call may take before it fails with
+    /// [`StoreError::Timeout`]; `None` waits (the CLI's long imports).
+    deadline: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
     Sqlite(SqliteStore),
-    /// `postgres://…` or `postgresql://…`
     Postgres(PgStore),
 }
 
 impl AnyStore {
+    pub(crate) fn sqlite(s: SqliteStore) -> Self {
+        AnyStore {
+            backend: Backend::Sqlite(s),
+            deadline: None,
+        }
+    }
+
+    pub(crate) fn postgres(s: PgStore) -> Self {
+        AnyStore {
+            backend: Backend::Postgres(s),
+            deadline: None,
+        }
+    }
+
+    /// The same store, every call of which fails after `deadline`: a server
+    /// must answer 503 on time while its database is unreachable or a lock
+    /// it waits for is held by a stalled node, never hang with the request.
+    /// Migrations are exempt (they may rightly run long).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// `sqlite` or `postgres`, for messages.
     pub fn backend(&self) -> &'static str {
-        match self {
-            AnyStore::Sqlite(_) => "sqlite",
-            AnyStore::Postgres(_) => "postgres",
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
         }
     }
 }
 
-/// Calls the same method on whichever backend this is.
+/// `call`, failed with [`StoreError::Timeout`] once `deadline` has passed.
+/// Dropping the call drops its connection's work: an open transaction is
+/// rolled back (PostgreSQL's own timeouts end what the server still runs).
+async fn within<T>(
+    deadline: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => call.await,
+        Some(d) => tokio::time::timeout(d, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(d))),
+    }
+}
+
+/// Calls the same method on whichever backend this is, within the deadline.
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            AnyStore::Sqlite($s) => $call.await,
-            AnyStore::Postgres($s) => $call.await,
+        match &$self.backend {
+            Backend::Sqlite($s) => within($self.deadline, $call).await,
+            Backend::Postgres($s) => within($self.deadline, $call).await,
         }
     };
 }
 
 impl Store for AnyStore {
     async fn migrate(&self) -> Result<()> {
-        delegate!(self, s => s.migrate())
+        match &self.backend {
+            Backend::Sqlite(s) => s.migrate().await,
+            Backend::Postgres(s) => s.migrate().await,
+        }
     }
     async fn create_org(
         &self,
@@ -125,8 +176,11 @@ impl Store for AnyStore {
     async fn change_notifier(&self) -> Result<Option<ChangeNotifier>> {
         delegate!(self, s => s.change_notifier())
     }
-    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
-        delegate!(self, s => s.changes_since(version))
+    async fn changes_since(&self, version: i64, limit: u32) -> Result<(Vec<Change>, i64)> {
+        delegate!(self, s => s.changes_since(version, limit))
+    }
+    async fn snapshot_keys_by_id(&self, ids: &[String]) -> Result<Vec<SnapshotKey>> {
+        delegate!(self, s => s.snapshot_keys_by_id(ids))
     }
 }
 

@@ -46,6 +46,57 @@ pub enum StoreError {
         "unsupported database url `{0}`: expected `sqlite://PATH` or `postgres://USER@HOST/DB`"
     )]
     UnsupportedUrl(String),
+    /// The database is contended beyond what a retry inside the call can
+    /// resolve; the caller may retry later.
+    #[error("the database is busy: {0}")]
+    Busy(String),
+    /// The call did not finish within the store's deadline
+    /// ([`AnyStore::with_deadline`]).
+    #[error("the database did not answer within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
+}
+
+impl StoreError {
+    /// Whether the database is unreachable, too slow or refusing for now
+    /// (a timeout, a lost or refused connection, a lock or statement
+    /// timeout, a server shutting down), as opposed to a wrong request or a
+    /// broken row: the caller should answer 503 and let the client retry.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::Busy(_) => true,
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    // query_canceled (statement_timeout), lock_not_available
+                    // (lock_timeout), idle_in_transaction_session_timeout,
+                    // the 57P0x shutdown family, too_many_connections,
+                    // SQLite's SQLITE_BUSY (5) and SQLITE_LOCKED (6).
+                    matches!(
+                        c.as_ref(),
+                        "57014"
+                            | "55P03"
+                            | "25P03"
+                            | "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "53300"
+                            | "5"
+                            | "6"
+                            | "261"
+                            | "517"
+                            | "773"
+                    )
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Result alias for storage calls.
@@ -431,11 +482,22 @@ pub trait Store: Directory {
     /// callers keep polling [`Store::changes_since`].
     fn change_notifier(&self) -> impl Future<Output = Result<Option<ChangeNotifier>>> + Send;
 
-    /// Change-log entries after `version`, oldest first, and the current version.
+    /// Up to `limit` change-log entries after `version`, oldest first, and
+    /// the current version (read first, so every entry returned is at or
+    /// below it). A node replays a long backlog page by page.
     fn changes_since(
         &self,
         version: i64,
+        limit: u32,
     ) -> impl Future<Output = Result<(Vec<Change>, i64)>> + Send;
+
+    /// The keys with these ids, in any organization, in one query: how a
+    /// page of the change log is applied in bulk. Ids of keys that no longer
+    /// exist are simply absent.
+    fn snapshot_keys_by_id(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<SnapshotKey>>> + Send;
 }
 
 /// The people side of storage: users, group memberships, console sessions,
@@ -578,6 +640,9 @@ impl ChangeNotifier {
     /// The listening connection failed and could not be re-established.
     pub async fn wait(&mut self) -> Result<()> {
         self.0.try_recv().await?;
+        // Whatever else already arrived is covered by the same read of the
+        // log: one sync for a burst, not one per notification.
+        while self.0.next_buffered().is_some() {}
         Ok(())
     }
 }
@@ -588,10 +653,20 @@ impl ChangeNotifier {
 /// # Errors
 /// [`StoreError::UnsupportedUrl`] or a connection error.
 pub async fn open(url: &str) -> Result<AnyStore> {
+    open_as(url, "keyward").await
+}
+
+/// [`open`], naming this process to the database (PostgreSQL's
+/// `application_name`, shown in `pg_stat_activity`), so an operator can
+/// tell which node holds a lock or a connection.
+///
+/// # Errors
+/// [`StoreError::UnsupportedUrl`] or a connection error.
+pub async fn open_as(url: &str, name: &str) -> Result<AnyStore> {
     if url.starts_with("sqlite:") {
-        Ok(AnyStore::Sqlite(SqliteStore::connect(url).await?))
+        Ok(AnyStore::sqlite(SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(AnyStore::Postgres(PgStore::connect(url).await?))
+        Ok(AnyStore::postgres(PgStore::connect_as(url, name).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }

@@ -51,7 +51,33 @@ macro_rules! select_audit {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// How to connect without [`SESSION_SETTINGS`], for migrations.
+    untimed: std::sync::Arc<PgConnectOptions>,
 }
+
+/// How long this node may hold what other nodes wait for, and how long it
+/// waits for them: every connection runs with these, so a node that is
+/// frozen, cut off or killed inside a transaction loses its locks after
+/// 2 s (`idle_in_transaction_session_timeout`) instead of stopping every
+/// node's writes, and no node waits longer than 2 s for a lock
+/// (docs/design.md, "Failure isolation").
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    // Waiting for a lock: give up (and answer 503) rather than queue behind
+    // a stalled node.
+    ("lock_timeout", "2s"),
+    // A transaction whose client stopped talking (frozen, partitioned) is
+    // ended by the server, releasing its locks.
+    ("idle_in_transaction_session_timeout", "2s"),
+    // No statement of keyward's runs for long; one that does is stuck.
+    ("statement_timeout", "5s"),
+    // A client host that vanished without closing its socket is noticed by
+    // the server: probes after 5 s idle, 1 s apart, 3 unanswered; unacked
+    // data for 5 s also ends the connection.
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "1"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "5000"),
+];
 
 impl PgStore {
     /// Connects to `url` (`postgres://…`).
@@ -59,13 +85,26 @@ impl PgStore {
     /// # Errors
     /// A malformed URL or an unreachable server.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+        Self::connect_as(url, "keyward").await
+    }
+
+    /// Connects to `url`, calling this process `name` in
+    /// `pg_stat_activity`. Every connection gets [`SESSION_SETTINGS`].
+    ///
+    /// # Errors
+    /// A malformed URL or an unreachable server.
+    pub async fn connect_as(url: &str, name: &str) -> Result<Self> {
+        let untimed = PgConnectOptions::from_str(url)?.application_name(name);
+        let options = untimed.clone().options(SESSION_SETTINGS.iter().copied());
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            untimed: std::sync::Arc::new(untimed),
+        })
     }
 
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
@@ -73,59 +112,148 @@ impl PgStore {
     }
 }
 
-/// Audit rows per `INSERT` (15 parameters each; PostgreSQL allows 65 535).
-const AUDIT_ROWS_PER_INSERT: usize = 500;
+/// Attempts at appending before giving up when other nodes keep winning
+/// the chain head (each lost attempt means another node appended).
+const APPEND_ATTEMPTS: usize = 64;
 
-/// Links `entries` into the chain. Caller holds the write lock.
+/// Moves the chain head from `$1` to `$2`/`$3` and inserts the linked rows,
+/// in one statement: the head's row lock is taken and released inside one
+/// round trip, so a node that stalls between its statements (frozen, cut
+/// off) never holds it. If another node appended since the head was read,
+/// nothing is written and the current head is returned for another try.
+const APPEND_SQL: &str = "\
+WITH moved AS (
+    UPDATE audit_head SET seq = $2, hash = $3 WHERE id = 1 AND seq = $1 RETURNING seq
+), linked AS (
+    INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, status, \
+        required, client, request_id, details, prev_hash, hash)
+    SELECT r.* FROM UNNEST($4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], \
+        $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::text[], \
+        $15::text[], $16::text[], $17::bytea[], $18::bytea[]) AS r \
+    WHERE EXISTS (SELECT 1 FROM moved)
+)
+SELECT EXISTS (SELECT 1 FROM moved), seq, hash FROM audit_head WHERE id = 1";
+
+/// Links `entries` into the chain and stores them. Needs no lock held by
+/// the caller: inside a transaction, the head stays locked from the
+/// appending statement to the commit, so callers append last.
 async fn append_audit_tx(conn: &mut PgConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seq, head): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+    let (mut seq, mut head): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&mut *conn)
             .await?;
-    let mut prev = hash32(&head, "audit head hash")?;
-    let mut links = Vec::with_capacity(entries.len());
-    for e in entries {
-        seq += 1;
-        let hash = chain_link(&prev, seq, e);
-        links.push((seq, *e, prev, hash));
-        prev = hash;
+    for _ in 0..APPEND_ATTEMPTS {
+        let mut prev = hash32(&head, "audit head hash")?;
+        let n = entries.len();
+        let mut cols = AuditColumns::with_capacity(n);
+        let mut next = seq;
+        for e in entries {
+            next += 1;
+            let hash = chain_link(&prev, next, e);
+            cols.push(next, e, &prev, &hash);
+            prev = hash;
+        }
+        let (won, now_seq, now_hash): (bool, i64, Vec<u8>) = cols
+            .bind(
+                sqlx::query_as(APPEND_SQL)
+                    .bind(seq)
+                    .bind(next)
+                    .bind(prev.to_vec()),
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+        if won {
+            return Ok(((seq + 1)..=next).collect());
+        }
+        (seq, head) = (now_seq, now_hash);
     }
-    // Multi-row inserts: one statement per chunk instead of one per record,
-    // which is what lets a group commit of hundreds of records stay cheap.
-    for chunk in links.chunks(AUDIT_ROWS_PER_INSERT) {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, status, \
-             required, client, request_id, details, prev_hash, hash) ",
-        );
-        qb.push_values(chunk, |mut b, (seq, e, prev, hash)| {
-            b.push_bind(*seq)
-                .push_bind(e.at_ms)
-                .push_bind(e.org_id.as_str())
-                .push_bind(e.actor.as_str())
-                .push_bind(e.action.as_str())
-                .push_bind(e.key_id.as_deref())
-                .push_bind(e.method.as_deref())
-                .push_bind(e.path.as_deref())
-                .push_bind(e.status.map(i64::from))
-                .push_bind(e.required.join(" "))
-                .push_bind(e.client.as_deref())
-                .push_bind(e.request_id.as_deref())
-                .push_bind(e.details.as_str())
-                .push_bind(prev.to_vec())
-                .push_bind(hash.to_vec());
-        });
-        qb.build().execute(&mut *conn).await?;
+    Err(StoreError::Busy(
+        "other nodes kept appending to the audit chain".into(),
+    ))
+}
+
+/// Audit rows as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct AuditColumns {
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    org_id: Vec<String>,
+    actor: Vec<String>,
+    action: Vec<String>,
+    key_id: Vec<Option<String>>,
+    method: Vec<Option<String>>,
+    path: Vec<Option<String>>,
+    status: Vec<Option<i64>>,
+    required: Vec<String>,
+    client: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    details: Vec<String>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl AuditColumns {
+    fn with_capacity(n: usize) -> Self {
+        AuditColumns {
+            seq: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            org_id: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            key_id: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            path: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            required: Vec::with_capacity(n),
+            client: Vec::with_capacity(n),
+            request_id: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+        }
     }
-    let seqs = links.iter().map(|l| l.0).collect();
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(prev.as_slice())
-        .execute(&mut *conn)
-        .await?;
-    Ok(seqs)
+
+    fn push(&mut self, seq: i64, e: &AuditEntry, prev: &[u8; 32], hash: &[u8; 32]) {
+        self.seq.push(seq);
+        self.at.push(e.at_ms);
+        self.org_id.push(e.org_id.clone());
+        self.actor.push(e.actor.clone());
+        self.action.push(e.action.clone());
+        self.key_id.push(e.key_id.clone());
+        self.method.push(e.method.clone());
+        self.path.push(e.path.clone());
+        self.status.push(e.status.map(i64::from));
+        self.required.push(e.required.join(" "));
+        self.client.push(e.client.clone());
+        self.request_id.push(e.request_id.clone());
+        self.details.push(e.details.clone());
+        self.prev_hash.push(prev.to_vec());
+        self.hash.push(hash.to_vec());
+    }
+
+    fn bind<'q, O>(
+        self,
+        q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+        q.bind(self.seq)
+            .bind(self.at)
+            .bind(self.org_id)
+            .bind(self.actor)
+            .bind(self.action)
+            .bind(self.key_id)
+            .bind(self.method)
+            .bind(self.path)
+            .bind(self.status)
+            .bind(self.required)
+            .bind(self.client)
+            .bind(self.request_id)
+            .bind(self.details)
+            .bind(self.prev_hash)
+            .bind(self.hash)
+    }
 }
 
 /// Appends a change-log entry. Caller holds the write lock.
@@ -151,10 +279,12 @@ async fn log_change(
     .bind(at)
     .execute(&mut *conn)
     .await?;
-    // Delivered when (and only if) the transaction commits.
-    sqlx::query("SELECT pg_notify($1, $2)")
+    // Delivered when (and only if) the transaction commits; with the same
+    // (empty) payload every time, PostgreSQL delivers one notification per
+    // transaction, however many keys it changed (an import of 500 keys
+    // wakes each node once, not 500 times). Listeners read the log anyway.
+    sqlx::query("SELECT pg_notify($1, '')")
         .bind(ChangeNotifier::CHANNEL)
-        .bind(version.to_string())
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -254,7 +384,15 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        // Migrations may rightly take longer than any statement should: on
+        // a connection of their own, without the session's timeouts.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with((*self.untimed).clone())
+            .await?;
+        let result = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        result?;
         Ok(())
     }
 
@@ -518,26 +656,29 @@ impl Store for PgStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write_tx().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2",
-            )
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // One statement, no transaction: key rows are locked only while it
+        // runs, never while this node waits (a revocation elsewhere must not
+        // queue behind a stalled flush).
+        let (ids, ats): (Vec<&str>, Vec<i64>) =
+            uses.iter().map(|(id, at)| (id.as_str(), *at)).unzip();
+        sqlx::query(
+            "UPDATE keys SET last_used_at = GREATEST(COALESCE(keys.last_used_at, 0), u.at) \
+             FROM (SELECT id, MAX(at) AS at FROM UNNEST($1::text[], $2::int8[]) AS t(id, at) GROUP BY id) AS u \
+             WHERE keys.id = u.id",
+        )
+        .bind(ids)
+        .bind(ats)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
-        let mut tx = self.write_tx().await?;
+        // No transaction: the appending statement commits by itself, so the
+        // chain head is locked only while it runs (see `APPEND_SQL`).
+        let mut conn = self.pool.acquire().await?;
         let refs: Vec<&AuditEntry> = entries.iter().collect();
-        let seqs = append_audit_tx(&mut tx, &refs).await?;
-        tx.commit().await?;
-        Ok(seqs)
+        append_audit_tx(&mut conn, &refs).await
     }
 
     async fn audit_chain(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
@@ -581,17 +722,32 @@ impl Store for PgStore {
         Ok(Some(ChangeNotifier(listener)))
     }
 
-    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
+    async fn changes_since(&self, version: i64, limit: u32) -> Result<(Vec<Change>, i64)> {
         let mut conn = self.pool.acquire().await?;
         let (current,): (i64,) = sqlx::query_as("SELECT version FROM change_head WHERE id = 1")
             .fetch_one(&mut *conn)
             .await?;
         let changes: Vec<Change> =
-            sqlx::query_as("SELECT version, org_id, key_id, kind, at FROM changes WHERE version > $1 AND version <= $2 ORDER BY version")
+            sqlx::query_as("SELECT version, org_id, key_id, kind, at FROM changes WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3")
                 .bind(version)
                 .bind(current)
+                .bind(i64::from(limit))
                 .fetch_all(&mut *conn)
                 .await?;
         Ok((changes, current))
+    }
+
+    async fn snapshot_keys_by_id(&self, ids: &[String]) -> Result<Vec<SnapshotKey>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<SnapshotRow> = sqlx::query_as(
+            "SELECT id, org_id, digest, legacy, expires_at, revoked_at, last_used_at, grants \
+             FROM keys WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SnapshotRow::into_key).collect()
     }
 }

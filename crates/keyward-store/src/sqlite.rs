@@ -46,6 +46,9 @@ macro_rules! select_audit {
     };
 }
 
+/// Bound ids per `IN (…)` (SQLite allows 32 766 parameters).
+const IDS_PER_QUERY: usize = 1000;
+
 /// [`Store`] on a SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -639,17 +642,41 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    async fn changes_since(&self, version: i64) -> Result<(Vec<Change>, i64)> {
+    async fn changes_since(&self, version: i64, limit: u32) -> Result<(Vec<Change>, i64)> {
         let mut conn = self.pool.acquire().await?;
         let (current,): (i64,) = sqlx::query_as("SELECT version FROM change_head WHERE id = 1")
             .fetch_one(&mut *conn)
             .await?;
         let changes: Vec<Change> =
-            sqlx::query_as("SELECT version, org_id, key_id, kind, at FROM changes WHERE version > ? AND version <= ? ORDER BY version")
+            sqlx::query_as("SELECT version, org_id, key_id, kind, at FROM changes WHERE version > ? AND version <= ? ORDER BY version LIMIT ?")
                 .bind(version)
                 .bind(current)
+                .bind(i64::from(limit))
                 .fetch_all(&mut *conn)
                 .await?;
         Ok((changes, current))
+    }
+
+    async fn snapshot_keys_by_id(&self, ids: &[String]) -> Result<Vec<SnapshotKey>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT id, org_id, digest, legacy, expires_at, revoked_at, last_used_at, grants \
+                 FROM keys WHERE id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            qb.push(")");
+            let rows: Vec<SnapshotRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+            for row in rows {
+                keys.push(row.into_key()?);
+            }
+        }
+        Ok(keys)
     }
 }

@@ -418,7 +418,7 @@ async fn story(store: &impl Store) {
     assert_eq!(store.list_orgs().await.unwrap().len(), 2);
 
     // Keys with grants, atomically with audit and change log.
-    let (_, v0) = store.changes_since(0).await.unwrap();
+    let (_, v0) = store.changes_since(0, 1000).await.unwrap();
     let k1 = key("key_1", "org_a", "secret-1", 100);
     let k2 = key("key_2", "org_a", "secret-2", 200);
     let kb = key("key_b", "org_b", "secret-b", 150);
@@ -670,7 +670,7 @@ async fn story(store: &impl Store) {
     );
 
     // Change log: every key write, in commit order.
-    let (changes, v1) = store.changes_since(v0).await.unwrap();
+    let (changes, v1) = store.changes_since(v0, 1000).await.unwrap();
     let kinds: Vec<(&str, Option<&str>)> = changes
         .iter()
         .map(|c| (c.kind.as_str(), c.key_id.as_deref()))
@@ -689,7 +689,7 @@ async fn story(store: &impl Store) {
     );
     assert!(changes.windows(2).all(|w| w[0].version < w[1].version));
     assert_eq!(v1, changes.last().unwrap().version);
-    assert!(store.changes_since(v1).await.unwrap().0.is_empty());
+    assert!(store.changes_since(v1, 1000).await.unwrap().0.is_empty());
     // The snapshot pages: every key once, in id order, equal to its record.
     let mut paged = Vec::new();
     let mut after = String::new();

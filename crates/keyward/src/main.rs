@@ -150,7 +150,7 @@ fn node_id() -> Result<String> {
     }
 }
 
-async fn serve(app: App<AnyStore>, args: cli::ServeArgs) -> Result {
+async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result {
     let nonzero = |flag: &str, v: &str| -> Result<std::time::Duration> {
         let d = std_duration(flag, v)?;
         if d.is_zero() {
@@ -198,7 +198,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs) -> Result {
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     let started = keyward_app::env::Clock::now_ms(&SystemClock);
-    let server = keyward_server::Server::start(app, config, node_id()?, &mut |n| {
+    let server = keyward_server::Server::start(app, config, node, &mut |n| {
         if n % 100_000 == 0 {
             tracing::info!(keys = n, "loading keys");
         }
@@ -272,15 +272,25 @@ async fn run(cli: Cli) -> Result {
         output::catalog(&catalog, *json);
         return Ok(Exit::Ok);
     }
-    let store = keyward_store::open(&cli.database)
-        .await
-        .map_err(|e| CliError {
-            exit: Exit::Failure,
-            message: format!(
-                "cannot open database `{}`: {e}",
-                keyward_store::redact_url(&cli.database)
-            ),
-        })?;
+    // A server names itself to the database (`pg_stat_activity` shows which
+    // node holds what) and gives every call a deadline; the CLI waits.
+    let node = match &cli.command {
+        Command::Serve(_) => Some(node_id()?),
+        _ => None,
+    };
+    let opened = match &node {
+        Some(n) => keyward_store::open_as(&cli.database, &format!("keyward serve {n}"))
+            .await
+            .map(|s| s.with_deadline(keyward_server::STORE_DEADLINE)),
+        None => keyward_store::open_as(&cli.database, "keyward cli").await,
+    };
+    let store = opened.map_err(|e| CliError {
+        exit: Exit::Failure,
+        message: format!(
+            "cannot open database `{}`: {e}",
+            keyward_store::redact_url(&cli.database)
+        ),
+    })?;
     let app = App::new(
         store,
         catalog.clone(),
@@ -304,7 +314,11 @@ async fn run(cli: Cli) -> Result {
         return orgs(&app, &actor, cmd).await;
     }
     if let Command::Serve(args) = cli.command {
-        return serve(app, args).await;
+        let node = match node {
+            Some(n) => n,
+            None => node_id()?,
+        };
+        return serve(app, args, node).await;
     }
     let org = app.resolve_org(cli.org.as_deref()).await?;
     match cli.command {

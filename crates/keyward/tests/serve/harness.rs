@@ -342,11 +342,19 @@ impl Kw {
 
     /// Starts `keyward serve` on a free port with `extra` flags.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_via(&self.url(), extra)
+    }
+
+    /// [`Kw::serve`] reaching the database at `url` (through a proxy).
+    pub fn serve_via(&self, url: &str, extra: &[&str]) -> Server {
         self.cli_ok(&["migrate"]);
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("serve-{n}.log"));
-        let mut child = Command::new(BIN)
+        // KEYWARD_TEST_SERVE_BIN runs another build's server under the same
+        // test (a before/after figure); the CLI stays this build's.
+        let bin = std::env::var("KEYWARD_TEST_SERVE_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(if extra.contains(&"--sync-interval") {
                 &[][..]
@@ -354,7 +362,7 @@ impl Kw {
                 &["--sync-interval", "100ms"][..]
             })
             .args(extra)
-            .env("KEYWARD_DATABASE_URL", self.url())
+            .env("KEYWARD_DATABASE_URL", url)
             .env("KEYWARD_LOG", "info,sqlx=warn")
             .env_remove("KEYWARD_CATALOG")
             .env_remove("KEYWARD_DIGEST_SECRET")
@@ -444,6 +452,23 @@ where
         .unwrap();
     rt.block_on(async {
         let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+        let rows: Vec<T> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    })
+}
+
+/// Rows of one query against a test's PostgreSQL database.
+pub fn pg_rows<T>(kw: &Kw, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&kw.url()).await.unwrap();
         let rows: Vec<T> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
         rows

@@ -13,6 +13,7 @@ mod browser;
 mod console;
 mod harness;
 mod hostile;
+mod isolation;
 mod schemathesis;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};
