@@ -159,7 +159,10 @@ async fn write_loop(
         }
         entries.extend(acks.iter_mut().map(|(e, _)| std::mem::take(e)));
         if let Some(since) = failing_since {
-            // The batch that ends an outage says what it cost, in the chain.
+            // The batch that ends an outage says what it cost, in the chain:
+            // the writes refused until this retry began (not those refused
+            // while it runs, usually milliseconds; every refusal is in the
+            // `AUDIT_UNAVAILABLE` metric).
             let now = app.now();
             entries.push(AuditEntry {
                 at_ms: now,

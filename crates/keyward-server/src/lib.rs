@@ -665,9 +665,14 @@ async fn flush_anonymous(state: &State, retry: &mut Vec<AuditEntry>, all: bool, 
 /// `host[:port]` (RFC 9112 §3.2: a missing, repeated or malformed `Host` is
 /// a 400), or an absolute-form target, whose authority then wins.
 fn check_request_line(req: &Request<Incoming>) -> Option<ApiError> {
-    if let Err(e) = keyward_core::path::check_method(req.method().as_str()) {
+    // hyper's parser admits only token methods, so of `check_method`'s rule
+    // only the length is left to check here (the verify service and
+    // `explain` check the whole rule on methods they read from a body).
+    let method = req.method().as_str();
+    if method.len() > keyward_core::path::MAX_METHOD {
         return Some(ApiError::bad_request(format!(
-            "The request method is refused: {e}"
+            "The request method is refused: {}",
+            keyward_core::path::MethodError::Length
         )));
     }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -730,13 +735,15 @@ fn plain_host(text: &[u8]) -> bool {
             None => return false,
         },
         None => {
-            let end = text.iter().position(|&b| b == b':').unwrap_or(text.len());
-            let host = text.get(..end).unwrap_or_default();
-            let ok = (1..=253).contains(&host.len())
-                && host
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-            (ok, text.get(end..).unwrap_or_default())
+            let end = text
+                .iter()
+                .position(|&b| !HOST_NAME_BYTE[usize::from(b)])
+                .unwrap_or(text.len());
+            // What follows the name must be a port (checked below) or nothing.
+            (
+                (1..=253).contains(&end),
+                text.get(end..).unwrap_or_default(),
+            )
         }
     };
     host_ok
@@ -745,13 +752,24 @@ fn plain_host(text: &[u8]) -> bool {
             Some(p) => {
                 (1..=5).contains(&p.len())
                     && p.iter().all(u8::is_ascii_digit)
-                    && std::str::from_utf8(p)
-                        .ok()
-                        .and_then(|s| s.parse::<u16>().ok())
-                        .is_some_and(|n| n > 0)
+                    && (1..=65_535)
+                        .contains(&p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
             }
         }
 }
+
+/// Bytes of a host name: letters, digits, `.`, `-`, `_`.
+static HOST_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[expect(clippy::cast_possible_truncation, reason = "b < 256")]
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_';
+        b += 1;
+    }
+    table
+};
 
 /// Longest request target (path and query) keyward reads; 414 beyond.
 pub const MAX_REQUEST_TARGET: usize = 8 * 1024;

@@ -290,6 +290,115 @@ async fn log_change(
     Ok(())
 }
 
+/// Inserts `keys` and their grants in two statements; returns the ids
+/// inserted (all of them, or with `skip_existing` those whose digest was
+/// new). A batch of 500 imported keys is two round trips, not 1 500.
+async fn insert_keys_bulk(
+    conn: &mut PgConnection,
+    keys: &[KeyRecord],
+    skip_existing: bool,
+) -> Result<std::collections::HashSet<String>> {
+    let sql = if skip_existing {
+        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, \
+         created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
+         $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], \
+         $14::int8[], $15::text[]) ON CONFLICT (digest) DO NOTHING RETURNING id"
+    } else {
+        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, \
+         created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
+         $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], \
+         $14::int8[], $15::text[]) RETURNING id"
+    };
+    let col = |f: fn(&KeyRecord) -> String| keys.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<(String,)> = sqlx::query_as(sql)
+        .bind(col(|k| k.id.clone()))
+        .bind(col(|k| k.org_id.clone()))
+        .bind(col(|k| k.name.clone()))
+        .bind(col(|k| k.description.clone()))
+        .bind(col(|k| k.environment.clone()))
+        .bind(
+            keys.iter()
+                .map(|k| k.digest.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|k| k.display_prefix.clone()))
+        .bind(keys.iter().map(|k| k.legacy).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
+        .bind(col(|k| k.created_by.clone()))
+        .bind(keys.iter().map(|k| k.expires_at).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.revoked_at).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.rolled_to.clone()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.last_used_at).collect::<Vec<_>>())
+        .bind(col(SnapshotKey::grants_text))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(conflict_or)?;
+    let inserted: std::collections::HashSet<String> = ids.into_iter().map(|(id,)| id).collect();
+    let (mut key_ids, mut kinds, mut names, mut positions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for k in keys.iter().filter(|k| inserted.contains(&k.id)) {
+        let grants = k
+            .scopes
+            .iter()
+            .map(|s| ("scope", s))
+            .chain(k.permission_sets.iter().map(|s| ("permission_set", s)));
+        for (pos, (kind, name)) in grants.enumerate() {
+            key_ids.push(k.id.as_str());
+            kinds.push(kind);
+            names.push(name.as_str());
+            positions.push(i32::try_from(pos).unwrap_or(i32::MAX));
+        }
+    }
+    if !key_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO key_grants (key_id, kind, name, pos) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(key_ids)
+        .bind(kinds)
+        .bind(names)
+        .bind(positions)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(inserted)
+}
+
+/// One `key.created` change-log entry per key, numbered in order by one
+/// bump of the counter (its row stays locked until the commit, as for a
+/// single change), and one notification.
+async fn log_changes_bulk(conn: &mut PgConnection, keys: &[&KeyRecord]) -> Result<()> {
+    let Ok(n) = i64::try_from(keys.len()) else {
+        return Err(StoreError::Corrupt("too many keys in one batch".into()));
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let (last,): (i64,) = sqlx::query_as(
+        "UPDATE change_head SET version = version + $1 WHERE id = 1 RETURNING version",
+    )
+    .bind(n)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO changes (version, org_id, key_id, kind, at) \
+         SELECT v, o, k, 'key.created', a FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS t(v, o, k, a)",
+    )
+    .bind(((last - n + 1)..=last).collect::<Vec<i64>>())
+    .bind(keys.iter().map(|k| k.org_id.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(ChangeNotifier::CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn insert_key_tx(
     conn: &mut PgConnection,
     k: &KeyRecord,
@@ -469,28 +578,35 @@ impl Store for PgStore {
         audits: &[AuditEntry],
         skip_existing: bool,
     ) -> Result<Vec<bool>> {
-        let mut tx = self.write_tx().await?;
-        let mut inserted = Vec::with_capacity(keys.len());
-        let mut to_audit = Vec::with_capacity(audits.len());
-        for (i, k) in keys.iter().enumerate() {
-            if k.org_id != org_id {
-                return Err(StoreError::Corrupt(format!(
-                    "key `{}` does not belong to the organization",
-                    k.id
-                )));
-            }
-            let done = insert_key_tx(&mut tx, k, skip_existing).await?;
-            if !done && !skip_existing {
-                return Err(StoreError::Conflict("a key with this digest exists".into()));
-            }
-            if done && let Some(a) = audits.get(i) {
-                to_audit.push(a);
-            }
-            inserted.push(done);
+        if let Some(k) = keys.iter().find(|k| k.org_id != org_id) {
+            return Err(StoreError::Corrupt(format!(
+                "key `{}` does not belong to the organization",
+                k.id
+            )));
         }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let inserted = insert_keys_bulk(&mut tx, keys, skip_existing).await?;
+        if !skip_existing && inserted.len() < keys.len() {
+            return Err(StoreError::Conflict("a key with this digest exists".into()));
+        }
+        let done: Vec<bool> = keys.iter().map(|k| inserted.contains(&k.id)).collect();
+        let new_keys: Vec<&KeyRecord> = keys
+            .iter()
+            .zip(&done)
+            .filter_map(|(k, d)| d.then_some(k))
+            .collect();
+        log_changes_bulk(&mut tx, &new_keys).await?;
+        let to_audit: Vec<&AuditEntry> = done
+            .iter()
+            .zip(audits)
+            .filter_map(|(d, a)| d.then_some(a))
+            .collect();
         append_audit_tx(&mut tx, &to_audit).await?;
         tx.commit().await?;
-        Ok(inserted)
+        Ok(done)
     }
 
     async fn revoke_key(
