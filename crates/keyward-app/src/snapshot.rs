@@ -175,6 +175,9 @@ pub struct Snapshot {
     sync_lock: tokio::sync::Mutex<()>,
     syncs_started: AtomicU64,
     last_ok_sync: AtomicU64,
+    /// Change-log reads answered so far: a sync that runs long while this
+    /// moves is working through a backlog, not waiting for a silent database.
+    answers: AtomicU64,
     used: Mutex<Vec<Arc<KeyEntry>>>,
 }
 
@@ -210,6 +213,7 @@ impl Snapshot {
             sync_lock: tokio::sync::Mutex::new(()),
             syncs_started: AtomicU64::new(0),
             last_ok_sync: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
             used: Mutex::new(Vec::new()),
         }
     }
@@ -266,6 +270,11 @@ impl Snapshot {
         self.len() == 0
     }
 
+    /// How many change-log reads have been answered since the start.
+    pub fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Relaxed)
+    }
+
     /// The change-log version the snapshot reflects.
     pub fn version(&self) -> i64 {
         self.version.load(Ordering::Acquire)
@@ -286,6 +295,7 @@ impl Snapshot {
         loop {
             let from = self.version();
             let (changes, current) = store.changes_since(from, SYNC_PAGE).await?;
+            self.answers.fetch_add(1, Ordering::Relaxed);
             let Some(last) = changes.last().map(|c| c.version) else {
                 self.version.fetch_max(current, Ordering::AcqRel);
                 break;

@@ -140,9 +140,12 @@ pub struct State {
     /// start of the last sync that caught up): its age is how far behind
     /// the change log this node may be.
     last_sync_ms: AtomicI64,
-    /// When the sync now running started (0: none is running); one that
-    /// runs long means the database is not answering.
+    /// When the database last answered the sync now running (its start, or
+    /// its latest page; 0: none is running): a sync that has heard nothing
+    /// for long means the database is not answering.
     sync_started_ms: AtomicI64,
+    /// `Snapshot::answers` when `sync_started_ms` was set.
+    sync_answers: std::sync::atomic::AtomicU64,
     sync_error: Mutex<Option<String>>,
     /// When the audit chain was last verified, and whether it held.
     chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
@@ -236,10 +239,26 @@ impl State {
             return Some(e);
         }
         let started = self.sync_started_ms.load(Ordering::Acquire);
-        let waited = self.app.now() - started;
+        if started == 0 {
+            return None;
+        }
+        let now = self.app.now();
+        // A long sync that keeps getting pages is catching up, not stuck:
+        // restart the count from now.
+        let answers = self.snapshot.answers();
+        if self.sync_answers.swap(answers, Ordering::AcqRel) != answers {
+            // Unless the sync ended meanwhile (then it stays 0).
+            let _ = self.sync_started_ms.compare_exchange(
+                started,
+                now,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return None;
+        }
+        let waited = now - started;
         let unanswered = i64::try_from(UNANSWERED.as_millis()).unwrap_or(i64::MAX);
-        (started > 0 && waited >= unanswered)
-            .then(|| format!("the change log has not answered for {waited} ms"))
+        (waited >= unanswered).then(|| format!("the change log has not answered for {waited} ms"))
     }
 
     /// Boxed: the wait for the group commit is large, and inline it would
@@ -320,6 +339,7 @@ impl Server {
             verify_scope,
             last_sync_ms: AtomicI64::new(now),
             sync_started_ms: AtomicI64::new(0),
+            sync_answers: std::sync::atomic::AtomicU64::new(0),
             sync_error: Mutex::new(None),
             chain_check: tokio::sync::Mutex::new(None),
             app,
@@ -565,6 +585,9 @@ async fn notified(
 
 async fn sync_once(state: &State, outage: &Outage) {
     let started = state.app.now();
+    state
+        .sync_answers
+        .store(state.snapshot.answers(), Ordering::Release);
     state.sync_started_ms.store(started, Ordering::Release);
     let result = state.app.sync_snapshot(&state.snapshot).await;
     state.sync_started_ms.store(0, Ordering::Release);
