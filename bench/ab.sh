@@ -10,7 +10,8 @@
 #                                                 # PostgreSQL database (PG=base URL)
 #
 # Prints, per round, req/s of each binary and new/old for an audited POST,
-# POST /v1/verify and a GET through the gateway. Quote the median ratio.
+# POST /v1/verify and a GET through the gateway (ONLY=verify|get|post: one
+# of them). Quote the median ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD="${1:?usage: bench/ab.sh OLD_BIN [NEW_BIN]}"
@@ -55,13 +56,28 @@ wrk.body = '{"vehicle_id":42,"passed":true}'
 wrk.headers["Content-Type"] = "application/json"
 L
 rps() { taskset -c 0 wrk -t1 -c64 -d${D:-6}s "$@" | awk '/Requests\/sec/ {print $2}'; }
+# ONLY=verify (or get, post) measures one scenario; the pair's order
+# alternates between rounds, so neither binary always runs second.
+ONLY="${ONLY:-}"
+pair() { # round old-args... -- new-args... -> "old new"
+  local r=$1; shift
+  local a=() b=(); while [ "$1" != -- ]; do a+=("$1"); shift; done; shift; b=("$@")
+  if [ $((r % 2)) -eq 1 ]; then o=$(rps "${a[@]}"); n=$(rps "${b[@]}")
+  else n=$(rps "${b[@]}"); o=$(rps "${a[@]}"); fi
+  echo "$o $n"
+}
+ratio() { python3 -c "print(round($2/$1,3))"; }
 for r in $(seq 1 ${R:-5}); do
-  ov=$(rps -H "Authorization: Bearer $OV" -s $W/vo.lua http://127.0.0.1:19202/v1/verify)
-  nv=$(rps -H "Authorization: Bearer $NV" -s $W/vn.lua http://127.0.0.1:19203/v1/verify)
-  og=$(rps -H "Authorization: Bearer $OR" http://127.0.0.1:19202/api/third-party/v1/vehicles)
-  ng=$(rps -H "Authorization: Bearer $NR" http://127.0.0.1:19203/api/third-party/v1/vehicles)
-  op=$(rps -H "Authorization: Bearer $OW" -s $W/post.lua http://127.0.0.1:19202/api/third-party/v1/inspections)
-  np=$(rps -H "Authorization: Bearer $NW" -s $W/post.lua http://127.0.0.1:19203/api/third-party/v1/inspections)
-  echo "round $r POST old $op new $np ratio $(python3 -c "print(round($np/$op,3))")"
-  echo "round $r verify old $ov new $nv ratio $(python3 -c "print(round($nv/$ov,3))")  GET old $og new $ng ratio $(python3 -c "print(round($ng/$og,3))")"
+  if [ -z "$ONLY" ] || [ "$ONLY" = verify ]; then
+    read -r ov nv <<<"$(pair $r -H "Authorization: Bearer $OV" -s $W/vo.lua http://127.0.0.1:19202/v1/verify -- -H "Authorization: Bearer $NV" -s $W/vn.lua http://127.0.0.1:19203/v1/verify)"
+    echo "round $r verify old $ov new $nv ratio $(ratio $ov $nv)"
+  fi
+  if [ -z "$ONLY" ] || [ "$ONLY" = get ]; then
+    read -r og ng <<<"$(pair $r -H "Authorization: Bearer $OR" http://127.0.0.1:19202/api/third-party/v1/vehicles -- -H "Authorization: Bearer $NR" http://127.0.0.1:19203/api/third-party/v1/vehicles)"
+    echo "round $r GET old $og new $ng ratio $(ratio $og $ng)"
+  fi
+  if [ -z "$ONLY" ] || [ "$ONLY" = post ]; then
+    read -r op np <<<"$(pair $r -H "Authorization: Bearer $OW" -s $W/post.lua http://127.0.0.1:19202/api/third-party/v1/inspections -- -H "Authorization: Bearer $NW" -s $W/post.lua http://127.0.0.1:19203/api/third-party/v1/inspections)"
+    echo "round $r POST old $op new $np ratio $(ratio $op $np)"
+  fi
 done

@@ -256,40 +256,6 @@ impl AuditColumns {
     }
 }
 
-/// Appends a change-log entry. Caller holds the write lock.
-async fn log_change(
-    conn: &mut PgConnection,
-    org_id: &str,
-    key_id: Option<&str>,
-    kind: &str,
-    at: i64,
-) -> Result<()> {
-    let (version,): (i64,) = sqlx::query_as(
-        "UPDATE change_head SET version = version + 1 WHERE id = 1 RETURNING version",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO changes (version, org_id, key_id, kind, at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(version)
-    .bind(org_id)
-    .bind(key_id)
-    .bind(kind)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    // Delivered when (and only if) the transaction commits; with the same
-    // (empty) payload every time, PostgreSQL delivers one notification per
-    // transaction, however many keys it changed (an import of 500 keys
-    // wakes each node once, not 500 times). Listeners read the log anyway.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(ChangeNotifier::CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// Inserts `keys` and their grants in two statements; returns the ids
 /// inserted (all of them, or with `skip_existing` those whose digest was
 /// new). A batch of 500 imported keys is two round trips, not 1 500.
@@ -298,18 +264,22 @@ async fn insert_keys_bulk(
     keys: &[KeyRecord],
     skip_existing: bool,
 ) -> Result<std::collections::HashSet<String>> {
+    macro_rules! insert_keys {
+        ($tail:literal) => {
+            concat!(
+                "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, ",
+                "legacy, created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) ",
+                "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], ",
+                "$6::bytea[], $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], ",
+                "$13::text[], $14::int8[], $15::text[]) ",
+                $tail
+            )
+        };
+    }
     let sql = if skip_existing {
-        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, \
-         created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
-         $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], \
-         $14::int8[], $15::text[]) ON CONFLICT (digest) DO NOTHING RETURNING id"
+        insert_keys!("ON CONFLICT (digest) DO NOTHING RETURNING id")
     } else {
-        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, \
-         created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], \
-         $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], \
-         $14::int8[], $15::text[]) RETURNING id"
+        insert_keys!("RETURNING id")
     };
     let col = |f: fn(&KeyRecord) -> String| keys.iter().map(f).collect::<Vec<String>>();
     let ids: Vec<(String,)> = sqlx::query_as(sql)
@@ -366,12 +336,31 @@ async fn insert_keys_bulk(
     Ok(inserted)
 }
 
-/// One `key.created` change-log entry per key, numbered in order by one
-/// bump of the counter (its row stays locked until the commit, as for a
-/// single change), and one notification.
-async fn log_changes_bulk(conn: &mut PgConnection, keys: &[&KeyRecord]) -> Result<()> {
-    let Ok(n) = i64::try_from(keys.len()) else {
-        return Err(StoreError::Corrupt("too many keys in one batch".into()));
+/// A change-log entry to append.
+struct NewChange<'a> {
+    org_id: &'a str,
+    key_id: &'a str,
+    kind: &'a str,
+    at: i64,
+}
+
+impl<'a> NewChange<'a> {
+    fn created(k: &'a KeyRecord) -> Self {
+        NewChange {
+            org_id: &k.org_id,
+            key_id: &k.id,
+            kind: "key.created",
+            at: k.created_at,
+        }
+    }
+}
+
+/// Appends `changes` to the change log, numbered in order by one bump of
+/// the counter (its row stays locked until the commit, so commit order is
+/// version order), and notifies listeners once.
+async fn log_changes(conn: &mut PgConnection, changes: &[NewChange<'_>]) -> Result<()> {
+    let Ok(n) = i64::try_from(changes.len()) else {
+        return Err(StoreError::Corrupt("too many changes in one batch".into()));
     };
     if n == 0 {
         return Ok(());
@@ -384,75 +373,24 @@ async fn log_changes_bulk(conn: &mut PgConnection, keys: &[&KeyRecord]) -> Resul
     .await?;
     sqlx::query(
         "INSERT INTO changes (version, org_id, key_id, kind, at) \
-         SELECT v, o, k, 'key.created', a FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS t(v, o, k, a)",
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])",
     )
     .bind(((last - n + 1)..=last).collect::<Vec<i64>>())
-    .bind(keys.iter().map(|k| k.org_id.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.org_id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.key_id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.kind).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.at).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
+    // Delivered when (and only if) the transaction commits; with the same
+    // (empty) payload every time, PostgreSQL delivers one notification per
+    // transaction, however many keys it changed (an import of 500 keys
+    // wakes each node once, not 500 times). Listeners read the log anyway.
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(ChangeNotifier::CHANNEL)
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-async fn insert_key_tx(
-    conn: &mut PgConnection,
-    k: &KeyRecord,
-    skip_existing: bool,
-) -> Result<bool> {
-    let sql = if skip_existing {
-        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (digest) DO NOTHING"
-    } else {
-        "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-    };
-    let done = sqlx::query(sql)
-        .bind(&k.id)
-        .bind(&k.org_id)
-        .bind(&k.name)
-        .bind(&k.description)
-        .bind(&k.environment)
-        .bind(k.digest.as_bytes().as_slice())
-        .bind(&k.display_prefix)
-        .bind(k.legacy)
-        .bind(k.created_at)
-        .bind(&k.created_by)
-        .bind(k.expires_at)
-        .bind(k.revoked_at)
-        .bind(&k.rolled_to)
-        .bind(k.last_used_at)
-        .bind(SnapshotKey::grants_text(k))
-        .execute(&mut *conn)
-        .await
-        .map_err(conflict_or)?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let grants = k
-        .scopes
-        .iter()
-        .map(|s| ("scope", s))
-        .chain(k.permission_sets.iter().map(|s| ("permission_set", s)));
-    for (pos, (kind, name)) in grants.enumerate() {
-        sqlx::query(
-            "INSERT INTO key_grants (key_id, kind, name, pos) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(&k.id)
-        .bind(kind)
-        .bind(name)
-        .bind(i32::try_from(pos).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
-        .await?;
-    }
-    log_change(conn, &k.org_id, Some(&k.id), "key.created", k.created_at).await?;
-    Ok(true)
 }
 
 impl PgStore {
@@ -598,7 +536,8 @@ impl Store for PgStore {
             .zip(&done)
             .filter_map(|(k, d)| d.then_some(k))
             .collect();
-        log_changes_bulk(&mut tx, &new_keys).await?;
+        let changes: Vec<NewChange<'_>> = new_keys.iter().map(|k| NewChange::created(k)).collect();
+        log_changes(&mut tx, &changes).await?;
         let to_audit: Vec<&AuditEntry> = done
             .iter()
             .zip(audits)
@@ -633,7 +572,13 @@ impl Store for PgStore {
                     .bind(key_id)
                     .execute(&mut *tx)
                     .await?;
-                log_change(&mut tx, org_id, Some(key_id), "key.revoked", at).await?;
+                let revoked = NewChange {
+                    org_id,
+                    key_id,
+                    kind: "key.revoked",
+                    at,
+                };
+                log_changes(&mut tx, &[revoked]).await?;
                 append_audit_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok(Revoked::Now)
@@ -663,17 +608,14 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        log_change(
-            &mut tx,
+        let rolled = NewChange {
             org_id,
-            Some(old_id),
-            "key.rolled",
-            new_key.created_at,
-        )
-        .await?;
-        if !insert_key_tx(&mut tx, new_key, false).await? {
-            return Err(StoreError::Conflict("a key with this digest exists".into()));
-        }
+            key_id: old_id,
+            kind: "key.rolled",
+            at: new_key.created_at,
+        };
+        insert_keys_bulk(&mut tx, std::slice::from_ref(new_key), false).await?;
+        log_changes(&mut tx, &[rolled, NewChange::created(new_key)]).await?;
         append_audit_tx(&mut tx, &[audit]).await?;
         tx.commit().await?;
         Ok(())
