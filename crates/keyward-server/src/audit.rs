@@ -179,6 +179,7 @@ async fn write_loop(
             });
         }
         health.batch_started.store(health.now(), Ordering::Release);
+        let attempted_at = app.now();
         let result = app.record(&entries).await;
         health.batch_started.store(0, Ordering::Release);
         let ok = match result {
@@ -194,7 +195,8 @@ async fn write_loop(
             }
             Err(e) => {
                 if failing_since.is_none() {
-                    failing_since = Some(app.now());
+                    // The outage began when the failed batch did.
+                    failing_since = Some(attempted_at);
                     health.ok.store(false, Ordering::Release);
                     probe.reset();
                 }

@@ -266,13 +266,14 @@ async fn insert_key_tx(
         .iter()
         .map(|s| ("scope", s))
         .chain(k.permission_sets.iter().map(|s| ("permission_set", s)));
-    for (kind, name) in grants {
+    for (pos, (kind, name)) in grants.enumerate() {
         sqlx::query(
-            "INSERT INTO key_grants (key_id, kind, name) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO key_grants (key_id, kind, name, pos) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(&k.id)
         .bind(kind)
         .bind(name)
+        .bind(i32::try_from(pos).unwrap_or(i32::MAX))
         .execute(&mut *conn)
         .await?;
     }
@@ -300,7 +301,7 @@ impl SqliteStore {
             for id in chunk {
                 sep.push_bind(id);
             }
-            qb.push(") ORDER BY rowid");
+            qb.push(") ORDER BY key_id, pos");
             let grants: Vec<(String, String, String)> =
                 qb.build_query_as().fetch_all(&self.pool).await?;
             for (key_id, kind, name) in grants {

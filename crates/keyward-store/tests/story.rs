@@ -420,7 +420,17 @@ async fn story(store: &impl Store) {
     // Keys with grants, atomically with audit and change log.
     let (_, v0) = store.changes_since(0, 1000).await.unwrap();
     let k1 = key("key_1", "org_a", "secret-1", 100);
-    let k2 = key("key_2", "org_a", "secret-2", 200);
+    // Grants come back in the order given, on both backends (a stored
+    // position, not the storage's row order).
+    let k2 = KeyRecord {
+        scopes: vec![
+            "vehicles:write".into(),
+            "damages:read".into(),
+            "vehicles:read".into(),
+        ],
+        permission_sets: vec!["z-set".into(), "a-set".into()],
+        ..key("key_2", "org_a", "secret-2", 200)
+    };
     let kb = key("key_b", "org_b", "secret-b", 150);
     store
         .insert_keys(
@@ -445,6 +455,7 @@ async fn story(store: &impl Store) {
         .unwrap();
     let got = store.get_key("org_a", "key_1").await.unwrap().unwrap();
     assert_eq!(got, k1);
+    assert_eq!(store.get_key("org_a", "key_2").await.unwrap().unwrap(), k2);
     // Only the digest is stored, and it finds the key across organizations.
     let found = store
         .key_by_digest(&Digester::sha256().digest("secret-b"))
