@@ -186,8 +186,10 @@ async fn write_loop(
             Ok(()) => {
                 metrics.audit_records.increment(entries.len() as u64);
                 metrics.audit_batches.increment(1);
+                // Refusals of a slow spell that ended without a failure are
+                // in the metrics only; the count restarts either way.
+                health.refused.store(0, Ordering::Relaxed);
                 if failing_since.take().is_some() {
-                    health.refused.store(0, Ordering::Relaxed);
                     health.ok.store(true, Ordering::Release);
                     outage.recovered();
                 }

@@ -113,10 +113,11 @@ pub async fn find_key(
     match caught_up {
         Ok(Ok(())) => {
             state.note_sync_ok(asked);
+            state.lookups.recovered();
             Ok(state.snapshot.get(&digest).ok_or(AuthFailure::Unknown))
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot look up an unknown key");
+            state.lookups.failed(&e, 1);
             Err(ApiError::unavailable(
                 "The key store cannot be reached; try again shortly",
             ))
@@ -324,7 +325,7 @@ pub async fn handle(
         .await;
     }
 
-    if write && !state.audit.healthy() {
+    if write && (!state.audit.healthy() || state.database_down()) {
         // Refused before the upstream sees it: once audit writes fail, only
         // the writes already in flight can reach the upstream unrecorded.
         state.audit.note_refused();

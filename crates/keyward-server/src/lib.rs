@@ -147,6 +147,12 @@ pub struct State {
     /// `Snapshot::answers` when `sync_started_ms` was set.
     sync_answers: std::sync::atomic::AtomicU64,
     sync_error: Mutex<Option<String>>,
+    /// The last sync failed (what `sync_error` says, readable without a lock
+    /// on the write path).
+    sync_failed: std::sync::atomic::AtomicBool,
+    /// Lookups of unknown keys that could not reach the database, logged
+    /// once per outage.
+    lookups: Outage,
     /// When the audit chain was last verified, and whether it held.
     chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
 }
@@ -225,19 +231,17 @@ impl State {
         self.last_sync_ms.fetch_max(as_of, Ordering::AcqRel);
     }
 
-    /// Why the database looks unreachable from here, if it does: the last
-    /// sync failed, or the one running has had no answer for
-    /// [`UNANSWERED`] (a black-holed database never fails, it just does
-    /// not answer, and the deadline is longer).
-    fn database_error(&self) -> Option<String> {
-        if let Some(e) = self
-            .sync_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Some(e);
-        }
+    /// Whether the database looks unreachable from here: the last sync
+    /// failed, or the one running has had no answer for [`UNANSWERED`].
+    /// Writes are then refused before they are forwarded, as when the audit
+    /// fails: their records would not be written either.
+    fn database_down(&self) -> bool {
+        self.sync_failed.load(Ordering::Acquire) || self.sync_silent().is_some()
+    }
+
+    /// How long the running sync has waited for a first or next answer, if
+    /// that is at least [`UNANSWERED`].
+    fn sync_silent(&self) -> Option<i64> {
         let started = self.sync_started_ms.load(Ordering::Acquire);
         if started == 0 {
             return None;
@@ -258,7 +262,24 @@ impl State {
         }
         let waited = now - started;
         let unanswered = i64::try_from(UNANSWERED.as_millis()).unwrap_or(i64::MAX);
-        (waited >= unanswered).then(|| format!("the change log has not answered for {waited} ms"))
+        (waited >= unanswered).then_some(waited)
+    }
+
+    /// Why the database looks unreachable from here, if it does: the last
+    /// sync failed, or the one running has had no answer for
+    /// [`UNANSWERED`] (a black-holed database never fails, it just does
+    /// not answer, and the deadline is longer).
+    fn database_error(&self) -> Option<String> {
+        if let Some(e) = self
+            .sync_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(e);
+        }
+        self.sync_silent()
+            .map(|waited| format!("the change log has not answered for {waited} ms"))
     }
 
     /// Boxed: the wait for the group commit is large, and inline it would
@@ -341,6 +362,11 @@ impl Server {
             sync_started_ms: AtomicI64::new(0),
             sync_answers: std::sync::atomic::AtomicU64::new(0),
             sync_error: Mutex::new(None),
+            sync_failed: std::sync::atomic::AtomicBool::new(false),
+            lookups: Outage::new(
+                "looking up unknown keys",
+                "requests with keys this node has not seen are answered 503",
+            ),
             chain_check: tokio::sync::Mutex::new(None),
             app,
         });
@@ -521,7 +547,8 @@ pub const STORE_DEADLINE: Duration = Duration::from_secs(3);
 async fn sync_loop(state: Arc<State>) {
     let mut sync = tokio::time::interval(state.config.sync_interval);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut notifier = listen(&state).await;
+    let listening = Outage::new("listening for change notifications", "polling only");
+    let mut notifier = listen(&state, &listening).await;
     let mut ticks: u32 = 0;
     let outage = Outage::new(
         "reading the change log",
@@ -535,7 +562,7 @@ async fn sync_loop(state: Arc<State>) {
                 // Re-listen now and then after a failure (never on SQLite,
                 // which has nothing to listen to and answers at once).
                 if notifier.is_none() && ticks.is_multiple_of(20) {
-                    notifier = listen(&state).await;
+                    notifier = listen(&state, &listening).await;
                 }
             }
             woke = notified(&mut notifier) => match woke {
@@ -564,11 +591,14 @@ async fn flush_loop(state: Arc<State>) {
     }
 }
 
-async fn listen(state: &State) -> Option<keyward_store::ChangeNotifier> {
+async fn listen(state: &State, outage: &Outage) -> Option<keyward_store::ChangeNotifier> {
     match state.app.change_notifier().await {
-        Ok(n) => n,
+        Ok(n) => {
+            outage.recovered();
+            n
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for change notifications; polling only");
+            outage.failed(&e, 0);
             None
         }
     }
@@ -598,6 +628,7 @@ async fn sync_once(state: &State, outage: &Outage) {
     match result {
         Ok(n) => {
             state.note_sync_ok(started);
+            state.sync_failed.store(false, Ordering::Release);
             *error = None;
             outage.recovered();
             if n > 0 {
@@ -609,6 +640,7 @@ async fn sync_once(state: &State, outage: &Outage) {
             }
         }
         Err(e) => {
+            state.sync_failed.store(true, Ordering::Release);
             outage.failed(&e, 0);
             *error = Some(e.to_string());
         }

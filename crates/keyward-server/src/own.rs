@@ -97,6 +97,9 @@ fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
         "status": if stale { "stale" } else { "ok" },
         "database": if error.is_some() { "unreachable" } else { "reachable" },
         "database_error": error,
+        // Whether writes are being forwarded (they are refused while audit
+        // records cannot be committed).
+        "audit": if state.audit.healthy() { "ok" } else { "failing" },
         "snapshot": {
             "keys": state.snapshot.len(),
             "version": state.snapshot.version(),

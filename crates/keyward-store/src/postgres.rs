@@ -58,16 +58,17 @@ pub struct PgStore {
 /// How long this node may hold what other nodes wait for, and how long it
 /// waits for them: every connection runs with these, so a node that is
 /// frozen, cut off or killed inside a transaction loses its locks after
-/// 2 s (`idle_in_transaction_session_timeout`) instead of stopping every
-/// node's writes, and no node waits longer than 2 s for a lock
-/// (docs/design.md, "Failure isolation").
+/// 1 s (`idle_in_transaction_session_timeout`) instead of stopping every
+/// node's writes, and no node waits longer than 2 s for a lock: a stalled
+/// holder is gone before a waiter gives up (docs/design.md, "Failure
+/// isolation").
 const SESSION_SETTINGS: &[(&str, &str)] = &[
     // Waiting for a lock: give up (and answer 503) rather than queue behind
     // a stalled node.
     ("lock_timeout", "2s"),
     // A transaction whose client stopped talking (frozen, partitioned) is
     // ended by the server, releasing its locks.
-    ("idle_in_transaction_session_timeout", "2s"),
+    ("idle_in_transaction_session_timeout", "1s"),
     // No statement of keyward's runs for long; one that does is stuck.
     ("statement_timeout", "5s"),
     // A client host that vanished without closing its socket is noticed by
@@ -112,148 +113,207 @@ impl PgStore {
     }
 }
 
-/// Attempts at appending before giving up when other nodes keep winning
-/// the chain head (each lost attempt means another node appended).
-const APPEND_ATTEMPTS: usize = 64;
+/// Optimistic attempts at appending before taking the chain head's lock:
+/// a node farther from the database than the others would otherwise lose
+/// every race for the head to them.
+const OPTIMISTIC_ATTEMPTS: usize = 3;
 
-/// Moves the chain head from `$1` to `$2`/`$3` and inserts the linked rows,
-/// in one statement: the head's row lock is taken and released inside one
-/// round trip, so a node that stalls between its statements (frozen, cut
-/// off) never holds it. If another node appended since the head was read,
-/// nothing is written and the current head is returned for another try.
-const APPEND_SQL: &str = "\
-WITH moved AS (
-    UPDATE audit_head SET seq = $2, hash = $3 WHERE id = 1 AND seq = $1 RETURNING seq
-), linked AS (
-    INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, status, \
-        required, client, request_id, details, prev_hash, hash)
-    SELECT r.* FROM UNNEST($4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], \
-        $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::text[], \
-        $15::text[], $16::text[], $17::bytea[], $18::bytea[]) AS r \
-    WHERE EXISTS (SELECT 1 FROM moved)
-)
-SELECT EXISTS (SELECT 1 FROM moved), seq, hash FROM audit_head WHERE id = 1";
-
-/// Links `entries` into the chain and stores them. Needs no lock held by
-/// the caller: inside a transaction, the head stays locked from the
-/// appending statement to the commit, so callers append last.
+/// Links `entries` into the chain and stores them, inside the caller's
+/// transaction: the head stays locked from the appending statement to the
+/// commit, so callers append last, just before committing.
 async fn append_audit_tx(conn: &mut PgConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seq, mut head): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&mut *conn)
-            .await?;
-    for _ in 0..APPEND_ATTEMPTS {
-        let mut prev = hash32(&head, "audit head hash")?;
-        let n = entries.len();
-        let mut cols = AuditColumns::with_capacity(n);
-        let mut next = seq;
-        for e in entries {
-            next += 1;
-            let hash = chain_link(&prev, next, e);
-            cols.push(next, e, &prev, &hash);
-            prev = hash;
+    let mut head = read_head(conn, "SELECT seq, hash FROM audit_head WHERE id = 1").await?;
+    for _ in 0..OPTIMISTIC_ATTEMPTS {
+        match try_append(conn, head, entries, "").await? {
+            Appended::Won(seqs) => return Ok(seqs),
+            Appended::Lost(now) => head = now,
         }
-        let (won, now_seq, now_hash): (bool, i64, Vec<u8>) = cols
-            .bind(
-                sqlx::query_as(APPEND_SQL)
-                    .bind(seq)
-                    .bind(next)
-                    .bind(prev.to_vec()),
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-        if won {
-            return Ok(((seq + 1)..=next).collect());
-        }
-        (seq, head) = (now_seq, now_hash);
     }
-    Err(StoreError::Busy(
-        "other nodes kept appending to the audit chain".into(),
-    ))
+    let head = read_head(
+        conn,
+        "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    )
+    .await?;
+    match try_append(conn, head, entries, "").await? {
+        Appended::Won(seqs) => Ok(seqs),
+        Appended::Lost(_) => Err(StoreError::Corrupt(
+            "the audit head moved while locked".into(),
+        )),
+    }
 }
 
-/// Audit rows as one array per column, for `UNNEST`.
-#[derive(Default)]
-struct AuditColumns {
-    seq: Vec<i64>,
-    at: Vec<i64>,
-    org_id: Vec<String>,
-    actor: Vec<String>,
-    action: Vec<String>,
-    key_id: Vec<Option<String>>,
-    method: Vec<Option<String>>,
-    path: Vec<Option<String>>,
-    status: Vec<Option<i64>>,
-    required: Vec<String>,
-    client: Vec<Option<String>>,
-    request_id: Vec<Option<String>>,
-    details: Vec<String>,
-    prev_hash: Vec<Vec<u8>>,
-    hash: Vec<Vec<u8>>,
-}
-
-impl AuditColumns {
-    fn with_capacity(n: usize) -> Self {
-        AuditColumns {
-            seq: Vec::with_capacity(n),
-            at: Vec::with_capacity(n),
-            org_id: Vec::with_capacity(n),
-            actor: Vec::with_capacity(n),
-            action: Vec::with_capacity(n),
-            key_id: Vec::with_capacity(n),
-            method: Vec::with_capacity(n),
-            path: Vec::with_capacity(n),
-            status: Vec::with_capacity(n),
-            required: Vec::with_capacity(n),
-            client: Vec::with_capacity(n),
-            request_id: Vec::with_capacity(n),
-            details: Vec::with_capacity(n),
-            prev_hash: Vec::with_capacity(n),
-            hash: Vec::with_capacity(n),
+/// Links `entries` into the chain and stores them, committed on their own.
+///
+/// Each attempt is one message of PostgreSQL's simple query protocol: the
+/// server has the whole statement before it runs it, and commits it before
+/// answering, so the head's row lock is never held while the server waits
+/// for this node (a node frozen, cut off, or cut in the middle of a message
+/// holds nothing; with the extended protocol, a lost `Sync` would keep the
+/// statement's transaction, and its lock, open with no timeout). After
+/// [`OPTIMISTIC_ATTEMPTS`] lost races the head is locked first (`BEGIN;
+/// SELECT … FOR UPDATE` in one message, then the append and `COMMIT` in
+/// another): held for one round trip, and ended by
+/// `idle_in_transaction_session_timeout` if this node stalls in between.
+async fn append_audit_alone(conn: &mut PgConnection, entries: &[&AuditEntry]) -> Result<Vec<i64>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut head = read_head(conn, "SELECT seq, hash FROM audit_head WHERE id = 1").await?;
+    for _ in 0..OPTIMISTIC_ATTEMPTS {
+        match try_append(conn, head, entries, "").await? {
+            Appended::Won(seqs) => return Ok(seqs),
+            Appended::Lost(now) => head = now,
         }
     }
-
-    fn push(&mut self, seq: i64, e: &AuditEntry, prev: &[u8; 32], hash: &[u8; 32]) {
-        self.seq.push(seq);
-        self.at.push(e.at_ms);
-        self.org_id.push(e.org_id.clone());
-        self.actor.push(e.actor.clone());
-        self.action.push(e.action.clone());
-        self.key_id.push(e.key_id.clone());
-        self.method.push(e.method.clone());
-        self.path.push(e.path.clone());
-        self.status.push(e.status.map(i64::from));
-        self.required.push(e.required.join(" "));
-        self.client.push(e.client.clone());
-        self.request_id.push(e.request_id.clone());
-        self.details.push(e.details.clone());
-        self.prev_hash.push(prev.to_vec());
-        self.hash.push(hash.to_vec());
+    let locked = async {
+        let head = read_head(
+            conn,
+            "BEGIN; SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        )
+        .await?;
+        try_append(conn, head, entries, "; COMMIT").await
     }
-
-    fn bind<'q, O>(
-        self,
-        q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
-        q.bind(self.seq)
-            .bind(self.at)
-            .bind(self.org_id)
-            .bind(self.actor)
-            .bind(self.action)
-            .bind(self.key_id)
-            .bind(self.method)
-            .bind(self.path)
-            .bind(self.status)
-            .bind(self.required)
-            .bind(self.client)
-            .bind(self.request_id)
-            .bind(self.details)
-            .bind(self.prev_hash)
-            .bind(self.hash)
+    .await;
+    match locked {
+        Ok(Appended::Won(seqs)) => Ok(seqs),
+        Ok(Appended::Lost(_)) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(StoreError::Corrupt(
+                "the audit head moved while locked".into(),
+            ))
+        }
+        Err(e) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
     }
+}
+
+/// The chain head as `sql` (simple protocol, one row `seq, hash`) reads it.
+async fn read_head(conn: &mut PgConnection, sql: &'static str) -> Result<(i64, [u8; 32])> {
+    let rows = sqlx::raw_sql(sql).fetch_all(&mut *conn).await?;
+    let row = rows
+        .last()
+        .ok_or_else(|| StoreError::Corrupt("the audit head row is missing".into()))?;
+    head_of(row, 0)
+}
+
+fn head_of(row: &sqlx::postgres::PgRow, at: usize) -> Result<(i64, [u8; 32])> {
+    use sqlx::Row as _;
+    let seq: i64 = row.try_get(at)?;
+    let hash: Vec<u8> = row.try_get(at + 1)?;
+    Ok((seq, hash32(&hash, "audit head hash")?))
+}
+
+enum Appended {
+    /// The records were linked after the head read: their sequence numbers.
+    Won(Vec<i64>),
+    /// Another node appended first; the head it left.
+    Lost((i64, [u8; 32])),
+}
+
+/// One attempt: moves the head from `head` and inserts the linked rows in
+/// one statement (`UPDATE … WHERE seq = old` and `INSERT … WHERE EXISTS`),
+/// followed by `tail` in the same message. Values are written as hex
+/// literals decoded by the server (`decode('…', 'hex')`), so no text of a
+/// record is ever read as SQL, whatever the server's string settings.
+async fn try_append(
+    conn: &mut PgConnection,
+    (seq, head): (i64, [u8; 32]),
+    entries: &[&AuditEntry],
+    tail: &str,
+) -> Result<Appended> {
+    use std::fmt::Write as _;
+    let mut prev = head;
+    let mut next = seq;
+    let mut values = String::with_capacity(entries.len() * 900);
+    for e in entries {
+        next += 1;
+        let hash = chain_link(&prev, next, e);
+        if next > seq + 1 {
+            values.push_str(",\n");
+        }
+        let _ = write!(values, "({next}::int8, {}::int8, ", e.at_ms);
+        for text in [&e.org_id, &e.actor, &e.action] {
+            push_text(&mut values, Some(text));
+            values.push_str(", ");
+        }
+        for text in [&e.key_id, &e.method, &e.path] {
+            push_text(&mut values, text.as_ref());
+            values.push_str(", ");
+        }
+        match e.status {
+            Some(st) => {
+                let _ = write!(values, "{st}::int8, ");
+            }
+            None => values.push_str("NULL::int8, "),
+        }
+        push_text(&mut values, Some(&e.required.join(" ")));
+        values.push_str(", ");
+        push_text(&mut values, e.client.as_ref());
+        values.push_str(", ");
+        push_text(&mut values, e.request_id.as_ref());
+        values.push_str(", ");
+        push_text(&mut values, Some(&e.details));
+        values.push_str(", ");
+        push_bytes(&mut values, &prev);
+        values.push_str(", ");
+        push_bytes(&mut values, &hash);
+        values.push(')');
+        prev = hash;
+    }
+    let mut sql = String::with_capacity(values.len() + 800);
+    let _ = write!(
+        sql,
+        "WITH moved AS (UPDATE audit_head SET seq = {next}, hash = "
+    );
+    push_bytes(&mut sql, &prev);
+    let _ = write!(
+        sql,
+        " WHERE id = 1 AND seq = {seq} RETURNING seq), \
+         linked AS (INSERT INTO audit_log (seq, at, org_id, actor, action, key_id, method, path, \
+         status, required, client, request_id, details, prev_hash, hash) \
+         SELECT * FROM (VALUES {values}) AS r WHERE EXISTS (SELECT 1 FROM moved)) \
+         SELECT EXISTS (SELECT 1 FROM moved), seq, hash FROM audit_head WHERE id = 1{tail}"
+    );
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("the audit head row is missing".into()))?;
+    let won: bool = sqlx::Row::try_get(row, 0)?;
+    if won {
+        Ok(Appended::Won(((seq + 1)..=next).collect()))
+    } else {
+        Ok(Appended::Lost(head_of(row, 1)?))
+    }
+}
+
+/// `text` as a server-decoded literal of type `text` (or a typed NULL).
+fn push_text(out: &mut String, text: Option<&String>) {
+    match text {
+        Some(t) => {
+            out.push_str("convert_from(");
+            push_bytes(out, t.as_bytes());
+            out.push_str(", 'UTF8')");
+        }
+        None => out.push_str("NULL::text"),
+    }
+}
+
+/// `bytes` as `decode('<hex>', 'hex')`, of type `bytea`.
+fn push_bytes(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("decode('");
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out.push_str("', 'hex')");
 }
 
 /// Inserts `keys` and their grants in two statements; returns the ids
@@ -431,11 +491,27 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
+        // Nothing to apply (every start of a node but the first after an
+        // upgrade): no migration lock is taken, so a stalled migrator
+        // elsewhere cannot hold this node's start.
+        let applied: std::result::Result<Vec<(i64,)>, _> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await;
+        if let Ok(applied) = applied {
+            let applied: std::collections::HashSet<i64> =
+                applied.into_iter().map(|(v,)| v).collect();
+            if MIGRATOR.iter().all(|m| applied.contains(&m.version)) {
+                return Ok(());
+            }
+        }
         // Migrations may rightly take longer than any statement should: on
-        // a connection of their own, without the session's timeouts.
+        // a connection of their own, without the statement timeouts, but
+        // with a bound on the wait for the migration lock another process
+        // may hold.
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with((*self.untimed).clone())
+            .connect_with((*self.untimed).clone().options([("lock_timeout", "30s")]))
             .await?;
         let result = MIGRATOR.run(&pool).await;
         pool.close().await;
@@ -732,11 +808,11 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
-        // No transaction: the appending statement commits by itself, so the
-        // chain head is locked only while it runs (see `APPEND_SQL`).
+        // No transaction of ours: the appending statement commits by itself,
+        // so the chain head is locked only while the server runs it.
         let mut conn = self.pool.acquire().await?;
         let refs: Vec<&AuditEntry> = entries.iter().collect();
-        append_audit_tx(&mut conn, &refs).await
+        append_audit_alone(&mut conn, &refs).await
     }
 
     async fn audit_chain(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {

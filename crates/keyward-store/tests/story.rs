@@ -723,16 +723,27 @@ async fn story(store: &impl Store) {
         assert_eq!(sets.len(), record.permission_sets.len());
     }
 
-    // Audit: appended in batches, one unbroken chain.
+    // Audit: appended in batches, one unbroken chain; every field comes back
+    // as written, whatever it holds (quotes, backslashes, dollar quotes,
+    // SQL, non-ASCII, empty text, absent values).
+    let hostile = AuditEntry {
+        method: Some("PO'ST".into()),
+        path: Some("/a'b\\c$$d$x$;--/é✓/\u{1F600}".into()),
+        status: Some(403),
+        required: vec!["a:b".into(), "c'd".into()],
+        client: Some(String::new()),
+        request_id: Some("'); DROP TABLE audit_log; --".into()),
+        details: r#"{"q":"it's \\ \"x\" $tag$"}"#.into(),
+        ..audit("org_a", "gateway.request", Some("key_5"))
+    };
     let seqs = store
-        .append_audit(&[
-            audit("org_a", "gateway.request", Some("key_5")),
-            audit("org_b", "gateway.request", None),
-        ])
+        .append_audit(&[hostile.clone(), audit("org_b", "gateway.request", None)])
         .await
         .unwrap();
     assert_eq!(seqs.len(), 2);
     let chain = store.audit_chain(0, 1_000).await.unwrap();
+    let stored = chain.iter().find(|r| r.seq == seqs[0]).unwrap();
+    assert_eq!(stored.entry, hostile);
     let mut prev = GENESIS;
     for (i, r) in chain.iter().enumerate() {
         assert_eq!(r.seq, i as i64 + 1);

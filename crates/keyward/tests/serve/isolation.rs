@@ -16,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PASS: u8 = 0;
 const BLACKHOLE: u8 = 1;
 const REFUSE: u8 = 2;
+/// Client to server: the last 5 bytes of every large write of the node's
+/// are held back (an extended-protocol `Sync` is 5 bytes): a connection cut
+/// in the middle of a message, while the TCP connection itself stays up.
+const HOLD_TAIL: u8 = 3;
 
 /// A TCP proxy in front of PostgreSQL that can fail the way networks do.
 struct PgProxy {
@@ -80,6 +84,11 @@ impl PgProxy {
         self.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
 
+    /// Holds back the end of every message the node sends.
+    fn hold_tail(&self) {
+        self.mode.store(HOLD_TAIL, Ordering::SeqCst);
+    }
+
     /// Every open connection is reset and new ones are refused.
     fn refuse(&self) {
         self.mode.store(REFUSE, Ordering::SeqCst);
@@ -118,8 +127,8 @@ async fn relay(
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     tokio::select! {
-        () = pump(cr, sw, &mode) => {}
-        () = pump(sr, cw, &mode) => {}
+        () = pump(cr, sw, &mode, true) => {}
+        () = pump(sr, cw, &mode, false) => {}
         _ = resets.changed() => {}
     }
     // Dropping both sockets (linger 0) resets them.
@@ -129,6 +138,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: &AtomicU8,
+    to_server: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -136,6 +146,20 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        // Only what is large enough to carry audit records (reads of the
+        // head and the change log are a few dozen bytes).
+        if to_server && n > 300 && mode.load(Ordering::SeqCst) == HOLD_TAIL {
+            if to.write_all(&buf[..n - 5]).await.is_err() {
+                return;
+            }
+            while mode.load(Ordering::SeqCst) == HOLD_TAIL {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if to.write_all(&buf[n - 5..n]).await.is_err() {
+                return;
+            }
+            continue;
+        }
         // Held, not dropped: TCP would retransmit them once the path heals.
         while mode.load(Ordering::SeqCst) == BLACKHOLE {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -282,17 +306,25 @@ fn a_stalled_node_never_stops_another_nodes_audited_writes() {
         });
         for round in 0..6 {
             std::thread::sleep(Duration::from_millis(300));
-            // Frozen (SIGSTOP), then black-holed, for longer than the 2 s
-            // lock timeout: a write of B's that waited for A would be
-            // refused, not merely slow.
-            if round % 2 == 0 {
-                signal(&node_a, "-STOP");
-                std::thread::sleep(STALL);
-                signal(&node_a, "-CONT");
-            } else {
-                proxy.blackhole();
-                std::thread::sleep(STALL);
-                proxy.pass();
+            // Frozen (SIGSTOP), black-holed, or cut in the middle of its
+            // messages, for longer than the 2 s lock timeout: a write of
+            // B's that waited for A would be refused, not merely slow.
+            match round % 3 {
+                0 => {
+                    signal(&node_a, "-STOP");
+                    std::thread::sleep(STALL);
+                    signal(&node_a, "-CONT");
+                }
+                1 => {
+                    proxy.blackhole();
+                    std::thread::sleep(STALL);
+                    proxy.pass();
+                }
+                _ => {
+                    proxy.hold_tail();
+                    std::thread::sleep(STALL);
+                    proxy.pass();
+                }
             }
         }
         let (during, acked) = measured.join().unwrap();
