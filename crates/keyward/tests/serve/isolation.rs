@@ -20,6 +20,8 @@ const REFUSE: u8 = 2;
 /// are held back (an extended-protocol `Sync` is 5 bytes): a connection cut
 /// in the middle of a message, while the TCP connection itself stays up.
 const HOLD_TAIL: u8 = 3;
+/// Every chunk either way waits 2 ms: a node farther from the database.
+const SLOW: u8 = 4;
 
 /// A TCP proxy in front of PostgreSQL that can fail the way networks do.
 struct PgProxy {
@@ -82,6 +84,11 @@ impl PgProxy {
     /// firewall dropping packets).
     fn blackhole(&self) {
         self.mode.store(BLACKHOLE, Ordering::SeqCst);
+    }
+
+    /// Adds 2 ms each way.
+    fn slow(&self) {
+        self.mode.store(SLOW, Ordering::SeqCst);
     }
 
     /// Holds back the end of every message the node sends.
@@ -159,6 +166,9 @@ async fn pump(
                 return;
             }
             continue;
+        }
+        if mode.load(Ordering::SeqCst) == SLOW {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         // Held, not dropped: TCP would retransmit them once the path heals.
         while mode.load(Ordering::SeqCst) == BLACKHOLE {
@@ -357,6 +367,60 @@ fn a_stalled_node_never_stops_another_nodes_audited_writes() {
     });
     drop((node_a, node_b));
     chain_holds(&kw, acknowledged);
+}
+
+/// A node farther from the database than a busy neighbour still gets its
+/// audit records in: it loses races for the chain head, then takes it.
+#[test]
+fn a_distant_node_is_not_starved_of_the_chain_head() {
+    let Some(kw) = Kw::postgres("distant_node") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, w) = kw.key(&["--name", "w", "--preset", "inspection-submission"]);
+    let proxy = PgProxy::start(postgres_addr(&kw));
+    let near = kw.serve(&["--upstream", &upstream_flag(&up)]);
+    let far = kw.serve_via(&proxy.url(&kw.url()), &["--upstream", &upstream_flag(&up)]);
+    proxy.slow();
+    let stop = AtomicBool::new(false);
+    let (near_ok, far_statuses) = std::thread::scope(|s| {
+        let busy: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut ok = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        ok += usize::from(post(&near, &w, 0).0 == 200);
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let far_writes = s.spawn(|| {
+            let mut statuses = Vec::new();
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                statuses.push(post(&far, &w, 0).0);
+            }
+            statuses
+        });
+        let statuses = far_writes.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let near_ok: usize = busy.into_iter().map(|b| b.join().unwrap()).sum();
+        (near_ok, statuses)
+    });
+    let far_ok = far_statuses.iter().filter(|s| **s == 200).count();
+    eprintln!(
+        "near node: {near_ok} writes; far node (2 ms each way): {far_ok} of {} acknowledged",
+        far_statuses.len()
+    );
+    assert!(
+        far_ok * 10 >= far_statuses.len() * 9,
+        "the far node's writes were refused: {far_ok} of {}",
+        far_statuses.len()
+    );
+    drop((near, far));
+    chain_holds(&kw, near_ok + far_ok);
 }
 
 #[test]
