@@ -25,46 +25,67 @@ pub const BROAD_ACCESS_THRESHOLD: usize = 10;
 /// Product area of keyward's own reserved scopes.
 pub const KEYWARD_AREA: &str = "keyward";
 
+/// The names of keyward's own scopes, as constants: code that requires one
+/// names it here, so a typo is a compile error, not a scope nobody holds.
+pub mod reserved {
+    /// `keyward-api-keys:verify`
+    pub const API_KEYS_VERIFY: &str = "keyward-api-keys:verify";
+    /// `keyward-api-keys:read`
+    pub const API_KEYS_READ: &str = "keyward-api-keys:read";
+    /// `keyward-api-keys:write`
+    pub const API_KEYS_WRITE: &str = "keyward-api-keys:write";
+    /// `keyward-groups:read`
+    pub const GROUPS_READ: &str = "keyward-groups:read";
+    /// `keyward-groups:write`
+    pub const GROUPS_WRITE: &str = "keyward-groups:write";
+    /// `keyward-users:read`
+    pub const USERS_READ: &str = "keyward-users:read";
+    /// `keyward-users:write`
+    pub const USERS_WRITE: &str = "keyward-users:write";
+    /// `keyward-audit:read`
+    pub const AUDIT_READ: &str = "keyward-audit:read";
+}
+
 /// keyward's own scopes: (name, description, implies, write-capable).
 const RESERVED: &[(&str, &str, &[&str], bool)] = &[
     (
-        "keyward-api-keys:verify",
+        reserved::API_KEYS_VERIFY,
         "Verify API keys through POST /v1/verify",
         &[],
         false,
     ),
     (
-        "keyward-api-keys:read",
+        reserved::API_KEYS_READ,
         "List and inspect API keys",
-        &["keyward-api-keys:verify"],
+        &[reserved::API_KEYS_VERIFY],
         false,
     ),
     (
-        "keyward-api-keys:write",
+        reserved::API_KEYS_WRITE,
         "Create, roll and revoke API keys",
-        &["keyward-api-keys:read"],
+        &[reserved::API_KEYS_READ],
         true,
     ),
     (
-        "keyward-groups:read",
+        reserved::GROUPS_READ,
         "List authorization groups and their members",
         &[],
         false,
     ),
     (
-        "keyward-groups:write",
+        reserved::GROUPS_WRITE,
         "Change authorization group membership",
-        &["keyward-groups:read"],
+        &[reserved::GROUPS_READ],
         true,
     ),
-    ("keyward-users:read", "List users", &[], false),
+    (reserved::USERS_READ, "List users", &[], false),
     (
-        "keyward-users:write",
+        reserved::USERS_WRITE,
         "Create users and reset their passwords",
-        &["keyward-users:read"],
+        &[reserved::USERS_READ],
         true,
     ),
-    ("keyward-audit:read", "Read the audit log", &[], false),
+    (reserved::AUDIT_READ, "Read the audit log", &[], false),
 ];
 
 /// Where in the catalog text a problem is: 1-based line and column.

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use keyward_app::people::{AuditView, GroupView, UserView};
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{Actor, CreateKey, KeyEntry};
+use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
 use keyward_store::{AuditQuery, KeyFilter, Org};
 use serde::de::DeserializeOwned;
@@ -254,7 +255,7 @@ trait Need: Send + Sync + 'static {
 }
 
 macro_rules! need {
-    ($($name:ident => [$($scope:literal),*];)*) => {$(
+    ($($name:ident => [$($scope:expr),*];)*) => {$(
         struct $name;
         impl Need for $name {
             const SCOPES: &'static [&'static str] = &[$($scope),*];
@@ -264,13 +265,13 @@ macro_rules! need {
 
 need! {
     Anyone => [];
-    KeysRead => ["keyward-api-keys:read"];
-    KeysWrite => ["keyward-api-keys:write"];
-    GroupsRead => ["keyward-groups:read"];
-    GroupUsersRead => ["keyward-groups:read", "keyward-users:read"];
-    GroupKeysRead => ["keyward-groups:read", "keyward-api-keys:read"];
-    GroupsWrite => ["keyward-groups:write"];
-    AuditRead => ["keyward-audit:read"];
+    KeysRead => [reserved::API_KEYS_READ];
+    KeysWrite => [reserved::API_KEYS_WRITE];
+    GroupsRead => [reserved::GROUPS_READ];
+    GroupUsersRead => [reserved::GROUPS_READ, reserved::USERS_READ];
+    GroupKeysRead => [reserved::GROUPS_READ, reserved::API_KEYS_READ];
+    GroupsWrite => [reserved::GROUPS_WRITE];
+    AuditRead => [reserved::AUDIT_READ];
 }
 
 /// The caller, authenticated and holding every scope of `N`. Keys and (with

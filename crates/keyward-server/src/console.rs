@@ -32,6 +32,7 @@ use keyward_app::people::{GroupView, UserView};
 use keyward_app::sessions::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Session};
 use keyward_app::views::{KeyView, human_time};
 use keyward_app::{Actor, AppError, CreateKey};
+use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
 use keyward_store::{AuditQuery, KeyFilter};
 use std::marker::PhantomData;
@@ -394,7 +395,7 @@ trait Need: Send + Sync + 'static {
 }
 
 macro_rules! need {
-    ($($name:ident => $section:literal [$($scope:literal),*];)*) => {$(
+    ($($name:ident => $section:literal [$($scope:expr),*];)*) => {$(
         struct $name;
         impl Need for $name {
             const SCOPES: &'static [&'static str] = &[$($scope),*];
@@ -405,11 +406,11 @@ macro_rules! need {
 
 need! {
     Anyone => "" [];
-    KeysRead => "keys" ["keyward-api-keys:read"];
-    KeysWrite => "keys" ["keyward-api-keys:write"];
-    GroupsRead => "groups" ["keyward-groups:read"];
-    GroupsWrite => "groups" ["keyward-groups:write"];
-    AuditRead => "audit" ["keyward-audit:read"];
+    KeysRead => "keys" [reserved::API_KEYS_READ];
+    KeysWrite => "keys" [reserved::API_KEYS_WRITE];
+    GroupsRead => "groups" [reserved::GROUPS_READ];
+    GroupsWrite => "groups" [reserved::GROUPS_WRITE];
+    AuditRead => "audit" [reserved::AUDIT_READ];
 }
 
 /// A signed-in user holding the scopes of `N`; otherwise a redirect to the
@@ -842,8 +843,9 @@ struct NewKeyPage {
     show_broad: bool,
 }
 
-/// Broad access starts above this many write-capable permission sets.
-const BROAD_LIMIT: usize = 10;
+/// Broad access starts above this many write-capable permission sets (the
+/// core's rule, shown in the form).
+const BROAD_LIMIT: usize = keyward_core::catalog::BROAD_ACCESS_THRESHOLD;
 
 /// The creation form, filled with what was sent (after a refusal) or empty.
 async fn new_key_form(
@@ -1419,7 +1421,7 @@ async fn group_detail<N: Need>(
     let group = state.app.show_group(org, id).await.map_err(fail)?;
     let (mut users, mut candidates, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     if tab == "users" {
-        if !who.holds(&["keyward-users:read"], state) {
+        if !who.holds(&[reserved::USERS_READ], state) {
             return Err(error_page(
                 chrome,
                 StatusCode::FORBIDDEN,

@@ -331,7 +331,7 @@ impl Server {
             .map(Arc::new);
         let verify_scope = app
             .catalog()
-            .scope_set(&["keyward-api-keys:verify"])
+            .scope_set(&[keyward_core::catalog::reserved::API_KEYS_VERIFY])
             .ok_or_else(|| {
                 ServerError::Config("the catalog lacks keyward's reserved scopes".into())
             })?;

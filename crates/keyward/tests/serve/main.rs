@@ -707,7 +707,12 @@ fn shutdown_drains_in_flight_requests_and_keeps_their_audit() {
         .json(&json!({"slow": true}));
     let addr = server.addr;
     let in_flight = std::thread::spawn(move || raw(addr, &request.bytes()));
-    std::thread::sleep(Duration::from_millis(400));
+    // In flight: the upstream has it (and answers 1.5 s later).
+    until(
+        Duration::from_secs(10),
+        "the request at the upstream",
+        || up.hits() == 1,
+    );
     let status = server.stop();
     assert!(status.success(), "{status:?}");
     assert_eq!(
