@@ -244,7 +244,7 @@ impl<S: Store> App<S> {
         request_id: Option<String>,
     ) -> Actor {
         Actor {
-            id: format!("user:{}", user.id),
+            id: keyward_core::audit::actor::user(&user.id),
             effective: self.user_access(user),
             client,
             request_id,

@@ -213,7 +213,7 @@ impl<S: Store> App<S> {
             last_seen_at: now,
         };
         let actor = Actor {
-            id: format!("user:{}", user.id),
+            id: keyward_core::audit::actor::user(&user.id),
             ..actor
         };
         let entry = self.audit(

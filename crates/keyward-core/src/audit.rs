@@ -8,6 +8,33 @@
 
 use sha2::{Digest, Sha256};
 
+/// Who an audit record says acted, spelled in one place: `key:<id>`,
+/// `user:<id>`, `cli:<os user>`, `node:<id>` or `anonymous`.
+pub mod actor {
+    /// Nobody authenticated.
+    pub const ANONYMOUS: &str = "anonymous";
+
+    /// A request authenticated by the key with this id.
+    pub fn key(key_id: &str) -> String {
+        ["key:", key_id].concat()
+    }
+
+    /// A console or API user.
+    pub fn user(user_id: &str) -> String {
+        ["user:", user_id].concat()
+    }
+
+    /// The local operator running the CLI as this OS user.
+    pub fn cli(os_user: &str) -> String {
+        ["cli:", os_user].concat()
+    }
+
+    /// A server node itself (records about its own state).
+    pub fn node(node_id: &str) -> String {
+        ["node:", node_id].concat()
+    }
+}
+
 /// The `prev_hash` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
 

@@ -312,7 +312,7 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             .await
             .map_err(|e| fail(e, &ctx))?;
         let actor = Actor {
-            id: format!("key:{}", entry.key_id),
+            id: keyward_core::audit::actor::key(&entry.key_id),
             effective: entry.access().effective,
             client: Some(ctx.client.ip_text().to_owned()),
             request_id: ctx.request_id.to_str().ok().map(str::to_owned),

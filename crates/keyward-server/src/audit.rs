@@ -167,7 +167,7 @@ async fn write_loop(
             entries.push(AuditEntry {
                 at_ms: now,
                 org_id: identity.org_id.clone(),
-                actor: format!("node:{}", identity.node),
+                actor: keyward_core::audit::actor::node(&identity.node),
                 action: "node.audit_resumed".to_owned(),
                 details: serde_json::json!({
                     "failing_since_ms": since,
@@ -298,7 +298,7 @@ impl AnonymousTally {
             };
             out.push(AuditEntry {
                 at_ms: now_ms,
-                actor: "anonymous".to_owned(),
+                actor: keyward_core::audit::actor::ANONYMOUS.to_owned(),
                 action,
                 key_id: None,
                 client: (client != OTHER_CLIENTS).then_some(client),

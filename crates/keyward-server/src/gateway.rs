@@ -160,9 +160,10 @@ impl Exchange<'_> {
                 .key
                 .map_or(state_default_org, |k| &*k.org_id)
                 .to_owned(),
-            actor: self
-                .key
-                .map_or_else(|| "anonymous".to_owned(), |k| ["key:", &*k.key_id].concat()),
+            actor: self.key.map_or_else(
+                || keyward_core::audit::actor::ANONYMOUS.to_owned(),
+                |k| keyward_core::audit::actor::key(&k.key_id),
+            ),
             action: "gateway.request".to_owned(),
             key_id: self.key.map(|k| String::from(&*k.key_id)),
             method: Some(self.method.as_str().to_owned()),

@@ -116,7 +116,7 @@ fn operator_id() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "operator".into());
-    format!("cli:{user}")
+    keyward_core::audit::actor::cli(&user)
 }
 
 fn digester() -> Digester {
