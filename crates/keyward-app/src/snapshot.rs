@@ -149,16 +149,10 @@ impl Interner {
     }
 }
 
-/// Legacy keys hold every available scope, including ones added later.
+/// What a key holds, by the core's rule (`Catalog::key_holdings`).
 fn grants_of(catalog: &Catalog, k: &SnapshotKey) -> Grants {
-    let (granted, effective) = if k.legacy {
-        let all = catalog.available_scopes();
-        (all, all)
-    } else {
-        let (scopes, sets) = SnapshotKey::grant_names(&k.grants);
-        let (granted, _unknown) = catalog.granted_from_names(scopes, sets);
-        (granted, catalog.closure(granted))
-    };
+    let (scopes, sets) = SnapshotKey::grant_names(&k.grants);
+    let (granted, effective, _unknown) = catalog.key_holdings(k.legacy, scopes, sets);
     Grants {
         granted,
         effective,

@@ -140,18 +140,14 @@ impl KeyView {
     }
 }
 
-/// (granted, effective, unknown grant names) of a stored key under `catalog`.
-/// Legacy keys hold every available scope, including ones added later.
+/// (granted, effective, unknown grant names) of a stored key under `catalog`,
+/// by the core's rule (`Catalog::key_holdings`).
 pub(crate) fn access_sets(catalog: &Catalog, r: &KeyRecord) -> (ScopeSet, ScopeSet, Vec<String>) {
-    if r.legacy {
-        let all = catalog.available_scopes();
-        return (all, all, Vec::new());
-    }
-    let (granted, unknown) = catalog.granted_from_names(
+    catalog.key_holdings(
+        r.legacy,
         r.scopes.iter().map(String::as_str),
         r.permission_sets.iter().map(String::as_str),
-    );
-    (granted, catalog.closure(granted), unknown)
+    )
 }
 
 pub(crate) fn names(catalog: &Catalog, set: ScopeSet) -> Vec<String> {

@@ -182,6 +182,24 @@ impl Catalog {
         }
         (granted, unknown)
     }
+
+    /// What a stored key holds under this catalog: (granted, effective,
+    /// unknown grant names). The one place the legacy rule is written:
+    /// a legacy key holds every available scope, including scopes added to
+    /// the catalog after it was imported.
+    pub fn key_holdings<'a>(
+        &self,
+        legacy: bool,
+        scopes: impl IntoIterator<Item = &'a str>,
+        sets: impl IntoIterator<Item = &'a str>,
+    ) -> (ScopeSet, ScopeSet, Vec<String>) {
+        if legacy {
+            let all = self.available_scopes();
+            return (all, all, Vec::new());
+        }
+        let (granted, unknown) = self.granted_from_names(scopes, sets);
+        (granted, self.closure(granted), unknown)
+    }
 }
 
 /// The no-escalation rule: a new key's effective scopes must all be held by
