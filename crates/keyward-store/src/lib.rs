@@ -178,6 +178,17 @@ pub struct SnapshotKey {
     pub grants: String,
 }
 
+impl KeyRecord {
+    /// Its grants as `key_grants` rows hold them, in the order given:
+    /// (`scope` | `permission_set`, name); the position is the index.
+    pub(crate) fn grant_rows(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        self.scopes
+            .iter()
+            .map(|s| ("scope", s))
+            .chain(self.permission_sets.iter().map(|s| ("permission_set", s)))
+    }
+}
+
 impl SnapshotKey {
     /// The canonical grants text of a record (see [`SnapshotKey::grants`]).
     pub fn grants_text(r: &KeyRecord) -> String {

@@ -261,12 +261,7 @@ async fn insert_key_tx(
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    let grants = k
-        .scopes
-        .iter()
-        .map(|s| ("scope", s))
-        .chain(k.permission_sets.iter().map(|s| ("permission_set", s)));
-    for (pos, (kind, name)) in grants.enumerate() {
+    for (pos, (kind, name)) in k.grant_rows().enumerate() {
         sqlx::query(
             "INSERT INTO key_grants (key_id, kind, name, pos) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
