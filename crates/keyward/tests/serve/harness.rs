@@ -440,17 +440,22 @@ impl Drop for Server {
     }
 }
 
+/// Runs `f` to completion on a runtime of its own (the tests are sync).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Rows of one query against a test's SQLite database, read as the server
 /// or CLI left them.
 pub fn sqlite_rows<T>(kw: &Kw, sql: &'static str) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
         let rows: Vec<T> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
@@ -463,11 +468,7 @@ pub fn pg_rows<T>(kw: &Kw, sql: &'static str) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let pool = sqlx::PgPool::connect(&kw.url()).await.unwrap();
         let rows: Vec<T> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
@@ -518,11 +519,7 @@ pub struct ScratchPostgres {
 }
 
 fn psql_admin(admin_url: &str, sql: &str) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let pool = sqlx::PgPool::connect(admin_url)
             .await
             .map_err(|e| e.to_string())?;
