@@ -1,4 +1,5 @@
-//! keyward's storage: the [`Store`] trait and its SQLite implementation.
+//! keyward's storage: the [`Store`] trait, written once (`keys.rs`,
+//! `people.rs`) over a small dialect seam for SQLite and PostgreSQL.
 //!
 //! Storage has no business rules. It persists what the app layer decided,
 //! atomically: a key, its grants, its change-log entry and its audit record
@@ -15,6 +16,7 @@ use std::future::Future;
 use thiserror::Error;
 
 mod any;
+mod keys;
 mod people;
 mod postgres;
 mod rows;
@@ -514,7 +516,7 @@ pub trait Store: Directory {
 /// The people side of storage: users, group memberships, console sessions,
 /// sign-in attempts, form nonces and audit queries. Split from [`Store`] so
 /// both backends implement it from one source (the `people_impl!` macro in
-/// `people.rs`); every [`Store`] is one. Implementations must make each
+/// `people.rs`, expanded by `keys_impl!`); every [`Store`] is one. Implementations must make each
 /// method atomic.
 pub trait Directory: Send + Sync + 'static {
     /// Creates a user with its memberships (audited), in one transaction.

@@ -5,6 +5,25 @@ use crate::{AuditRecord, KeyRecord, Result, SessionRecord, SnapshotKey, StoreErr
 use keyward_core::KeyDigest;
 use keyward_core::audit::AuditEntry;
 
+/// A change-log entry to append (`log_changes` of each backend).
+pub(crate) struct NewChange<'a> {
+    pub(crate) org_id: &'a str,
+    pub(crate) key_id: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) at: i64,
+}
+
+impl<'a> NewChange<'a> {
+    pub(crate) fn created(k: &'a KeyRecord) -> Self {
+        NewChange {
+            org_id: &k.org_id,
+            key_id: &k.id,
+            kind: "key.created",
+            at: k.created_at,
+        }
+    }
+}
+
 pub(crate) fn conflict_or(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
