@@ -28,9 +28,15 @@ use keyward_core::{
     AuthFailure, Catalog, Digester, Environment, GrantRequest, KeyAccess, ScopeSet, SecretKey,
     check_no_escalation, path,
 };
-use keyward_store::{KeyFilter, KeyRecord, Org, Revoked, Store, StoreError};
+use keyward_store::{KeyRecord, Store};
 use serde_json::json;
 pub use snapshot::{KeyEntry, Snapshot};
+/// The storage value types the layers above use, so they depend on the app
+/// alone and never reach around it into storage (`keyward-server` has no
+/// dependency on `keyward-store`).
+pub use keyward_store::{
+    AnyStore, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, Revoked, StoreError,
+};
 use std::sync::Arc;
 use views::{CreatedKey, DecisionView, KeyView, access_sets, names};
 

@@ -28,7 +28,7 @@ use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{Actor, CreateKey, KeyEntry};
 use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
-use keyward_store::{AuditQuery, KeyFilter, Org};
+use keyward_app::{AuditQuery, KeyFilter, Org};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -890,7 +890,7 @@ async fn revoke_key(
         .revoke_key(&who.actor, &who.org, &id)
         .await
         .map_err(|e| fail(e, &who.ctx))?;
-    let already_revoked = matches!(outcome, keyward_store::Revoked::Already(_));
+    let already_revoked = matches!(outcome, keyward_app::Revoked::Already(_));
     ok(
         StatusCode::OK,
         &Revocation {

@@ -10,7 +10,7 @@
 use crate::telemetry::Outage;
 use keyward_app::App;
 use keyward_core::audit::AuditEntry;
-use keyward_store::AnyStore;
+use keyward_app::AnyStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

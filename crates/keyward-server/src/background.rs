@@ -60,7 +60,7 @@ pub(crate) async fn flush_loop(state: Arc<State>) {
     }
 }
 
-async fn listen(state: &State, outage: &Outage) -> Option<keyward_store::ChangeNotifier> {
+async fn listen(state: &State, outage: &Outage) -> Option<keyward_app::ChangeNotifier> {
     match state.app.change_notifier().await {
         Ok(n) => {
             outage.recovered();
@@ -74,8 +74,8 @@ async fn listen(state: &State, outage: &Outage) -> Option<keyward_store::ChangeN
 }
 
 async fn notified(
-    notifier: &mut Option<keyward_store::ChangeNotifier>,
-) -> keyward_store::Result<()> {
+    notifier: &mut Option<keyward_app::ChangeNotifier>,
+) -> Result<(), keyward_app::StoreError> {
     match notifier {
         Some(n) => n.wait().await,
         None => std::future::pending().await,

@@ -34,7 +34,7 @@ use keyward_app::views::{KeyView, human_time};
 use keyward_app::{Actor, AppError, CreateKey};
 use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
-use keyward_store::{AuditQuery, KeyFilter};
+use keyward_app::{AuditQuery, KeyFilter};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1267,8 +1267,8 @@ async fn revoke_key(
         .await
         .map_err(|e| app_error(Some(who.chrome.clone()), e, "/console/keys"))?;
     Ok(redirect(&match outcome {
-        keyward_store::Revoked::Now => format!("/console/keys/{id}?done=revoked"),
-        keyward_store::Revoked::Already(_) => format!("/console/keys/{id}?done=already-revoked"),
+        keyward_app::Revoked::Now => format!("/console/keys/{id}?done=revoked"),
+        keyward_app::Revoked::Already(_) => format!("/console/keys/{id}?done=already-revoked"),
     }))
 }
 

@@ -49,7 +49,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use keyward_app::{App, AppError, Snapshot};
 use keyward_core::ScopeSet;
 use keyward_core::audit::AuditEntry;
-use keyward_store::AnyStore;
+use keyward_app::AnyStore;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
