@@ -319,13 +319,15 @@ impl<S: Store> App<S> {
         details: serde_json::Value,
     ) -> AppError {
         let lacking = names(&self.catalog, lacking);
-        let mut entry = self.audit(actor, org, action, None, details);
-        entry.status = Some(403);
-        entry.required = lacking.clone();
-        match self.store.append_audit(&[entry]).await {
-            Ok(_) => AppError::Escalation { lacking },
-            Err(e) => e.into(),
-        }
+        let refusal = crate::audit::Refusal {
+            action,
+            key_id: None,
+            status: 403,
+            required: lacking.clone(),
+            details,
+        };
+        self.refuse(actor, org, refusal, AppError::Escalation { lacking })
+            .await
     }
 
     /// Creates a user with a one-time password. Adding someone to a group

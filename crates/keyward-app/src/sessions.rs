@@ -6,6 +6,7 @@
 //! too (per user and per client address), so throttling holds across nodes.
 //! Every sign-in, failure and sign-out is audited.
 
+use crate::audit::Refusal;
 use crate::hashing::HashSlot;
 use crate::{Actor, App, AppError};
 use keyward_core::Digester;
@@ -191,16 +192,14 @@ impl<S: Store> App<S> {
             Some(_) => None,
         };
         let (Some(user), None) = (user, reason) else {
-            let mut entry = self.audit(
-                &actor,
-                &org,
-                "console.sign_in_failed",
-                None,
-                json!({"email": email, "reason": reason}),
-            );
-            entry.status = Some(401);
-            self.store.append_audit(&[entry]).await?;
-            return Err(sign_in_failed());
+            let refusal = Refusal {
+                action: "console.sign_in_failed",
+                key_id: None,
+                status: 401,
+                required: Vec::new(),
+                details: json!({"email": email, "reason": reason}),
+            };
+            return Err(self.refuse(&actor, &org, refusal, sign_in_failed()).await);
         };
         self.store.clear_sign_in_attempt(&attempt).await?;
         let token = self.random_token()?;
@@ -309,10 +308,16 @@ impl<S: Store> App<S> {
         }
         let slot = self.hash_slots.reserve().await?;
         if !Self::password_matches(slot, current, session.user.password_hash.as_deref()).await {
-            return Err(AppError::validation(
-                "current_password",
-                "is not the current password",
-            ));
+            // Someone holding a session is guessing its password: on record.
+            let refusal = Refusal {
+                action: "user.password_change_refused",
+                key_id: None,
+                status: 422,
+                required: Vec::new(),
+                details: json!({"user_id": session.user.id, "reason": "wrong_password"}),
+            };
+            let error = AppError::validation("current_password", "is not the current password");
+            return Err(self.refuse(actor, &session.org, refusal, error).await);
         }
         let new = new.to_owned();
         let hash = self

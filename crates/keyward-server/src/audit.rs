@@ -8,9 +8,9 @@
 //! committed: nothing a client saw answered is missing from the chain.
 
 use crate::telemetry::Outage;
+use keyward_app::AnyStore;
 use keyward_app::App;
 use keyward_core::audit::AuditEntry;
-use keyward_app::AnyStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

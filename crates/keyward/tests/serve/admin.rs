@@ -402,6 +402,13 @@ fn listing_showing_rolling_and_immutability() {
     )
     .error(409, "CONFLICT");
     post(&server, "/v1/keys/key_nothere/roll", &admin, &json!({})).error(404, "NOT_FOUND");
+    // A refused roll is on record like a refused creation; an unknown id is
+    // not a refusal.
+    let refused = get(&server, "/v1/audit?action=key.roll_refused", &admin).json();
+    let refused = refused["data"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["key_id"], json!(revoked));
+    assert_eq!(refused[0]["status"], 409);
 
     // Immutable through every verb; each attempt audited.
     for method in ["PUT", "PATCH", "DELETE", "POST"] {
@@ -875,7 +882,21 @@ fn every_endpoint_needs_a_key_and_its_scopes() {
     let e = post(&server, &roll, &roller, &json!({})).error(403, "FORBIDDEN");
     assert_eq!(e["details"]["required"], json!(["vehicles:write"]));
     // Nothing was rolled or revoked by any of this.
-    let (_, reader) = kw.key(&["--name", "reader", "--scope", "keyward-api-keys:read"]);
+    let (_, reader) = kw.key(&[
+        "--name",
+        "reader",
+        "--scope",
+        "keyward-api-keys:read",
+        "--scope",
+        "keyward-audit:read",
+    ]);
+    // The refused roll is on record, with the scopes the roller lacked.
+    let refused = get(&server, "/v1/audit?action=key.roll_refused", &reader).json();
+    let refused = refused["data"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["key_id"], json!(target_id));
+    assert_eq!(refused[0]["status"], 403);
+    assert_eq!(refused[0]["required"], json!(["vehicles:write"]));
     let target = get(&server, &key_path, &reader).json();
     assert_eq!(
         (target["status"].clone(), target["rolled_to"].clone()),
