@@ -15,8 +15,10 @@
 
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::own::{Asked, MAX_JSON_BYTES, caller, require};
-use crate::{State, X_REQUEST_ID, json_response};
+use crate::own::{Asked, caller, require};
+use crate::state::State;
+use crate::telemetry::X_REQUEST_ID;
+use crate::web::{MAX_JSON_BYTES, json_response};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request as AxRequest};
 use axum::response::IntoResponse;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -89,7 +91,7 @@ impl Admin {
     pub(crate) async fn call(
         &self,
         mut req: Request<Incoming>,
-        client: crate::Client,
+        client: crate::web::Client,
         request_id: HeaderValue,
     ) -> Response<Body> {
         req.extensions_mut().insert(Ctx {
@@ -206,7 +208,7 @@ impl Modify for BearerAuth {
 /// What dispatch knows of a request before the router sees it.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(crate) client: crate::Client,
+    pub(crate) client: crate::web::Client,
     pub(crate) request_id: HeaderValue,
 }
 
@@ -216,7 +218,7 @@ fn ctx(parts: &Parts) -> Ctx {
         .get::<Ctx>()
         .cloned()
         .unwrap_or_else(|| Ctx {
-            client: crate::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            client: crate::web::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
             request_id: HeaderValue::from_static("unknown"),
         })
 }
@@ -1323,7 +1325,7 @@ pub(crate) fn fuzz_json_bodies(data: &[u8]) {
         }
     }
     let ctx = Ctx {
-        client: crate::Client::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        client: crate::web::Client::new(SocketAddr::from(([127, 0, 0, 1], 0))),
         request_id: HeaderValue::from_static("fuzz"),
     };
     if let Some(body) = check::<CreateKeyBody>(data, &ctx)

@@ -122,7 +122,7 @@ impl AuditWriter {
         // otherwise wait for two deadlines. A record committed after its
         // request gave up is still in the chain; only the converse matters
         // (nothing answered 2xx is missing).
-        match tokio::time::timeout(crate::STORE_DEADLINE, done).await {
+        match tokio::time::timeout(crate::config::STORE_DEADLINE, done).await {
             Ok(Ok(true)) => Ok(()),
             _ => Err(AuditUnavailable),
         }

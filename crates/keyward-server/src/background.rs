@@ -2,7 +2,7 @@
 //! one (nothing may delay what keeps the node fresh), the flushes of
 //! last-use times and anonymous counts and the metrics upkeep in the other.
 
-use crate::State;
+use crate::state::State;
 use crate::telemetry::Outage;
 use keyward_core::audit::AuditEntry;
 use std::sync::atomic::Ordering;

@@ -2,14 +2,11 @@
 //! stream. An enum rather than a boxed body, so no response allocates for
 //! its body type.
 
-use crate::proxy::UpstreamBody;
+use crate::proxy::{BoxError, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-/// Errors a body can end with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body.
 pub enum Body {

@@ -16,7 +16,7 @@
 //!   (`Cache-Control: no-store`) and guarded by a one-use form nonce, so a
 //!   reload or the back button can never show it again.
 
-use crate::State;
+use crate::state::State;
 use crate::body::Body;
 use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request as AxRequest};
@@ -228,7 +228,7 @@ fn sentence(text: &str) -> String {
 
 #[derive(Clone)]
 struct Ctx {
-    client: crate::Client,
+    client: crate::web::Client,
     request_id: Option<String>,
 }
 
@@ -239,7 +239,7 @@ fn ctx(parts: &Parts) -> Ctx {
             request_id: c.request_id.to_str().ok().map(str::to_owned),
         },
         None => Ctx {
-            client: crate::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            client: crate::web::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
             request_id: None,
         },
     }

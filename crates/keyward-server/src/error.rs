@@ -148,7 +148,7 @@ impl ApiError {
             h.insert(RETRY_AFTER, HeaderValue::from(s));
         }
         if let Some(id) = request_id {
-            h.insert(crate::X_REQUEST_ID.clone(), id.clone());
+            h.insert(crate::telemetry::X_REQUEST_ID.clone(), id.clone());
         }
         res
     }

@@ -9,7 +9,8 @@ use crate::body::Body;
 use crate::error::ApiError;
 use crate::proxy::{ProxyError, strip_hop_by_hop, strip_spoofable_headers};
 use crate::telemetry::monotonic;
-use crate::{State, X_REQUEST_ID};
+use crate::state::State;
+use crate::telemetry::X_REQUEST_ID;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::Limited;
@@ -135,7 +136,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Exchange<'a> {
     pub method: &'a Method,
     pub path: &'a str,
-    pub client: &'a crate::Client,
+    pub client: &'a crate::web::Client,
     pub request_id: &'a HeaderValue,
     /// The client's own `X-Request-Id`, when clean enough to keep beside
     /// keyward's (never instead of it).
@@ -182,10 +183,10 @@ impl Exchange<'_> {
 fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
     let mut out = Vec::with_capacity(12 + reason.len());
     out.extend_from_slice(b"{\"reason\":");
-    crate::own::push_json_str(&mut out, reason);
+    crate::web::push_json_str(&mut out, reason);
     if let Some(id) = client_request_id {
         out.extend_from_slice(b",\"client_request_id\":");
-        crate::own::push_json_str(&mut out, id);
+        crate::web::push_json_str(&mut out, id);
     }
     out.push(b'}');
     // Always UTF-8: `reason` is, and the rest is ASCII.
@@ -195,7 +196,7 @@ fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
 /// Handles one gateway request.
 pub async fn handle(
     state: Arc<State>,
-    peer: crate::Client,
+    peer: crate::web::Client,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = monotonic();

@@ -16,14 +16,19 @@ mod admin;
 mod audit;
 mod background;
 mod body;
+mod config;
 mod console;
 mod error;
 mod gateway;
 mod own;
 mod proxy;
+mod state;
 mod telemetry;
+mod web;
 
 pub use admin::openapi;
+pub use config::{Config, MAX_REQUEST_TARGET, STORE_DEADLINE};
+pub use telemetry::X_REQUEST_ID;
 
 /// The bodies of keyward-server's fuzz targets (`fuzz/fuzz_targets/`),
 /// shared with the corpus replay test. Not part of the API.
@@ -40,75 +45,22 @@ pub use body::Body;
 pub use error::ApiError;
 
 use audit::{AnonymousTally, AuditWriter};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use keyward_app::AnyStore;
-use keyward_app::{App, AppError, Snapshot};
-use keyward_core::ScopeSet;
-use keyward_core::audit::AuditEntry;
+use keyward_app::{AnyStore, App, AppError};
+use state::State;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use telemetry::Outage;
-use telemetry::{Metrics, RequestIds};
+use telemetry::{Metrics, Outage, RequestIds};
+use web::Client;
 use tokio::net::TcpListener;
-
-/// `X-Request-Id`, echoed on every response and forwarded upstream.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// How `keyward serve` runs. Defaults are what a first start needs.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Where allowed gateway requests go (`http://host:port`); `None` answers
-    /// 502 `UPSTREAM_NOT_CONFIGURED` where a request would be forwarded.
-    pub upstream: Option<Uri>,
-    /// Largest request body forwarded (413 beyond).
-    pub max_body_bytes: u64,
-    /// Largest total size of request headers (431 beyond).
-    pub max_header_bytes: usize,
-    /// Time allowed to connect to the upstream (502 beyond).
-    pub connect_timeout: Duration,
-    /// Time allowed for the upstream's response head (504 beyond).
-    pub upstream_timeout: Duration,
-    /// How often the snapshot reads the change log.
-    pub sync_interval: Duration,
-    /// How often last-use times are written.
-    pub flush_interval: Duration,
-    /// Oldest snapshot a node still decides with; older, it answers 503.
-    pub max_staleness: Duration,
-    /// How long shutdown waits for in-flight requests.
-    pub drain_timeout: Duration,
-    /// Forward request headers whose names hold `_` (dropped by default, as
-    /// nginx does: CGI and WSGI back ends fold `_` into `-`, so such a name
-    /// can shadow a header the upstream trusts). Folded spellings of the
-    /// headers keyward sets are dropped either way.
-    pub allow_underscore_headers: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            upstream: None,
-            max_body_bytes: 10 * 1024 * 1024,
-            max_header_bytes: 16 * 1024,
-            connect_timeout: Duration::from_secs(5),
-            upstream_timeout: Duration::from_secs(30),
-            sync_interval: Duration::from_millis(250),
-            flush_interval: Duration::from_secs(2),
-            max_staleness: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-            allow_underscore_headers: false,
-        }
-    }
-}
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -122,177 +74,6 @@ pub enum ServerError {
     /// Socket failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// State shared by every request.
-pub struct State {
-    app: Arc<App<AnyStore>>,
-    snapshot: Snapshot,
-    config: Config,
-    upstream: Option<Arc<proxy::Upstream>>,
-    audit: AuditWriter,
-    /// Refusals of unauthenticated requests, counted instead of chained.
-    anonymous: AnonymousTally,
-    metrics: Arc<Metrics>,
-    request_ids: RequestIds,
-    default_org: String,
-    verify_scope: ScopeSet,
-    /// When the snapshot was last known to hold everything committed (the
-    /// start of the last sync that caught up): its age is how far behind
-    /// the change log this node may be.
-    last_sync_ms: AtomicI64,
-    /// When the database last answered the sync now running (its start, or
-    /// its latest page; 0: none is running): a sync that has heard nothing
-    /// for long means the database is not answering.
-    sync_started_ms: AtomicI64,
-    /// `Snapshot::answers` when `sync_started_ms` was set.
-    sync_answers: std::sync::atomic::AtomicU64,
-    sync_error: Mutex<Option<String>>,
-    /// The last sync failed (what `sync_error` says, readable without a lock
-    /// on the write path).
-    sync_failed: std::sync::atomic::AtomicBool,
-    /// Lookups of unknown keys that could not reach the database, logged
-    /// once per outage.
-    lookups: Outage,
-    /// When the audit chain was last verified, and whether it held.
-    chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
-}
-
-impl State {
-    /// 431 when the request's headers are larger than configured.
-    fn check_headers(&self, headers: &HeaderMap) -> Option<ApiError> {
-        let total: usize = headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        (total > self.config.max_header_bytes).then(|| {
-            ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "REQUEST_HEADER_FIELDS_TOO_LARGE",
-                format!(
-                    "Request headers total {total} bytes; the limit is {}",
-                    self.config.max_header_bytes
-                ),
-            )
-            .detail("limit_bytes", self.config.max_header_bytes)
-        })
-    }
-
-    /// Milliseconds since the snapshot last caught up with the change log.
-    fn snapshot_age_ms(&self) -> i64 {
-        self.snapshot_age_ms_at(self.app.now())
-    }
-
-    fn snapshot_age_ms_at(&self, now: i64) -> i64 {
-        now - self.last_sync_ms.load(Ordering::Acquire)
-    }
-
-    /// 503 when the snapshot is too old to trust (revocations may be missed).
-    fn stale(&self) -> Option<ApiError> {
-        self.stale_at(self.app.now())
-    }
-
-    /// [`State::stale`] at `now`, for a request that has read the clock.
-    fn stale_at(&self, now: i64) -> Option<ApiError> {
-        let age = self.snapshot_age_ms_at(now);
-        let max = i64::try_from(self.config.max_staleness.as_millis()).unwrap_or(i64::MAX);
-        (age > max).then(|| {
-            ApiError::unavailable(format!(
-                "This node has not reached the database for {}s and will not decide on possibly revoked keys",
-                age / 1000
-            ))
-            .detail("snapshot_age_ms", age)
-        })
-    }
-
-    /// Whether the audit chain verifies, checked at most once a minute per
-    /// node: verification reads the whole log, and the console's audit page
-    /// must not let anyone make the node do that on every request.
-    async fn chain_verified(&self) -> Result<bool, AppError> {
-        let mut last = self.chain_check.lock().await;
-        let now = self.app.now();
-        if let Some((at, ok)) = *last
-            && now - at < 60_000
-        {
-            return Ok(ok);
-        }
-        let ok = self
-            .app
-            .verify_audit(&mut |_| {})
-            .await?
-            .first_broken
-            .is_none();
-        *last = Some((now, ok));
-        Ok(ok)
-    }
-
-    /// The snapshot holds everything committed before `as_of` (the time a
-    /// sync that has now caught up started).
-    fn note_sync_ok(&self, as_of: i64) {
-        self.last_sync_ms.fetch_max(as_of, Ordering::AcqRel);
-    }
-
-    /// Whether the database looks unreachable from here: the last sync
-    /// failed, or the one running has had no answer for [`UNANSWERED`].
-    /// Writes are then refused before they are forwarded, as when the audit
-    /// fails: their records would not be written either.
-    fn database_down(&self) -> bool {
-        self.sync_failed.load(Ordering::Acquire) || self.sync_silent().is_some()
-    }
-
-    /// How long the running sync has waited for a first or next answer, if
-    /// that is at least [`UNANSWERED`].
-    fn sync_silent(&self) -> Option<i64> {
-        let started = self.sync_started_ms.load(Ordering::Acquire);
-        if started == 0 {
-            return None;
-        }
-        let now = self.app.now();
-        // A long sync that keeps getting pages is catching up, not stuck:
-        // restart the count from now.
-        let answers = self.snapshot.answers();
-        if self.sync_answers.swap(answers, Ordering::AcqRel) != answers {
-            // Unless the sync ended meanwhile (then it stays 0).
-            let _ = self.sync_started_ms.compare_exchange(
-                started,
-                now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            return None;
-        }
-        let waited = now - started;
-        let unanswered = i64::try_from(UNANSWERED.as_millis()).unwrap_or(i64::MAX);
-        (waited >= unanswered).then_some(waited)
-    }
-
-    /// Why the database looks unreachable from here, if it does: the last
-    /// sync failed, or the one running has had no answer for
-    /// [`UNANSWERED`] (a black-holed database never fails, it just does
-    /// not answer, and the deadline is longer).
-    fn database_error(&self) -> Option<String> {
-        if let Some(e) = self
-            .sync_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Some(e);
-        }
-        self.sync_silent()
-            .map(|waited| format!("the change log has not answered for {waited} ms"))
-    }
-
-    /// Boxed: the wait for the group commit is large, and inline it would
-    /// grow every request's future (moved by hyper on each request), audited
-    /// or not, to its size.
-    fn record(
-        &self,
-        mut entry: AuditEntry,
-    ) -> Pin<Box<dyn Future<Output = Result<(), audit::AuditUnavailable>> + Send + '_>> {
-        entry.at_ms = self.app.now();
-        Box::pin(self.audit.record(entry))
-    }
 }
 
 /// A configured server, snapshot loaded, not yet accepting connections.
@@ -469,28 +250,6 @@ impl Server {
     }
 }
 
-/// The peer of a connection, its address rendered once per connection and
-/// shared by its requests: `X-Forwarded-For`, audit records, sign-in throttles.
-#[derive(Clone)]
-pub(crate) struct Client {
-    /// The address as a header value (`X-Forwarded-For`).
-    pub(crate) ip: HeaderValue,
-}
-
-impl Client {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
-        Client {
-            ip: HeaderValue::try_from(addr.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        }
-    }
-
-    /// The address as text (an address renders as ASCII, so never empty).
-    pub(crate) fn ip_text(&self) -> &str {
-        self.ip.to_str().unwrap_or("unknown")
-    }
-}
-
 /// Routes a request: keyward's own endpoints, else the gateway.
 async fn dispatch(
     state: Arc<State>,
@@ -529,16 +288,6 @@ fn refused_here(res: &Response<Body>) -> bool {
     (res.status().is_client_error() || res.status().is_server_error())
         && !matches!(res.body(), Body::Upstream(_))
 }
-
-/// How long a sync may wait for the database before `/healthz` reports it
-/// unreachable.
-const UNANSWERED: Duration = Duration::from_millis(500);
-
-/// How long one call to the database may take on a server before the
-/// request waiting for it is answered 503: a node whose database stalls
-/// answers on time instead of holding its clients (docs/design.md,
-/// "Failure isolation").
-pub const STORE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// What every request must be before keyward looks further: a method it
 /// can decide on (`path::check_method`), a target of at most
@@ -651,39 +400,6 @@ static HOST_NAME_BYTE: [bool; 256] = {
     }
     table
 };
-
-/// Longest request target (path and query) keyward reads; 414 beyond.
-pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
-
-/// Response helpers shared by the modules.
-fn json_response(
-    status: StatusCode,
-    value: &impl serde::Serialize,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let mut bytes = Vec::with_capacity(512);
-    if serde_json::to_writer(&mut bytes, value).is_err() {
-        bytes.clear();
-    }
-    json_bytes_response(status, bytes, request_id)
-}
-
-/// [`json_response`] for a body already written.
-fn json_bytes_response(
-    status: StatusCode,
-    bytes: Vec<u8>,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let mut res = Response::new(Body::full(bytes));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    res
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,19 +6,16 @@
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::gateway::{Exchange, authenticate, check_token, find_key, refuse};
-use crate::{State, X_REQUEST_ID, json_bytes_response, json_response};
-use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use crate::state::State;
+use crate::telemetry::X_REQUEST_ID;
+use crate::web::{json_bytes_response, json_response, method_not_allowed, push_json_str, read_body};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, ScopeSet, path};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::sync::Arc;
-
-/// Largest JSON body keyward's own endpoints read.
-pub(crate) const MAX_JSON_BYTES: usize = 64 * 1024;
 
 /// Whether `path` belongs to keyward rather than the gateway.
 pub fn is_own_path(path: &str) -> bool {
@@ -34,7 +31,7 @@ pub fn is_own_path(path: &str) -> bool {
 /// Handles one request to keyward's own endpoints.
 pub async fn handle(
     state: Arc<State>,
-    client: crate::Client,
+    client: crate::web::Client,
     admin: &crate::admin::Admin,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -66,28 +63,6 @@ enum Endpoint {
     Metrics,
     Whoami,
     Verify,
-}
-
-pub(crate) fn method_not_allowed(
-    method: &Method,
-    path: &str,
-    allowed: &[Method],
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-    let e = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        format!(
-            "{method} {path} is not supported; use {}",
-            names.join(" or ")
-        ),
-    );
-    let mut res = e.into_response(Some(request_id));
-    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
-        res.headers_mut().insert(ALLOW, v);
-    }
-    res
 }
 
 fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
@@ -135,7 +110,7 @@ pub(crate) struct Asked<'a> {
     pub(crate) method: &'a Method,
     pub(crate) path: &'a str,
     pub(crate) headers: &'a http::HeaderMap,
-    pub(crate) client: &'a crate::Client,
+    pub(crate) client: &'a crate::web::Client,
     pub(crate) request_id: &'a HeaderValue,
     /// The clock, read once for the whole request.
     pub(crate) now: i64,
@@ -145,7 +120,7 @@ impl<'a> Asked<'a> {
     fn of(
         state: &State,
         req: &'a Request<Incoming>,
-        client: &'a crate::Client,
+        client: &'a crate::web::Client,
         request_id: &'a HeaderValue,
     ) -> Self {
         Asked {
@@ -227,7 +202,7 @@ pub(crate) async fn require(
 
 async fn whoami(
     state: &State,
-    client: &crate::Client,
+    client: &crate::web::Client,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -337,49 +312,6 @@ fn push_json_names<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) 
     out.push(b']');
 }
 
-/// A JSON string. Names and ids need no escaping and are copied as they are;
-/// anything else goes through serde_json, so escaping has one definition.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        // Writing to a Vec cannot fail; keep the document well formed anyway.
-        out.extend_from_slice(b"null");
-    }
-}
-
-/// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    let mut body = Limited::new(body, MAX_JSON_BYTES);
-    // The common case is one data frame: take it without collecting.
-    let first = match body.frame().await {
-        None => return Ok(Bytes::new()),
-        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
-        Some(Err(e)) => return Err(body_error(&*e)),
-    };
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(first);
-    }
-    match body.collect().await {
-        Ok(rest) => {
-            let mut all = first.to_vec();
-            all.extend_from_slice(&rest.to_bytes());
-            Ok(Bytes::from(all))
-        }
-        Err(e) => Err(body_error(&*e)),
-    }
-}
-
-pub(crate) fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiError {
-    if e.is::<http_body_util::LengthLimitError>() {
-        ApiError::payload_too_large(MAX_JSON_BYTES as u64)
-    } else {
-        ApiError::bad_request(format!("Could not read the request body: {e}"))
-    }
-}
-
 /// Parses a JSON body; syntax errors are 400, wrong shapes 422.
 fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -397,7 +329,7 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
 
 async fn verify(
     state: &State,
-    client: &crate::Client,
+    client: &crate::web::Client,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {

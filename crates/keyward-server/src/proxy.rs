@@ -9,7 +9,6 @@
 //! connection (the upstream closed it while idle) is retried once on a new
 //! one; nothing is retried once sent.
 
-use crate::body::BoxError;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +22,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// Errors a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body sent upstream: the client's, streamed, with a size cap.
 pub type ForwardBody = Limited<Incoming>;

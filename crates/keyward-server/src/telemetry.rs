@@ -6,13 +6,16 @@
 //! call: no name lookup, no lock. Labels are fixed strings chosen here (status,
 //! code, outcome): never a key, a path or anything a client chose.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// `X-Request-Id`, echoed on every response and forwarded upstream.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Now, on the monotonic clock (latency measurement only).
 #[expect(
