@@ -13,28 +13,25 @@
 //! whose rejections are the SPEC error shape, never axum's plain text), call
 //! the one use case of [`keyward_app::App`] the CLI also calls, and render.
 
+use crate::auth::{Asked, caller, require};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::own::{Asked, caller, require};
 use crate::state::State;
-use crate::telemetry::X_REQUEST_ID;
-use crate::web::{MAX_JSON_BYTES, json_response};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request as AxRequest};
-use axum::response::IntoResponse;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use crate::web::{
+    Answer, Ctx, JsonBody, OptionalJsonBody, PathArgs, QueryArgs, Reply, ctx, fail, ok, reply,
+};
+use axum::extract::FromRequestParts;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode};
 use keyward_app::people::{AuditView, GroupView, UserView};
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{Actor, CreateKey, KeyEntry};
 use keyward_app::{AuditQuery, KeyFilter, Org};
 use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
@@ -47,79 +44,24 @@ type Shared = Arc<State>;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
 
-/// The admin router and its OpenAPI document, built once per server.
-pub struct Admin {
-    router: axum::Router,
-    /// The catalog's key prefix, to redact keys from logged paths.
-    key_prefix: String,
-}
-
-impl Admin {
-    /// Builds the router over `state`. The router holds the state, so the
-    /// server drops this before waiting for the audit writer to finish.
-    pub(crate) fn new(state: Shared) -> Self {
-        let catalog = state.app.catalog();
-        let key_prefix = catalog.key_prefix().to_owned();
-        let mut spec = serde_json::to_value(openapi()).unwrap_or_default();
-        describe_catalog(&mut spec, catalog);
-        let spec = bytes::Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
-        let console = crate::console::router().with_state(state.clone());
-        let router = api_router()
-            .with_state(state)
-            .split_for_parts()
-            .0
-            .merge(console);
-        let router = router
-            .route(
-                "/openapi.json",
-                axum::routing::get(move || {
-                    let spec = spec.clone();
-                    async move {
-                        let mut res = Response::new(Body::full(spec));
-                        res.headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                        reply(res)
-                    }
-                }),
-            )
-            .fallback(not_found)
-            .method_not_allowed_fallback(wrong_method);
-        Admin { router, key_prefix }
-    }
-
-    /// Serves one request.
-    pub(crate) async fn call(
-        &self,
-        mut req: Request<Incoming>,
-        client: crate::web::Client,
-        request_id: HeaderValue,
-    ) -> Response<Body> {
-        req.extensions_mut().insert(Ctx {
-            client,
-            request_id: request_id.clone(),
-        });
-        let method = req.method().clone();
-        // Client text: bounded and with keys redacted before it is logged.
-        let path =
-            keyward_core::text::recorded_path(req.uri().path(), &self.key_prefix).into_owned();
-        let mut router = self.router.clone();
-        let res = match tower_service::Service::call(&mut router, req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-        tracing::info!(
-            request_id = ?request_id,
-            %method,
-            path,
-            status = res.status().as_u16(),
-            "admin request"
-        );
-        let mut res = res.map(Body::Admin);
-        res.headers_mut()
-            .entry(X_REQUEST_ID.clone())
-            .or_insert(request_id);
-        res
-    }
+/// The admin API's routes over `state`, `/openapi.json` included, for
+/// [`crate::own::Routes`] to serve beside the console's.
+pub(crate) fn router(state: Shared) -> axum::Router {
+    let mut spec = serde_json::to_value(openapi()).unwrap_or_default();
+    describe_catalog(&mut spec, state.app.catalog());
+    let spec = bytes::Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+    api_router().with_state(state).split_for_parts().0.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let spec = spec.clone();
+            async move {
+                let mut res = Response::new(Body::full(spec));
+                res.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                reply(res)
+            }
+        }),
+    )
 }
 
 /// The OpenAPI document, for tests and tools.
@@ -205,51 +147,6 @@ impl Modify for BearerAuth {
 
 // ---- plumbing ----------------------------------------------------------
 
-/// What dispatch knows of a request before the router sees it.
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub(crate) client: crate::web::Client,
-    pub(crate) request_id: HeaderValue,
-}
-
-fn ctx(parts: &Parts) -> Ctx {
-    parts
-        .extensions
-        .get::<Ctx>()
-        .cloned()
-        .unwrap_or_else(|| Ctx {
-            client: crate::web::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
-            request_id: HeaderValue::from_static("unknown"),
-        })
-}
-
-/// A finished response, success or error, in keyward's body type (boxed:
-/// it travels in `Err` through every extractor and handler).
-pub(crate) struct Reply(Box<Response<Body>>);
-
-fn reply(res: Response<Body>) -> Reply {
-    Reply(Box::new(res))
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> axum::response::Response {
-        (*self.0).map(axum::body::Body::new)
-    }
-}
-
-type Answer = Result<Reply, Reply>;
-
-fn fail(e: impl Into<ApiError>, ctx: &Ctx) -> Reply {
-    reply(e.into().into_response(Some(&ctx.request_id)))
-}
-
-fn ok(status: StatusCode, value: &impl Serialize, ctx: &Ctx) -> Answer {
-    let mut res = json_response(status, value, &ctx.request_id);
-    res.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(reply(res))
-}
-
 /// Scopes an endpoint requires, as a type, so the requirement is checked by
 /// the extractor before the body is read.
 trait Need: Send + Sync + 'static {
@@ -326,203 +223,6 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             _need: PhantomData,
         })
     }
-}
-
-/// Parses serde output into a value or a 422 naming the offending field.
-fn deserialize<'de, T: Deserialize<'de>>(
-    de: impl serde::Deserializer<'de, Error = impl std::fmt::Display + serde::de::Error>,
-    what: &str,
-) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.inner().to_string();
-        let (field, message) = if field == "." {
-            // Unknown and missing fields name themselves in serde's message.
-            let named = between_backticks(&inner).unwrap_or_default();
-            (named, format!("Invalid {what}: {inner}"))
-        } else {
-            (field.clone(), format!("Invalid {what}: `{field}`: {inner}"))
-        };
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "VALIDATION_FAILED",
-            message,
-        )
-        .detail("field", field)
-    })
-}
-
-fn between_backticks(s: &str) -> Option<String> {
-    let (_, rest) = s.split_once('`')?;
-    let (name, _) = rest.split_once('`')?;
-    Some(name.to_owned())
-}
-
-/// A JSON request body: at most 64 KiB, syntax errors 400, wrong shapes 422
-/// naming the field, too large 413.
-struct JsonBody<T>(T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = Reply;
-
-    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
-        let (parts, body) = req.into_parts();
-        let ctx = ctx(&parts);
-        let bytes = read(body, &ctx).await?;
-        parse_json(&bytes, &ctx).map(JsonBody)
-    }
-}
-
-/// Like [`JsonBody`], but an empty body means the defaults.
-struct OptionalJsonBody<T>(T);
-
-impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
-    type Rejection = Reply;
-
-    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
-        let (parts, body) = req.into_parts();
-        let ctx = ctx(&parts);
-        let bytes = read(body, &ctx).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
-            return Ok(OptionalJsonBody(T::default()));
-        }
-        parse_json(&bytes, &ctx).map(OptionalJsonBody)
-    }
-}
-
-async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> {
-    axum::body::to_bytes(body, MAX_JSON_BYTES)
-        .await
-        .map_err(|e| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = source {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return fail(ApiError::payload_too_large(MAX_JSON_BYTES as u64), ctx);
-                }
-                source = s.source();
-            }
-            fail(
-                ApiError::bad_request(format!("Could not read the request body: {e}")),
-                ctx,
-            )
-        })
-}
-
-/// `%00` anywhere in a path or query: a NUL once decoded, which no id,
-/// filter or name may hold (and PostgreSQL text cannot store).
-fn has_encoded_nul(raw: &str) -> bool {
-    raw.as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result<T, Reply> {
-    // `\u0000` is the only way to put a NUL in JSON text.
-    if bytes
-        .windows(6)
-        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"))
-    {
-        return Err(fail(
-            ApiError::validation("body", "strings cannot contain NUL characters"),
-            ctx,
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = deserialize(&mut de, "JSON body").map_err(|e| {
-        // Syntax (not shape) problems are 400: the document is not JSON.
-        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-            Err(syntax) => fail(
-                ApiError::bad_request(format!("Invalid JSON body: {syntax}")),
-                ctx,
-            ),
-            Ok(_) => fail(e, ctx),
-        }
-    })?;
-    de.end().map_err(|e| {
-        fail(
-            ApiError::bad_request(format!("Invalid JSON body: {e}")),
-            ctx,
-        )
-    })?;
-    Ok(value)
-}
-
-/// Query parameters: unknown ones and wrong types are 422 naming them.
-struct QueryArgs<T>(T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
-    type Rejection = Reply;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Reply> {
-        let ctx = ctx(parts);
-        let query = parts.uri.query().unwrap_or("");
-        if has_encoded_nul(query) {
-            return Err(fail(
-                ApiError::validation("query", "query parameters cannot contain NUL characters"),
-                &ctx,
-            ));
-        }
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
-        deserialize(de, "query parameter")
-            .map(QueryArgs)
-            .map_err(|e| fail(e, &ctx))
-    }
-}
-
-fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(query.as_bytes())
-}
-
-/// Path parameters, decoded; undecodable ones are 400 in the SPEC shape.
-struct PathArgs<T>(T);
-
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArgs<T> {
-    type Rejection = Reply;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Reply> {
-        let ctx = ctx(parts);
-        if has_encoded_nul(parts.uri.path()) {
-            return Err(fail(
-                ApiError::bad_request("Invalid path: it contains a NUL character"),
-                &ctx,
-            ));
-        }
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(v)) => Ok(PathArgs(v)),
-            Err(e) => Err(fail(
-                ApiError::bad_request(format!("Invalid path: {}", e.body_text())),
-                &ctx,
-            )),
-        }
-    }
-}
-
-async fn not_found(parts: Parts) -> Reply {
-    let ctx = ctx(&parts);
-    fail(
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!(
-                "keyward has no endpoint {} {}",
-                parts.method,
-                parts.uri.path()
-            ),
-        ),
-        &ctx,
-    )
-}
-
-async fn wrong_method(parts: Parts) -> Reply {
-    let ctx = ctx(&parts);
-    fail(
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            format!("{} is not supported on {}", parts.method, parts.uri.path()),
-        ),
-        &ctx,
-    )
 }
 
 // ---- documents ---------------------------------------------------------
@@ -1314,18 +1014,18 @@ fn doc_metrics() {}
 /// the admin API reads goes through its own parser; an input is accepted or
 /// refused with a 4xx, never a panic or a 5xx.
 pub(crate) fn fuzz_json_bodies(data: &[u8]) {
-    fn check<T: DeserializeOwned>(data: &[u8], ctx: &Ctx) -> Option<T> {
-        match parse_json::<T>(data, ctx) {
+    fn check<T: serde::de::DeserializeOwned>(data: &[u8], ctx: &Ctx) -> Option<T> {
+        match crate::web::parse_json::<T>(data, ctx) {
             Ok(v) => Some(v),
             Err(reply) => {
-                let status = reply.0.status();
+                let status = reply.status();
                 assert!(status.is_client_error(), "{status} for a body");
                 None
             }
         }
     }
     let ctx = Ctx {
-        client: crate::web::Client::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        client: crate::web::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         request_id: HeaderValue::from_static("fuzz"),
     };
     if let Some(body) = check::<CreateKeyBody>(data, &ctx)

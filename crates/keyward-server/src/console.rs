@@ -16,8 +16,8 @@
 //!   (`Cache-Control: no-store`) and guarded by a one-use form nonce, so a
 //!   reload or the back button can never show it again.
 
-use crate::state::State;
 use crate::body::Body;
+use crate::state::State;
 use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request as AxRequest};
 use axum::response::IntoResponse;
@@ -233,7 +233,7 @@ struct Ctx {
 }
 
 fn ctx(parts: &Parts) -> Ctx {
-    match parts.extensions.get::<crate::admin::Ctx>() {
+    match parts.extensions.get::<crate::web::Ctx>() {
         Some(c) => Ctx {
             client: c.client.clone(),
             request_id: c.request_id.to_str().ok().map(str::to_owned),

@@ -1,28 +1,27 @@
-//! The gateway: authenticate, check the path, match the route, check scopes,
-//! audit, forward. Keyward's own endpoints never reach this module.
+//! The gateway: [`admit`] (check the path, authenticate, match the route,
+//! check scopes, through [`crate::auth`]), then [`forward`] (rewrite, send,
+//! audit writes). Keyward's own endpoints never reach this module.
 //!
 //! The hot path (a valid key, an allowed read) reads one map and the compiled
 //! catalog, takes no lock and writes nothing but two relaxed atomics (last
 //! use) and the metrics handles.
 
+use crate::auth::{
+    Exchange, Question, audit_unavailable, authenticate, decide, is_write, refuse, required_names,
+};
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::proxy::{ProxyError, strip_hop_by_hop, strip_spoofable_headers};
-use crate::telemetry::monotonic;
 use crate::state::State;
-use crate::telemetry::X_REQUEST_ID;
+use crate::telemetry::{X_REQUEST_ID, monotonic};
+use crate::web::Client;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use keyward_app::KeyEntry;
-use keyward_core::audit::AuditEntry;
-use keyward_core::{AuthFailure, Decision, Outcome, ScopeSet, key, path, text};
+use keyward_core::{AuthFailure, Decision, Outcome, path};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Longest credential looked at; longer ones are malformed.
-const MAX_KEY_CHARS: usize = 512;
 
 static X_KEYWARD_KEY_ID: HeaderName = HeaderName::from_static("x-keyward-key-id");
 static X_KEYWARD_ORG_ID: HeaderName = HeaderName::from_static("x-keyward-org-id");
@@ -31,224 +30,74 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether a method changes state (and so is always audited).
-pub fn is_write(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-/// The `Authorization: Bearer` credential, or why there is none.
-fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthFailure::Missing)?;
-    if values.next().is_some() {
-        return Err(AuthFailure::Malformed);
-    }
-    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
-    let (scheme, token) = text.split_once(' ').ok_or(AuthFailure::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthFailure::Missing);
-    }
-    check_token(token)
-}
-
-/// A credential worth looking up: non-empty, bounded, no whitespace.
-///
-/// # Errors
-/// [`AuthFailure::Missing`] when empty, [`AuthFailure::Malformed`] otherwise.
-pub fn check_token(token: &str) -> Result<&str, AuthFailure> {
-    if token.is_empty() {
-        return Err(AuthFailure::Missing);
-    }
-    if token.len() > MAX_KEY_CHARS || token.bytes().any(|b| b.is_ascii_whitespace()) {
-        return Err(AuthFailure::Malformed);
-    }
-    Ok(token)
-}
-
-/// Finds the key a request presents. Answers from memory except for a
-/// well-formed key the snapshot does not hold, which triggers one coalesced
-/// catch-up with the change log (a key created elsewhere moments ago).
-///
-/// # Errors
-/// The authentication failure, or 503 when storage cannot be reached to
-/// look for a well-formed unknown key.
-pub async fn authenticate(
-    state: &State,
-    headers: &HeaderMap,
-) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
-    find_key(state, bearer(headers)).await
-}
-
-/// [`authenticate`] for a credential taken from anywhere (`/v1/verify`'s body).
-///
-/// # Errors
-/// 503 when storage cannot be reached to look for a well-formed unknown key.
-pub async fn find_key(
-    state: &State,
-    token: Result<&str, AuthFailure>,
-) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
-    let token = match token {
-        Ok(t) => t,
-        Err(f) => return Ok(Err(f)),
-    };
-    let digest = state.app.digester().digest(token);
-    if let Some(entry) = state.snapshot.get(&digest) {
-        return Ok(Ok(entry));
-    }
-    // Only a miss needs the shape and checksum: garbage is refused here,
-    // from memory, and only a well-formed key costs a look at the store.
-    let well_formed =
-        key::parse(token).is_ok_and(|k| k.prefix() == state.app.catalog().key_prefix());
-    if !well_formed {
-        // Legacy keys have any shape; they were found above if they exist.
-        return Ok(Err(AuthFailure::Malformed));
-    }
-    // Boxed: the store's lookup is a large future, and this rare path must
-    // not make every request's future as large.
-    let asked = state.app.now();
-    let caught_up = Box::pin(tokio::time::timeout(
-        CATCH_UP_TIMEOUT,
-        state.app.catch_up_snapshot(&state.snapshot),
-    ))
-    .await;
-    match caught_up {
-        Ok(Ok(())) => {
-            state.note_sync_ok(asked);
-            state.lookups.recovered();
-            Ok(state.snapshot.get(&digest).ok_or(AuthFailure::Unknown))
-        }
-        Ok(Err(e)) => {
-            state.lookups.failed(&e, 1);
-            Err(ApiError::unavailable(
-                "The key store cannot be reached; try again shortly",
-            ))
-        }
-        Err(_) => Err(ApiError::unavailable(
-            "The key store did not answer in time; try again shortly",
-        )),
-    }
-}
-
-/// How long a request waits for the guarded lookup of an unknown key.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Facts about one gateway request, for its audit record and log line.
-pub struct Exchange<'a> {
-    pub method: &'a Method,
-    pub path: &'a str,
-    pub client: &'a crate::web::Client,
-    pub request_id: &'a HeaderValue,
-    /// The client's own `X-Request-Id`, when clean enough to keep beside
-    /// keyward's (never instead of it).
-    pub client_request_id: Option<&'a HeaderValue>,
-    pub key: Option<&'a KeyEntry>,
-}
-
-impl Exchange<'_> {
-    pub fn audit(
-        &self,
-        key_prefix: &str,
-        state_default_org: &str,
-        status: u16,
-        required: Vec<String>,
-        reason: &str,
-    ) -> AuditEntry {
-        // Built without `format!` or a JSON value: this runs for every write
-        // and every 403, and the formatting machinery was a third of it.
-        AuditEntry {
-            at_ms: 0,
-            org_id: self
-                .key
-                .map_or(state_default_org, |k| &*k.org_id)
-                .to_owned(),
-            actor: self.key.map_or_else(
-                || keyward_core::audit::actor::ANONYMOUS.to_owned(),
-                |k| keyward_core::audit::actor::key(&k.key_id),
-            ),
-            action: "gateway.request".to_owned(),
-            key_id: self.key.map(|k| String::from(&*k.key_id)),
-            method: Some(self.method.as_str().to_owned()),
-            path: Some(text::recorded_path(self.path, key_prefix).into_owned()),
-            status: Some(status),
-            required,
-            client: Some(self.client.ip_text().to_owned()),
-            request_id: self.request_id.to_str().ok().map(str::to_owned),
-            details: reason_details(reason, self.client_request_id.and_then(|v| v.to_str().ok())),
-        }
-    }
-}
-
-/// `{"reason":…}` (and the client's request id, if it sent a clean one),
-/// the audit record's details for a gateway request.
-fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
-    let mut out = Vec::with_capacity(12 + reason.len());
-    out.extend_from_slice(b"{\"reason\":");
-    crate::web::push_json_str(&mut out, reason);
-    if let Some(id) = client_request_id {
-        out.extend_from_slice(b",\"client_request_id\":");
-        crate::web::push_json_str(&mut out, id);
-    }
-    out.push(b'}');
-    // Always UTF-8: `reason` is, and the rest is ASCII.
-    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
-}
-
-/// Handles one gateway request.
-pub async fn handle(
+/// Handles one gateway request: [`admit`] decides, [`forward`] sends it on.
+pub(crate) async fn handle(
     state: Arc<State>,
-    peer: crate::web::Client,
+    peer: Client,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = monotonic();
     let request_id = state.request_ids.next();
     let client_request_id =
         crate::telemetry::client_request_id(req.headers().get(&X_REQUEST_ID)).cloned();
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     // Cheap clones (no allocation for standard methods; the URI shares its
     // bytes) so the request can move upstream while these stay for the audit.
     let method = &parts.method.clone();
     let uri = parts.uri.clone();
-    let raw_path = uri.path();
     let write = is_write(method);
-    let mut ex = Exchange {
+    let ex = Exchange {
         method,
-        path: raw_path,
+        path: uri.path(),
         client: &peer,
         request_id: &request_id,
         client_request_id: client_request_id.as_ref(),
         key: None,
     };
+    let (key, decision) = match admit(&state, ex, &parts.headers, write, started).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let ex = Exchange {
+        key: Some(&key),
+        ..ex
+    };
+    forward(&state, ex, &key, &uri, &decision, parts, body).await
+}
 
-    if let Some(e) = state.check_headers(&parts.headers) {
-        return refuse(&state, &ex, write, e, Vec::new(), "headers_too_large").await;
+/// Everything decided before the upstream is involved: the request's shape,
+/// the snapshot's age, the key, the route and its scopes. Answers with the
+/// key and its decision, or with the refusal (audited where it must be).
+async fn admit(
+    state: &State,
+    mut ex: Exchange<'_>,
+    headers: &HeaderMap,
+    write: bool,
+    started: std::time::Instant,
+) -> Result<(Arc<KeyEntry>, Decision), Response<Body>> {
+    if let Some(e) = state.check_headers(headers) {
+        return Err(refuse(state, &ex, write, e, Vec::new(), "headers_too_large").await);
     }
+    let raw_path = ex.path;
     if let Err(e) = path::check_normal(raw_path) {
         let e = ApiError::bad_request(format!("Path is not in normal form: {e}"));
-        return refuse(&state, &ex, write, e, Vec::new(), "path_not_normal").await;
+        return Err(refuse(state, &ex, write, e, Vec::new(), "path_not_normal").await);
     }
     let now = state.app.now();
     if let Some(e) = state.stale_at(now) {
-        return refuse(&state, &ex, false, e, Vec::new(), "stale").await;
+        return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
     }
-    let found = match authenticate(&state, &parts.headers).await {
+    let found = match authenticate(state, headers).await {
         Ok(found) => found,
-        Err(e) => return refuse(&state, &ex, false, e, Vec::new(), "store_unreachable").await,
+        Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
     };
     let catalog = state.app.catalog();
     let access = found.as_ref().map(|e| e.access()).map_err(|f| *f);
-    let decision = match path::strip_gateway_prefix(catalog.gateway_prefix(), raw_path) {
-        Some(route_path) => catalog.authorize(
-            access.as_ref().map_err(|f| *f),
-            now,
-            method.as_str(),
-            route_path,
-        ),
-        None => outside_prefix(catalog.authorize_scopes(
-            access.as_ref().map_err(|f| *f),
-            now,
-            ScopeSet::EMPTY,
-        )),
+    let question = match path::strip_gateway_prefix(catalog.gateway_prefix(), raw_path) {
+        Some(route_path) => Question::Route(ex.method.as_str(), route_path),
+        None => Question::Outside,
     };
+    let decision = decide(catalog, access.as_ref().map_err(|f| *f), now, &question);
     state
         .metrics
         .decision
@@ -261,90 +110,80 @@ pub async fn handle(
         state.snapshot.record_use(e, now);
     }
 
-    match decision.outcome {
-        Outcome::Allowed => {}
-        Outcome::Unauthenticated(f) => {
-            return refuse(
-                &state,
-                &ex,
+    let (error, audited, required, reason) = match decision.outcome {
+        Outcome::Allowed => match entry {
+            Some(key) => return Ok((key, decision)),
+            None => (
+                ApiError::unauthorized(AuthFailure::Unknown),
                 write,
-                ApiError::unauthorized(f),
                 Vec::new(),
-                f.reason(),
-            )
-            .await;
-        }
-        Outcome::NoRoute => {
-            let e = ApiError::no_route(method.as_str(), raw_path);
-            return refuse(&state, &ex, write, e, Vec::new(), "no_route").await;
-        }
+                "unknown",
+            ),
+        },
+        Outcome::Unauthenticated(f) => (ApiError::unauthorized(f), write, Vec::new(), f.reason()),
+        Outcome::NoRoute => (
+            ApiError::no_route(ex.method.as_str(), raw_path),
+            write,
+            Vec::new(),
+            "no_route",
+        ),
         Outcome::MissingScopes => {
             let missing = catalog.names(decision.missing);
             let required: Vec<String> = missing.iter().map(|s| (*s).to_owned()).collect();
             let e = ApiError::forbidden(missing, catalog.names(decision.granted));
-            return refuse(&state, &ex, true, e, required, "missing_scopes").await;
+            (e, true, required, "missing_scopes")
         }
-    }
-    let Some(key) = entry.as_deref() else {
-        return refuse(
-            &state,
-            &ex,
-            write,
-            ApiError::unauthorized(AuthFailure::Unknown),
-            Vec::new(),
-            "unknown",
-        )
-        .await;
     };
+    Err(refuse(state, &ex, audited, error, required, reason).await)
+}
+
+/// Sends an admitted request upstream and relays the answer; audits a
+/// write once the upstream has answered.
+async fn forward(
+    state: &State,
+    ex: Exchange<'_>,
+    key: &KeyEntry,
+    uri: &Uri,
+    decision: &Decision,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    let request_id = ex.request_id;
+    let write = is_write(ex.method);
     let Some(upstream) = &state.upstream else {
         let e = ApiError::new(
             StatusCode::BAD_GATEWAY,
             "UPSTREAM_NOT_CONFIGURED",
             "The request is allowed, but keyward has no upstream to forward it to (start it with --upstream URL)",
         );
-        return refuse(
-            &state,
-            &ex,
-            write,
-            e,
-            required_names(&state, &decision),
-            "no_upstream",
-        )
-        .await;
+        let required = required_names(state, decision);
+        return refuse(state, &ex, write, e, required, "no_upstream").await;
     };
     if let Some(len) = content_length(&parts.headers)
         && len > state.config.max_body_bytes
     {
         let e = ApiError::payload_too_large(state.config.max_body_bytes);
-        return refuse(
-            &state,
-            &ex,
-            write,
-            e,
-            required_names(&state, &decision),
-            "body_too_large",
-        )
-        .await;
+        let required = required_names(state, decision);
+        return refuse(state, &ex, write, e, required, "body_too_large").await;
     }
 
     if write && (!state.audit.healthy() || state.database_down()) {
         // Refused before the upstream sees it: once audit writes fail, only
         // the writes already in flight can reach the upstream unrecorded.
         state.audit.note_refused();
-        return audit_failing(&state, &request_id);
+        return audit_failing(state, request_id);
     }
 
-    // Forward.
     rewrite_request(
         &mut parts.headers,
         key,
-        &request_id,
-        &peer.ip,
+        request_id,
+        &ex.client.ip,
         upstream.host(),
         uri.authority(),
         state.config.allow_underscore_headers,
     );
-    parts.uri = origin_form(&uri);
+    parts.uri = origin_form(uri);
     parts.version = http::Version::HTTP_11;
     let forwarded = Request::from_parts(
         parts,
@@ -388,15 +227,8 @@ pub async fn handle(
                     )
                 }
             };
-            return refuse(
-                &state,
-                &ex,
-                write,
-                err,
-                required_names(&state, &decision),
-                reason,
-            )
-            .await;
+            let required = required_names(state, decision);
+            return refuse(state, &ex, write, err, required, reason).await;
         }
     };
     let status = res.status().as_u16();
@@ -405,11 +237,11 @@ pub async fn handle(
             state.app.catalog().key_prefix(),
             &state.default_org,
             status,
-            required_names(&state, &decision),
+            required_names(state, decision),
             "allowed",
         );
         if state.record(entry).await.is_err() {
-            return audit_unavailable(&state, &request_id, Some(status));
+            return audit_unavailable(state, request_id, Some(status));
         }
     }
     state.metrics.forwarded(status);
@@ -417,67 +249,6 @@ pub async fn handle(
     res.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     res
-}
-
-/// Answers a refusal; audits it first when `audited`.
-pub async fn refuse(
-    state: &State,
-    ex: &Exchange<'_>,
-    audited: bool,
-    error: ApiError,
-    required: Vec<String>,
-    reason: &str,
-) -> Response<Body> {
-    let status = error.status.as_u16();
-    tracing::info!(
-        request_id = ?ex.request_id,
-        method = %ex.method,
-        path = &*text::recorded_path(ex.path, state.app.catalog().key_prefix()),
-        status,
-        code = error.code,
-        reason,
-        key_id = ex.key.map(|k| &*k.key_id),
-        "refused"
-    );
-    if audited {
-        let entry = ex.audit(
-            state.app.catalog().key_prefix(),
-            &state.default_org,
-            status,
-            required,
-            reason,
-        );
-        if ex.key.is_none() {
-            // Nobody authenticated: counted per client and minute, with a
-            // sample, rather than one chained record each (a flood of
-            // anonymous writes must not grow the log at will).
-            state.anonymous.note(entry, state.app.now());
-        } else if state.record(entry).await.is_err() {
-            return audit_unavailable(state, ex.request_id, None);
-        }
-    }
-    state.metrics.refused(status, error.code);
-    error.into_response(Some(ex.request_id))
-}
-
-fn required_names(state: &State, decision: &Decision) -> Vec<String> {
-    state
-        .app
-        .catalog()
-        .name_iter(decision.required)
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A path outside the gateway prefix: authenticated like any other, then 404.
-fn outside_prefix(authenticated: Decision) -> Decision {
-    if matches!(authenticated.outcome, Outcome::Unauthenticated(_)) {
-        return authenticated;
-    }
-    Decision {
-        outcome: Outcome::NoRoute,
-        ..authenticated
-    }
 }
 
 fn limit(max: u64) -> usize {
@@ -491,28 +262,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-/// 503 after the upstream answered but the audit record could not be
-/// committed: the client must not take silence for success, nor retry blindly.
-pub fn audit_unavailable(
-    state: &State,
-    request_id: &HeaderValue,
-    upstream_status: Option<u16>,
-) -> Response<Body> {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "AUDIT_UNAVAILABLE",
-        "The request could not be recorded in the audit log",
-    );
-    if let Some(s) = upstream_status {
-        e = e.detail("upstream_status", s).detail(
-            "note",
-            "the upstream processed the request before recording failed",
-        );
-    }
-    state.metrics.refused(503, "AUDIT_UNAVAILABLE");
-    e.into_response(Some(request_id))
 }
 
 /// 503 before forwarding a write while audit records cannot be committed.
@@ -574,25 +323,4 @@ fn rewrite_request(
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(header::HOST, upstream_host.clone());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reason_details;
-
-    #[test]
-    fn details_are_the_json_of_the_reason() {
-        for reason in ["allowed", "missing_scopes", "a \"quoted\"\\ reason\n", ""] {
-            assert_eq!(
-                reason_details(reason, None),
-                serde_json::json!({ "reason": reason }).to_string()
-            );
-            let with_id: serde_json::Value =
-                serde_json::from_str(&reason_details(reason, Some("abc-1"))).expect("JSON");
-            assert_eq!(
-                with_id,
-                serde_json::json!({ "reason": reason, "client_request_id": "abc-1" })
-            );
-        }
-    }
 }

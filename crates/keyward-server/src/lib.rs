@@ -14,6 +14,7 @@
 
 mod admin;
 mod audit;
+mod auth;
 mod background;
 mod body;
 mod config;
@@ -24,6 +25,7 @@ mod own;
 mod proxy;
 mod state;
 mod telemetry;
+mod verify;
 mod web;
 
 pub use admin::openapi;
@@ -38,7 +40,7 @@ pub mod fuzzing {
     /// verify service's.
     pub fn json_bodies(data: &[u8]) {
         crate::admin::fuzz_json_bodies(data);
-        crate::own::fuzz_verify_body(data);
+        crate::verify::fuzz_verify_body(data);
     }
 }
 pub use body::Body;
@@ -59,8 +61,8 @@ use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use telemetry::{Metrics, Outage, RequestIds};
-use web::Client;
 use tokio::net::TcpListener;
+use web::Client;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +178,7 @@ impl Server {
             tokio::spawn(background::sync_loop(state.clone())),
             tokio::spawn(background::flush_loop(state.clone())),
         ];
-        let admin = Arc::new(admin::Admin::new(state.clone()));
+        let admin = Arc::new(own::Routes::new(&state));
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -254,7 +256,7 @@ impl Server {
 async fn dispatch(
     state: Arc<State>,
     client: Client,
-    admin: Option<Arc<admin::Admin>>,
+    admin: Option<Arc<own::Routes>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if let Some(e) = check_request_line(&req) {

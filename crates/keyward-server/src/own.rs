@@ -1,24 +1,22 @@
 //! keyward's own endpoints. `POST /v1/verify`, `GET /v1/whoami`, `GET
 //! /healthz` and `GET /metrics` are written by hand here, because verify and
 //! whoami sit on integrations' hot paths; everything else under `/v1`, and
-//! `/openapi.json`, goes to the admin API's router ([`crate::admin`]).
+//! `/openapi.json`, goes to the routed rooms ([`Routes`]: [`crate::admin`]
+//! and [`crate::console`]).
 
+use crate::auth::{Asked, caller};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::gateway::{Exchange, authenticate, check_token, find_key, refuse};
 use crate::state::State;
 use crate::telemetry::X_REQUEST_ID;
-use crate::web::{json_bytes_response, json_response, method_not_allowed, push_json_str, read_body};
+use crate::web::{Client, Ctx, json_response, method_not_allowed, not_found, wrong_method};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use keyward_core::{AuthFailure, Decision, GrantRequest, Outcome, ScopeSet, path};
-use serde::Deserialize;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Whether `path` belongs to keyward rather than the gateway.
-pub fn is_own_path(path: &str) -> bool {
+pub(crate) fn is_own_path(path: &str) -> bool {
     path == "/healthz"
         || path == "/metrics"
         || path == "/openapi.json"
@@ -29,10 +27,10 @@ pub fn is_own_path(path: &str) -> bool {
 }
 
 /// Handles one request to keyward's own endpoints.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<State>,
-    client: crate::web::Client,
-    admin: &crate::admin::Admin,
+    client: Client,
+    admin: &Routes,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let request_id = state.request_ids.next();
@@ -53,7 +51,64 @@ pub async fn handle(
         Endpoint::Healthz => healthz(&state, &request_id),
         Endpoint::Metrics => metrics(&state, &request_id),
         Endpoint::Whoami => whoami(&state, &client, req, &request_id).await,
-        Endpoint::Verify => verify(&state, &client, req, &request_id).await,
+        Endpoint::Verify => crate::verify::verify(&state, &client, req, &request_id).await,
+    }
+}
+
+/// The routed rooms, the admin API and the console, as one router built
+/// once per server: siblings that share only [`crate::web`]'s plumbing and
+/// [`crate::auth`]'s decision.
+pub(crate) struct Routes {
+    router: axum::Router,
+    /// The catalog's key prefix, to redact keys from logged paths.
+    key_prefix: String,
+}
+
+impl Routes {
+    /// Builds the routers over `state`. They hold the state, so the server
+    /// drops this before waiting for the audit writer to finish.
+    pub(crate) fn new(state: &Arc<State>) -> Self {
+        let key_prefix = state.app.catalog().key_prefix().to_owned();
+        let console = crate::console::router().with_state(state.clone());
+        let router = crate::admin::router(state.clone())
+            .merge(console)
+            .fallback(not_found)
+            .method_not_allowed_fallback(wrong_method);
+        Routes { router, key_prefix }
+    }
+
+    /// Serves one request.
+    pub(crate) async fn call(
+        &self,
+        mut req: Request<Incoming>,
+        client: Client,
+        request_id: HeaderValue,
+    ) -> Response<Body> {
+        req.extensions_mut().insert(Ctx {
+            client,
+            request_id: request_id.clone(),
+        });
+        let method = req.method().clone();
+        // Client text: bounded and with keys redacted before it is logged.
+        let path =
+            keyward_core::text::recorded_path(req.uri().path(), &self.key_prefix).into_owned();
+        let mut router = self.router.clone();
+        let res = match tower_service::Service::call(&mut router, req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        tracing::info!(
+            request_id = ?request_id,
+            %method,
+            path,
+            status = res.status().as_u16(),
+            "admin request"
+        );
+        let mut res = res.map(Body::Admin);
+        res.headers_mut()
+            .entry(X_REQUEST_ID.clone())
+            .or_insert(request_id);
+        res
     }
 }
 
@@ -105,104 +160,9 @@ fn metrics(state: &State, request_id: &HeaderValue) -> Response<Body> {
     res
 }
 
-/// What an own endpoint knows of its request before reading the body.
-pub(crate) struct Asked<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) path: &'a str,
-    pub(crate) headers: &'a http::HeaderMap,
-    pub(crate) client: &'a crate::web::Client,
-    pub(crate) request_id: &'a HeaderValue,
-    /// The clock, read once for the whole request.
-    pub(crate) now: i64,
-}
-
-impl<'a> Asked<'a> {
-    fn of(
-        state: &State,
-        req: &'a Request<Incoming>,
-        client: &'a crate::web::Client,
-        request_id: &'a HeaderValue,
-    ) -> Self {
-        Asked {
-            method: req.method(),
-            path: req.uri().path(),
-            headers: req.headers(),
-            client,
-            request_id,
-            now: state.app.now(),
-        }
-    }
-
-    fn exchange(&self, key: Option<&'a keyward_app::KeyEntry>) -> Exchange<'a> {
-        Exchange {
-            method: self.method,
-            path: self.path,
-            client: self.client,
-            request_id: self.request_id,
-            client_request_id: None,
-            key,
-        }
-    }
-}
-
-/// Authenticates the caller of an own endpoint: any usable key. Refusals of
-/// write requests are audited, like the gateway's (`audit_writes`); the
-/// verify service is a read in all but its method and is not.
-pub(crate) async fn caller(
-    state: &State,
-    asked: &Asked<'_>,
-    audit_writes: bool,
-) -> Result<Arc<keyward_app::KeyEntry>, Response<Body>> {
-    let ex = asked.exchange(None);
-    let audited = audit_writes && crate::gateway::is_write(asked.method);
-    if let Some(e) = state.stale_at(asked.now) {
-        return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
-    }
-    let found = match authenticate(state, asked.headers).await {
-        Ok(f) => f,
-        Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
-    };
-    let now = asked.now;
-    let checked = found.and_then(|e| keyward_core::check_key_state(&e.access(), now).map(|()| e));
-    match checked {
-        Ok(entry) => {
-            state.snapshot.record_use(&entry, now);
-            Ok(entry)
-        }
-        Err(f) => Err(refuse(
-            state,
-            &ex,
-            audited,
-            ApiError::unauthorized(f),
-            Vec::new(),
-            f.reason(),
-        )
-        .await),
-    }
-}
-
-/// 403 (audited) unless the caller's key holds every scope in `required`.
-pub(crate) async fn require(
-    state: &State,
-    asked: &Asked<'_>,
-    caller_entry: &keyward_app::KeyEntry,
-    required: keyward_core::ScopeSet,
-) -> Result<(), Response<Body>> {
-    let catalog = state.app.catalog();
-    let held = catalog.authorize_scopes(Ok(&caller_entry.access()), asked.now, required);
-    if held.is_allowed() {
-        return Ok(());
-    }
-    let ex = asked.exchange(Some(caller_entry));
-    let missing = catalog.names(held.missing);
-    let names = missing.iter().map(|s| (*s).to_owned()).collect();
-    let e = ApiError::forbidden(missing, catalog.names(held.granted));
-    Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
-}
-
 async fn whoami(
     state: &State,
-    client: &crate::web::Client,
+    client: &Client,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -213,315 +173,5 @@ async fn whoami(
     match state.app.key_of_request(&entry.org_id, &entry.key_id).await {
         Ok(view) => json_response(StatusCode::OK, &view, request_id),
         Err(e) => ApiError::from(e).into_response(Some(request_id)),
-    }
-}
-
-/// `POST /v1/verify` body. Unknown fields are refused so a typo in `scopes`
-/// cannot silently verify nothing.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyRequest<'a> {
-    #[serde(borrow)]
-    key: Cow<'a, str>,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
-    method: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
-    path: Option<Cow<'a, str>>,
-    #[serde(default)]
-    scopes: Option<Vec<String>>,
-}
-
-/// An optional string borrowed from the body where it has no escapes: serde
-/// copies `Option<Cow<str>>` even under `#[serde(borrow)]`.
-fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
-}
-
-/// `POST /v1/verify`'s answer (the shape of `admin::VerifyResponseDoc`).
-struct VerifyResponse<'a, S, R, M> {
-    valid: bool,
-    allowed: bool,
-    key_id: Option<&'a str>,
-    org_id: Option<&'a str>,
-    scopes: S,
-    required: R,
-    missing: M,
-    reason: &'static str,
-}
-
-impl<'a, S, R, M> VerifyResponse<'a, S, R, M>
-where
-    S: Iterator<Item = &'a str>,
-    R: Iterator<Item = &'a str>,
-    M: Iterator<Item = &'a str>,
-{
-    /// Written by hand rather than through serde: verify is on integrations'
-    /// hot path, and this answer is most of its own work (the scope names go
-    /// straight from the catalog into the buffer, with no `Vec` per list).
-    /// The unit tests hold it byte for byte to serde_json's output.
-    fn into_json(self) -> Vec<u8> {
-        // Enough for a key holding a dozen scopes without growing.
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(b"{\"valid\":");
-        out.extend_from_slice(bool_json(self.valid));
-        out.extend_from_slice(b",\"allowed\":");
-        out.extend_from_slice(bool_json(self.allowed));
-        out.extend_from_slice(b",\"key_id\":");
-        push_json_opt(&mut out, self.key_id);
-        out.extend_from_slice(b",\"org_id\":");
-        push_json_opt(&mut out, self.org_id);
-        out.extend_from_slice(b",\"scopes\":");
-        push_json_names(&mut out, self.scopes);
-        out.extend_from_slice(b",\"required\":");
-        push_json_names(&mut out, self.required);
-        out.extend_from_slice(b",\"missing\":");
-        push_json_names(&mut out, self.missing);
-        out.extend_from_slice(b",\"reason\":");
-        push_json_str(&mut out, self.reason);
-        out.push(b'}');
-        out
-    }
-}
-
-fn bool_json(b: bool) -> &'static [u8] {
-    if b { b"true" } else { b"false" }
-}
-
-fn push_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => push_json_str(out, s),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// A list of scope names. The catalog admits only `[a-z0-9:-]` names
-/// (`is_valid_scope_name`), which JSON takes as they are.
-fn push_json_names<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) {
-    out.push(b'[');
-    for (i, name) in names.enumerate() {
-        debug_assert!(keyward_core::scope::is_valid_scope_name(name), "{name}");
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'"');
-    }
-    out.push(b']');
-}
-
-/// Parses a JSON body; syntax errors are 400, wrong shapes 422.
-fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let message = format!("Invalid JSON body: {e}");
-        match e.classify() {
-            serde_json::error::Category::Data => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_FAILED",
-                message,
-            ),
-            _ => ApiError::bad_request(message),
-        }
-    })
-}
-
-async fn verify(
-    state: &State,
-    client: &crate::web::Client,
-    req: Request<Incoming>,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let asked = Asked::of(state, &req, client, request_id);
-    let caller_entry = match caller(state, &asked, false).await {
-        Ok(e) => e,
-        Err(res) => return res,
-    };
-    if let Err(res) = require(state, &asked, &caller_entry, state.verify_scope).await {
-        return res;
-    }
-    let catalog = state.app.catalog();
-    let now = asked.now;
-    let bytes = match read_body(req.into_body()).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(Some(request_id)),
-    };
-    let body: VerifyRequest<'_> = match parse_json(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(Some(request_id)),
-    };
-    let question = match (&body.method, &body.path, &body.scopes) {
-        (Some(m), Some(p), None) => {
-            let route_path = p.split('?').next().unwrap_or(p);
-            if let Err(e) = path::check_normal(route_path) {
-                return ApiError::validation(
-                    "path",
-                    format!("path `{p}` is not in normal form: {e}"),
-                )
-                .into_response(Some(request_id));
-            }
-            let route_path = path::strip_gateway_prefix(catalog.gateway_prefix(), route_path)
-                .unwrap_or(route_path);
-            // Decided as the gateway decides: as sent, case and all.
-            if let Err(e) = path::check_method(m) {
-                return ApiError::validation("method", e.to_string())
-                    .into_response(Some(request_id));
-            }
-            Question::Route(m, route_path)
-        }
-        (None, None, Some(scopes)) => {
-            let req = GrantRequest {
-                scopes: scopes.clone(),
-                ..GrantRequest::default()
-            };
-            match catalog.resolve_grants(&req) {
-                Ok(r) => Question::Scopes(r.granted),
-                Err(e) => {
-                    return ApiError::validation("scopes", e.to_string())
-                        .into_response(Some(request_id));
-                }
-            }
-        }
-        _ => {
-            return ApiError::validation("method", "send either `method` and `path`, or `scopes`")
-                .into_response(Some(request_id));
-        }
-    };
-    let found = match find_key(state, check_token(&body.key)).await {
-        Ok(f) => f,
-        Err(e) => return e.into_response(Some(request_id)),
-    };
-    // Another organization's key is unknown here.
-    let found = found.and_then(|e| {
-        if e.org_id == caller_entry.org_id {
-            Ok(e)
-        } else {
-            Err(AuthFailure::Unknown)
-        }
-    });
-    let access = found.as_ref().map(|e| e.access()).map_err(|f| *f);
-    let decision: Decision = match &question {
-        Question::Route(m, p) => catalog.authorize(access.as_ref().map_err(|f| *f), now, m, p),
-        Question::Scopes(required) => {
-            catalog.authorize_scopes(access.as_ref().map_err(|f| *f), now, *required)
-        }
-    };
-    let entry = found.as_ref().ok();
-    let valid = !matches!(decision.outcome, Outcome::Unauthenticated(_));
-    let answer = VerifyResponse {
-        valid,
-        allowed: decision.is_allowed(),
-        key_id: entry.filter(|_| valid).map(|e| &*e.key_id),
-        org_id: entry.filter(|_| valid).map(|e| &*e.org_id),
-        scopes: catalog.name_iter(if valid {
-            decision.effective
-        } else {
-            ScopeSet::EMPTY
-        }),
-        required: catalog.name_iter(decision.required),
-        missing: catalog.name_iter(decision.missing),
-        reason: decision.reason(),
-    };
-    json_bytes_response(StatusCode::OK, answer.into_json(), request_id)
-}
-
-/// The verify service's side of the `json_bodies` fuzz target: its body
-/// parser and path check refuse with a 4xx, never a panic.
-pub(crate) fn fuzz_verify_body(data: &[u8]) {
-    match parse_json::<VerifyRequest<'_>>(data) {
-        Ok(body) => {
-            let _ = check_token(&body.key);
-            if let Some(p) = body.path.as_deref() {
-                let route_path = p.split('?').next().unwrap_or(p);
-                let _ = path::check_normal(route_path);
-            }
-        }
-        Err(e) => assert!(e.status.is_client_error(), "{} for a body", e.status),
-    }
-}
-
-enum Question<'a> {
-    Route(&'a str, &'a str),
-    Scopes(keyward_core::ScopeSet),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::VerifyResponse;
-
-    /// The serde shape the hand-written answer must match byte for byte.
-    #[derive(serde::Serialize)]
-    struct Oracle<'a> {
-        valid: bool,
-        allowed: bool,
-        key_id: Option<&'a str>,
-        org_id: Option<&'a str>,
-        scopes: Vec<&'a str>,
-        required: Vec<&'a str>,
-        missing: Vec<&'a str>,
-        reason: &'static str,
-    }
-
-    fn both(o: &Oracle<'_>) -> (String, String) {
-        let hand = VerifyResponse {
-            valid: o.valid,
-            allowed: o.allowed,
-            key_id: o.key_id,
-            org_id: o.org_id,
-            scopes: o.scopes.iter().copied(),
-            required: o.required.iter().copied(),
-            missing: o.missing.iter().copied(),
-            reason: o.reason,
-        }
-        .into_json();
-        (
-            String::from_utf8(hand).expect("hand-written JSON is UTF-8"),
-            serde_json::to_string(o).expect("serializes"),
-        )
-    }
-
-    /// Scope names as the catalog admits them.
-    const NAMES: [&str; 3] = ["vehicles:read", "keyward-api-keys:verify", "a2:b-c"];
-
-    #[test]
-    fn verify_answer_matches_serde_byte_for_byte() {
-        let odd = [
-            "key_abc",
-            "",
-            "quote\"inside",
-            "back\\slash",
-            "new\nline\ttab\u{1}\u{1f}\u{7f}",
-            "ünïcødé ✓ 🔑",
-            "</script>",
-        ];
-        for (i, s) in odd.iter().enumerate() {
-            let o = Oracle {
-                valid: i % 2 == 0,
-                allowed: i % 3 == 0,
-                key_id: Some(s),
-                org_id: (i % 2 == 1).then_some(*s),
-                scopes: NAMES[..i.min(NAMES.len())].to_vec(),
-                required: vec![NAMES[i % NAMES.len()]],
-                missing: Vec::new(),
-                reason: "missing_scopes",
-            };
-            let (hand, serde) = both(&o);
-            assert_eq!(hand, serde, "case {i}: {s:?}");
-            let parsed: serde_json::Value = serde_json::from_str(&hand).expect("valid JSON");
-            assert_eq!(parsed["key_id"], *s);
-        }
-        let none = Oracle {
-            valid: false,
-            allowed: false,
-            key_id: None,
-            org_id: None,
-            scopes: Vec::new(),
-            required: vec!["vehicles:read", "vehicles:write"],
-            missing: vec!["vehicles:write"],
-            reason: "revoked",
-        };
-        let (hand, serde) = both(&none);
-        assert_eq!(hand, serde);
     }
 }

@@ -1,14 +1,22 @@
 //! The HTTP plumbing every room of the server shares: the client of a
-//! connection, JSON replies, reading bodies within their limits.
+//! connection, JSON replies, reading bodies within their limits, and the
+//! extractors and replies of the routed rooms (the admin API, the console):
+//! whatever a client sends is refused in the one error shape, with one
+//! status per kind of fault, whichever room it reached.
 
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::telemetry::X_REQUEST_ID;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request as AxRequest};
+use axum::response::IntoResponse;
 use bytes::Bytes;
-use http::header::{ALLOW, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, HeaderValue};
+use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// The peer of a connection, its address rendered once per connection and
@@ -129,4 +137,255 @@ pub(crate) fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) ->
     } else {
         ApiError::bad_request(format!("Could not read the request body: {e}"))
     }
+}
+
+// ---- routed rooms (admin API, console) ------------------------------------
+
+/// What dispatch knows of a request before the router sees it.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) request_id: HeaderValue,
+}
+
+pub(crate) fn ctx(parts: &Parts) -> Ctx {
+    parts
+        .extensions
+        .get::<Ctx>()
+        .cloned()
+        .unwrap_or_else(|| Ctx {
+            client: Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            request_id: HeaderValue::from_static("unknown"),
+        })
+}
+
+/// A finished response, success or error, in keyward's body type (boxed:
+/// it travels in `Err` through every extractor and handler).
+pub(crate) struct Reply(Box<Response<Body>>);
+
+pub(crate) fn reply(res: Response<Body>) -> Reply {
+    Reply(Box::new(res))
+}
+
+impl Reply {
+    /// The status it answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> axum::response::Response {
+        (*self.0).map(axum::body::Body::new)
+    }
+}
+
+pub(crate) type Answer = Result<Reply, Reply>;
+
+pub(crate) fn fail(e: impl Into<ApiError>, ctx: &Ctx) -> Reply {
+    reply(e.into().into_response(Some(&ctx.request_id)))
+}
+
+pub(crate) fn ok(status: StatusCode, value: &impl Serialize, ctx: &Ctx) -> Answer {
+    let mut res = json_response(status, value, &ctx.request_id);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(reply(res))
+}
+
+/// Parses serde output into a value or a 422 naming the offending field.
+pub(crate) fn deserialize<'de, T: Deserialize<'de>>(
+    de: impl serde::Deserializer<'de, Error = impl std::fmt::Display + serde::de::Error>,
+    what: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.inner().to_string();
+        let (field, message) = if field == "." {
+            // Unknown and missing fields name themselves in serde's message.
+            let named = between_backticks(&inner).unwrap_or_default();
+            (named, format!("Invalid {what}: {inner}"))
+        } else {
+            (field.clone(), format!("Invalid {what}: `{field}`: {inner}"))
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_FAILED",
+            message,
+        )
+        .detail("field", field)
+    })
+}
+
+pub(crate) fn between_backticks(s: &str) -> Option<String> {
+    let (_, rest) = s.split_once('`')?;
+    let (name, _) = rest.split_once('`')?;
+    Some(name.to_owned())
+}
+
+/// A JSON request body: at most 64 KiB, syntax errors 400, wrong shapes 422
+/// naming the field, too large 413.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Reply;
+
+    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
+        let (parts, body) = req.into_parts();
+        let ctx = ctx(&parts);
+        let bytes = read(body, &ctx).await?;
+        parse_json(&bytes, &ctx).map(JsonBody)
+    }
+}
+
+/// Like [`JsonBody`], but an empty body means the defaults.
+pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = Reply;
+
+    async fn from_request(req: AxRequest, _: &S) -> Result<Self, Reply> {
+        let (parts, body) = req.into_parts();
+        let ctx = ctx(&parts);
+        let bytes = read(body, &ctx).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&bytes, &ctx).map(OptionalJsonBody)
+    }
+}
+
+pub(crate) async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> {
+    axum::body::to_bytes(body, MAX_JSON_BYTES)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return fail(ApiError::payload_too_large(MAX_JSON_BYTES as u64), ctx);
+                }
+                source = s.source();
+            }
+            fail(
+                ApiError::bad_request(format!("Could not read the request body: {e}")),
+                ctx,
+            )
+        })
+}
+
+/// `%00` anywhere in a path or query: a NUL once decoded, which no id,
+/// filter or name may hold (and PostgreSQL text cannot store).
+pub(crate) fn has_encoded_nul(raw: &str) -> bool {
+    raw.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result<T, Reply> {
+    // `\u0000` is the only way to put a NUL in JSON text.
+    if bytes
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"))
+    {
+        return Err(fail(
+            ApiError::validation("body", "strings cannot contain NUL characters"),
+            ctx,
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = deserialize(&mut de, "JSON body").map_err(|e| {
+        // Syntax (not shape) problems are 400: the document is not JSON.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => fail(
+                ApiError::bad_request(format!("Invalid JSON body: {syntax}")),
+                ctx,
+            ),
+            Ok(_) => fail(e, ctx),
+        }
+    })?;
+    de.end().map_err(|e| {
+        fail(
+            ApiError::bad_request(format!("Invalid JSON body: {e}")),
+            ctx,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Query parameters: unknown ones and wrong types are 422 naming them.
+pub(crate) struct QueryArgs<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = Reply;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Reply> {
+        let ctx = ctx(parts);
+        let query = parts.uri.query().unwrap_or("");
+        if has_encoded_nul(query) {
+            return Err(fail(
+                ApiError::validation("query", "query parameters cannot contain NUL characters"),
+                &ctx,
+            ));
+        }
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        deserialize(de, "query parameter")
+            .map(QueryArgs)
+            .map_err(|e| fail(e, &ctx))
+    }
+}
+
+pub(crate) fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// Path parameters, decoded; undecodable ones are 400 in the SPEC shape.
+pub(crate) struct PathArgs<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArgs<T> {
+    type Rejection = Reply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Reply> {
+        let ctx = ctx(parts);
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(fail(
+                ApiError::bad_request("Invalid path: it contains a NUL character"),
+                &ctx,
+            ));
+        }
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathArgs(v)),
+            Err(e) => Err(fail(
+                ApiError::bad_request(format!("Invalid path: {}", e.body_text())),
+                &ctx,
+            )),
+        }
+    }
+}
+
+pub(crate) async fn not_found(parts: Parts) -> Reply {
+    let ctx = ctx(&parts);
+    fail(
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!(
+                "keyward has no endpoint {} {}",
+                parts.method,
+                parts.uri.path()
+            ),
+        ),
+        &ctx,
+    )
+}
+
+pub(crate) async fn wrong_method(parts: Parts) -> Reply {
+    let ctx = ctx(&parts);
+    fail(
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not supported on {}", parts.method, parts.uri.path()),
+        ),
+        &ctx,
+    )
 }

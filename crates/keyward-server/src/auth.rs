@@ -1,0 +1,412 @@
+//! Authentication and the decision, once for every room: the gateway, the
+//! verify service, the admin API and the console's key checks all find a
+//! key with [`find_key`], decide with [`decide`], and answer and audit a
+//! refusal with [`refuse`].
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::state::State;
+use crate::web::{Client, push_json_str};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keyward_app::KeyEntry;
+use keyward_core::audit::AuditEntry;
+use keyward_core::{AuthFailure, Catalog, Decision, KeyAccess, Outcome, ScopeSet, key, text};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What is to be decided for a key.
+pub(crate) enum Question<'a> {
+    /// A request to a route: the method as sent and the path with the
+    /// gateway prefix removed.
+    Route(&'a str, &'a str),
+    /// A request outside the gateway prefix: authenticated, then no route.
+    Outside,
+    /// Whether the key holds these scopes.
+    Scopes(ScopeSet),
+}
+
+/// The one decision for a key (or the reason there is none) at `now`.
+pub(crate) fn decide(
+    catalog: &Catalog,
+    access: Result<&KeyAccess, AuthFailure>,
+    now: i64,
+    question: &Question<'_>,
+) -> Decision {
+    match *question {
+        Question::Route(method, path) => catalog.authorize(access, now, method, path),
+        Question::Scopes(required) => catalog.authorize_scopes(access, now, required),
+        Question::Outside => outside_prefix(catalog.authorize_scopes(access, now, ScopeSet::EMPTY)),
+    }
+}
+
+/// Longest credential looked at; longer ones are malformed.
+const MAX_KEY_CHARS: usize = 512;
+
+/// Whether a method changes state (and so is always audited).
+pub(crate) fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The `Authorization: Bearer` credential, or why there is none.
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Malformed);
+    }
+    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, token) = text.split_once(' ').ok_or(AuthFailure::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Missing);
+    }
+    check_token(token)
+}
+
+/// A credential worth looking up: non-empty, bounded, no whitespace.
+///
+/// # Errors
+/// [`AuthFailure::Missing`] when empty, [`AuthFailure::Malformed`] otherwise.
+pub(crate) fn check_token(token: &str) -> Result<&str, AuthFailure> {
+    if token.is_empty() {
+        return Err(AuthFailure::Missing);
+    }
+    if token.len() > MAX_KEY_CHARS || token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(token)
+}
+
+/// Finds the key a request presents. Answers from memory except for a
+/// well-formed key the snapshot does not hold, which triggers one coalesced
+/// catch-up with the change log (a key created elsewhere moments ago).
+///
+/// # Errors
+/// The authentication failure, or 503 when storage cannot be reached to
+/// look for a well-formed unknown key.
+pub(crate) async fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
+    find_key(state, bearer(headers)).await
+}
+
+/// [`authenticate`] for a credential taken from anywhere (`/v1/verify`'s body).
+///
+/// # Errors
+/// 503 when storage cannot be reached to look for a well-formed unknown key.
+pub(crate) async fn find_key(
+    state: &State,
+    token: Result<&str, AuthFailure>,
+) -> Result<Result<Arc<KeyEntry>, AuthFailure>, ApiError> {
+    let token = match token {
+        Ok(t) => t,
+        Err(f) => return Ok(Err(f)),
+    };
+    let digest = state.app.digester().digest(token);
+    if let Some(entry) = state.snapshot.get(&digest) {
+        return Ok(Ok(entry));
+    }
+    // Only a miss needs the shape and checksum: garbage is refused here,
+    // from memory, and only a well-formed key costs a look at the store.
+    let well_formed =
+        key::parse(token).is_ok_and(|k| k.prefix() == state.app.catalog().key_prefix());
+    if !well_formed {
+        // Legacy keys have any shape; they were found above if they exist.
+        return Ok(Err(AuthFailure::Malformed));
+    }
+    // Boxed: the store's lookup is a large future, and this rare path must
+    // not make every request's future as large.
+    let asked = state.app.now();
+    let caught_up = Box::pin(tokio::time::timeout(
+        CATCH_UP_TIMEOUT,
+        state.app.catch_up_snapshot(&state.snapshot),
+    ))
+    .await;
+    match caught_up {
+        Ok(Ok(())) => {
+            state.note_sync_ok(asked);
+            state.lookups.recovered();
+            Ok(state.snapshot.get(&digest).ok_or(AuthFailure::Unknown))
+        }
+        Ok(Err(e)) => {
+            state.lookups.failed(&e, 1);
+            Err(ApiError::unavailable(
+                "The key store cannot be reached; try again shortly",
+            ))
+        }
+        Err(_) => Err(ApiError::unavailable(
+            "The key store did not answer in time; try again shortly",
+        )),
+    }
+}
+
+/// How long a request waits for the guarded lookup of an unknown key.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Facts about one gateway request, for its audit record and log line.
+#[derive(Clone, Copy)]
+pub(crate) struct Exchange<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) client: &'a Client,
+    pub(crate) request_id: &'a HeaderValue,
+    /// The client's own `X-Request-Id`, when clean enough to keep beside
+    /// keyward's (never instead of it).
+    pub(crate) client_request_id: Option<&'a HeaderValue>,
+    pub(crate) key: Option<&'a KeyEntry>,
+}
+
+impl Exchange<'_> {
+    pub(crate) fn audit(
+        &self,
+        key_prefix: &str,
+        state_default_org: &str,
+        status: u16,
+        required: Vec<String>,
+        reason: &str,
+    ) -> AuditEntry {
+        // Built without `format!` or a JSON value: this runs for every write
+        // and every 403, and the formatting machinery was a third of it.
+        AuditEntry {
+            at_ms: 0,
+            org_id: self
+                .key
+                .map_or(state_default_org, |k| &*k.org_id)
+                .to_owned(),
+            actor: self.key.map_or_else(
+                || keyward_core::audit::actor::ANONYMOUS.to_owned(),
+                |k| keyward_core::audit::actor::key(&k.key_id),
+            ),
+            action: "gateway.request".to_owned(),
+            key_id: self.key.map(|k| String::from(&*k.key_id)),
+            method: Some(self.method.as_str().to_owned()),
+            path: Some(text::recorded_path(self.path, key_prefix).into_owned()),
+            status: Some(status),
+            required,
+            client: Some(self.client.ip_text().to_owned()),
+            request_id: self.request_id.to_str().ok().map(str::to_owned),
+            details: reason_details(reason, self.client_request_id.and_then(|v| v.to_str().ok())),
+        }
+    }
+}
+
+/// `{"reason":…}` (and the client's request id, if it sent a clean one),
+/// the audit record's details for a gateway request.
+fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
+    let mut out = Vec::with_capacity(12 + reason.len());
+    out.extend_from_slice(b"{\"reason\":");
+    push_json_str(&mut out, reason);
+    if let Some(id) = client_request_id {
+        out.extend_from_slice(b",\"client_request_id\":");
+        push_json_str(&mut out, id);
+    }
+    out.push(b'}');
+    // Always UTF-8: `reason` is, and the rest is ASCII.
+    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Answers a refusal; audits it first when `audited`.
+pub(crate) async fn refuse(
+    state: &State,
+    ex: &Exchange<'_>,
+    audited: bool,
+    error: ApiError,
+    required: Vec<String>,
+    reason: &str,
+) -> Response<Body> {
+    let status = error.status.as_u16();
+    tracing::info!(
+        request_id = ?ex.request_id,
+        method = %ex.method,
+        path = &*text::recorded_path(ex.path, state.app.catalog().key_prefix()),
+        status,
+        code = error.code,
+        reason,
+        key_id = ex.key.map(|k| &*k.key_id),
+        "refused"
+    );
+    if audited {
+        let entry = ex.audit(
+            state.app.catalog().key_prefix(),
+            &state.default_org,
+            status,
+            required,
+            reason,
+        );
+        if ex.key.is_none() {
+            // Nobody authenticated: counted per client and minute, with a
+            // sample, rather than one chained record each (a flood of
+            // anonymous writes must not grow the log at will).
+            state.anonymous.note(entry, state.app.now());
+        } else if state.record(entry).await.is_err() {
+            return audit_unavailable(state, ex.request_id, None);
+        }
+    }
+    state.metrics.refused(status, error.code);
+    error.into_response(Some(ex.request_id))
+}
+
+pub(crate) fn required_names(state: &State, decision: &Decision) -> Vec<String> {
+    state
+        .app
+        .catalog()
+        .name_iter(decision.required)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A path outside the gateway prefix: authenticated like any other, then 404.
+fn outside_prefix(authenticated: Decision) -> Decision {
+    if matches!(authenticated.outcome, Outcome::Unauthenticated(_)) {
+        return authenticated;
+    }
+    Decision {
+        outcome: Outcome::NoRoute,
+        ..authenticated
+    }
+}
+
+/// 503 after the upstream answered but the audit record could not be
+/// committed: the client must not take silence for success, nor retry blindly.
+pub(crate) fn audit_unavailable(
+    state: &State,
+    request_id: &HeaderValue,
+    upstream_status: Option<u16>,
+) -> Response<Body> {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "AUDIT_UNAVAILABLE",
+        "The request could not be recorded in the audit log",
+    );
+    if let Some(s) = upstream_status {
+        e = e.detail("upstream_status", s).detail(
+            "note",
+            "the upstream processed the request before recording failed",
+        );
+    }
+    state.metrics.refused(503, "AUDIT_UNAVAILABLE");
+    e.into_response(Some(request_id))
+}
+
+/// What an own endpoint knows of its request before reading the body.
+pub(crate) struct Asked<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) client: &'a Client,
+    pub(crate) request_id: &'a HeaderValue,
+    /// The clock, read once for the whole request.
+    pub(crate) now: i64,
+}
+
+impl<'a> Asked<'a> {
+    pub(crate) fn of(
+        state: &State,
+        req: &'a Request<Incoming>,
+        client: &'a Client,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        Asked {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            client,
+            request_id,
+            now: state.app.now(),
+        }
+    }
+
+    fn exchange(&self, key: Option<&'a keyward_app::KeyEntry>) -> Exchange<'a> {
+        Exchange {
+            method: self.method,
+            path: self.path,
+            client: self.client,
+            request_id: self.request_id,
+            client_request_id: None,
+            key,
+        }
+    }
+}
+
+/// Authenticates the caller of an own endpoint: any usable key. Refusals of
+/// write requests are audited, like the gateway's (`audit_writes`); the
+/// verify service is a read in all but its method and is not.
+pub(crate) async fn caller(
+    state: &State,
+    asked: &Asked<'_>,
+    audit_writes: bool,
+) -> Result<Arc<keyward_app::KeyEntry>, Response<Body>> {
+    let ex = asked.exchange(None);
+    let audited = audit_writes && is_write(asked.method);
+    if let Some(e) = state.stale_at(asked.now) {
+        return Err(refuse(state, &ex, false, e, Vec::new(), "stale").await);
+    }
+    let found = match authenticate(state, asked.headers).await {
+        Ok(f) => f,
+        Err(e) => return Err(refuse(state, &ex, false, e, Vec::new(), "store_unreachable").await),
+    };
+    let now = asked.now;
+    let checked = found.and_then(|e| keyward_core::check_key_state(&e.access(), now).map(|()| e));
+    match checked {
+        Ok(entry) => {
+            state.snapshot.record_use(&entry, now);
+            Ok(entry)
+        }
+        Err(f) => Err(refuse(
+            state,
+            &ex,
+            audited,
+            ApiError::unauthorized(f),
+            Vec::new(),
+            f.reason(),
+        )
+        .await),
+    }
+}
+
+/// 403 (audited) unless the caller's key holds every scope in `required`.
+pub(crate) async fn require(
+    state: &State,
+    asked: &Asked<'_>,
+    caller_entry: &keyward_app::KeyEntry,
+    required: keyward_core::ScopeSet,
+) -> Result<(), Response<Body>> {
+    let catalog = state.app.catalog();
+    let held = decide(
+        catalog,
+        Ok(&caller_entry.access()),
+        asked.now,
+        &Question::Scopes(required),
+    );
+    if held.is_allowed() {
+        return Ok(());
+    }
+    let ex = asked.exchange(Some(caller_entry));
+    let missing = catalog.names(held.missing);
+    let names = missing.iter().map(|s| (*s).to_owned()).collect();
+    let e = ApiError::forbidden(missing, catalog.names(held.granted));
+    Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_details;
+
+    #[test]
+    fn details_are_the_json_of_the_reason() {
+        for reason in ["allowed", "missing_scopes", "a \"quoted\"\\ reason\n", ""] {
+            assert_eq!(
+                reason_details(reason, None),
+                serde_json::json!({ "reason": reason }).to_string()
+            );
+            let with_id: serde_json::Value =
+                serde_json::from_str(&reason_details(reason, Some("abc-1"))).expect("JSON");
+            assert_eq!(
+                with_id,
+                serde_json::json!({ "reason": reason, "client_request_id": "abc-1" })
+            );
+        }
+    }
+}
