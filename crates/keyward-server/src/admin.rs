@@ -13,7 +13,10 @@
 //! whose rejections are the SPEC error shape, never axum's plain text), call
 //! the one use case of [`keyward_app::App`] the CLI also calls, and render.
 
-use crate::auth::{Asked, caller, require};
+use crate::auth::{
+    Anyone, Asked, AuditRead, GroupKeysRead, GroupUsersRead, GroupsRead, GroupsWrite, KeysRead,
+    KeysWrite, Need, caller, require,
+};
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::state::State;
@@ -28,7 +31,6 @@ use keyward_app::people::{AuditView, GroupView, UserView};
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{Actor, CreateKey, KeyEntry};
 use keyward_app::{AuditQuery, KeyFilter, Org};
-use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -147,32 +149,6 @@ impl Modify for BearerAuth {
 
 // ---- plumbing ----------------------------------------------------------
 
-/// Scopes an endpoint requires, as a type, so the requirement is checked by
-/// the extractor before the body is read.
-trait Need: Send + Sync + 'static {
-    const SCOPES: &'static [&'static str];
-}
-
-macro_rules! need {
-    ($($name:ident => [$($scope:expr),*];)*) => {$(
-        struct $name;
-        impl Need for $name {
-            const SCOPES: &'static [&'static str] = &[$($scope),*];
-        }
-    )*};
-}
-
-need! {
-    Anyone => [];
-    KeysRead => [reserved::API_KEYS_READ];
-    KeysWrite => [reserved::API_KEYS_WRITE];
-    GroupsRead => [reserved::GROUPS_READ];
-    GroupUsersRead => [reserved::GROUPS_READ, reserved::USERS_READ];
-    GroupKeysRead => [reserved::GROUPS_READ, reserved::API_KEYS_READ];
-    GroupsWrite => [reserved::GROUPS_WRITE];
-    AuditRead => [reserved::AUDIT_READ];
-}
-
 /// The caller, authenticated and holding every scope of `N`. Keys and (with
 /// the console) sessions both end up as an [`Actor`] in an [`Org`].
 struct Authorized<N: Need> {
@@ -214,7 +190,7 @@ impl<N: Need> FromRequestParts<Shared> for Authorized<N> {
             id: keyward_core::audit::actor::key(&entry.key_id),
             effective: entry.access().effective,
             client: Some(ctx.client.ip_text().to_owned()),
-            request_id: ctx.request_id.to_str().ok().map(str::to_owned),
+            request_id: ctx.request_id_text(),
         };
         Ok(Authorized {
             actor,

@@ -12,9 +12,48 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use keyward_app::KeyEntry;
 use keyward_core::audit::AuditEntry;
+use keyward_core::catalog::reserved;
 use keyward_core::{AuthFailure, Catalog, Decision, KeyAccess, Outcome, ScopeSet, key, text};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Scopes an admin endpoint or console page requires, as a type, so the
+/// requirement is checked by the room's extractor before the body is read.
+/// One list for both rooms: an endpoint and the page doing the same thing
+/// cannot require different scopes. `SECTION` is the console's tab.
+pub(crate) trait Need: Send + Sync + 'static {
+    const SCOPES: &'static [&'static str];
+    const SECTION: &'static str;
+}
+
+macro_rules! need {
+    ($($name:ident => $section:literal [$($scope:expr),*];)*) => {$(
+        pub(crate) struct $name;
+        impl Need for $name {
+            const SCOPES: &'static [&'static str] = &[$($scope),*];
+            const SECTION: &'static str = $section;
+        }
+    )*};
+}
+
+need! {
+    Anyone => "" [];
+    KeysRead => "keys" [reserved::API_KEYS_READ];
+    KeysWrite => "keys" [reserved::API_KEYS_WRITE];
+    GroupsRead => "groups" [reserved::GROUPS_READ];
+    GroupUsersRead => "groups" [reserved::GROUPS_READ, reserved::USERS_READ];
+    GroupKeysRead => "groups" [reserved::GROUPS_READ, reserved::API_KEYS_READ];
+    GroupsWrite => "groups" [reserved::GROUPS_WRITE];
+    AuditRead => "audit" [reserved::AUDIT_READ];
+}
+
+/// Whether `effective` holds every scope named; false when the catalog
+/// lacks one of them.
+pub(crate) fn holds(catalog: &Catalog, effective: &ScopeSet, names: &[&str]) -> bool {
+    catalog
+        .scope_set(names)
+        .is_some_and(|s| s.difference(effective).is_empty())
+}
 
 /// What is to be decided for a key.
 pub(crate) enum Question<'a> {

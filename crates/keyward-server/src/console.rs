@@ -16,11 +16,13 @@
 //!   (`Cache-Control: no-store`) and guarded by a one-use form nonce, so a
 //!   reload or the back button can never show it again.
 
+use crate::auth::{Anyone, AuditRead, GroupsRead, GroupsWrite, KeysRead, KeysWrite, Need, holds};
 use crate::body::Body;
+use crate::error::ApiError;
 use crate::state::State;
+use crate::web::{Answer, Reply as Page, ctx, reply};
 use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request as AxRequest};
-use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use http::header::{
     CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, RETRY_AFTER, SET_COOKIE,
@@ -36,7 +38,6 @@ use keyward_app::{AuditQuery, KeyFilter};
 use keyward_core::catalog::reserved;
 use keyward_core::{Environment, GrantRequest};
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 type Shared = Arc<State>;
@@ -87,17 +88,6 @@ pub(crate) fn router() -> axum::Router<Shared> {
 
 // ---- responses ----------------------------------------------------------
 
-/// A console response in keyward's body type.
-pub(crate) struct Page(Box<Response<Body>>);
-
-impl IntoResponse for Page {
-    fn into_response(self) -> axum::response::Response {
-        (*self.0).map(axum::body::Body::new)
-    }
-}
-
-type Answer = Result<Page, Page>;
-
 fn page_of(status: StatusCode, html: String) -> Page {
     let mut res = Response::new(Body::full(html));
     *res.status_mut() = status;
@@ -124,7 +114,7 @@ fn page_of(status: StatusCode, html: String) -> Page {
         http::header::HeaderName::from_static("referrer-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    Page(Box::new(res))
+    reply(res)
 }
 
 fn render(status: StatusCode, t: &impl Template) -> Page {
@@ -148,7 +138,7 @@ fn redirect(to: &str) -> Page {
     }
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Page(Box::new(res))
+    reply(res)
 }
 
 fn asset(text: &'static str, content_type: &'static str) -> Page {
@@ -161,7 +151,7 @@ fn asset(text: &'static str, content_type: &'static str) -> Page {
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );
-    Page(Box::new(res))
+    reply(res)
 }
 
 #[derive(Template)]
@@ -192,26 +182,29 @@ fn error_page(chrome: Option<Chrome>, status: StatusCode, message: String, back:
     )
 }
 
-/// An app error as a page, in words.
+/// An app error as a page, in words, with the status the admin API gives
+/// the same error (one mapping, `ApiError::from`, for both rooms).
 fn app_error(chrome: Option<Chrome>, e: AppError, back: &str) -> Page {
-    let status = match &e {
-        AppError::NotFound { .. } => StatusCode::NOT_FOUND,
-        AppError::Escalation { .. } => StatusCode::FORBIDDEN,
-        AppError::Conflict(_) => StatusCode::CONFLICT,
-        AppError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-        AppError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        AppError::Store(_) | AppError::Rng(_) | AppError::Catalog(_) => {
-            tracing::error!(error = %e, "console request failed");
-            return error_page(
-                chrome,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "keyward could not complete this request; nothing was changed that you were not shown. See the server log.".to_owned(),
-                back,
-            );
-        }
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    let (status, text, retry_after) = app_status(e);
+    let mut page = error_page(chrome, status, text, back);
+    if let Some(s) = retry_after {
+        page.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    page
+}
+
+/// The status, the sentence to show and the `Retry-After` of an app error,
+/// as the admin API maps it. Internal failures are not described beyond
+/// what the API says of them.
+fn app_status(e: AppError) -> (StatusCode, String, Option<u64>) {
+    let words = sentence(&e.to_string());
+    let api = ApiError::from(e);
+    let text = match api.status {
+        StatusCode::INTERNAL_SERVER_ERROR => "keyward could not complete this request; nothing was changed that you were not shown. See the server log.".to_owned(),
+        s if s.is_server_error() => sentence(&api.message),
+        _ => words,
     };
-    error_page(chrome, status, sentence(&e.to_string()), back)
+    (api.status, text, api.retry_after)
 }
 
 /// `name: must not be empty` → `Name: must not be empty.`
@@ -225,25 +218,6 @@ fn sentence(text: &str) -> String {
 }
 
 // ---- request plumbing ---------------------------------------------------
-
-#[derive(Clone)]
-struct Ctx {
-    client: crate::web::Client,
-    request_id: Option<String>,
-}
-
-fn ctx(parts: &Parts) -> Ctx {
-    match parts.extensions.get::<crate::web::Ctx>() {
-        Some(c) => Ctx {
-            client: c.client.clone(),
-            request_id: c.request_id.to_str().ok().map(str::to_owned),
-        },
-        None => Ctx {
-            client: crate::web::Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
-            request_id: None,
-        },
-    }
-}
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
@@ -388,31 +362,6 @@ pub(crate) struct Chrome {
     can_audit: bool,
 }
 
-/// Scopes a page needs, as a type.
-trait Need: Send + Sync + 'static {
-    const SCOPES: &'static [&'static str];
-    const SECTION: &'static str;
-}
-
-macro_rules! need {
-    ($($name:ident => $section:literal [$($scope:expr),*];)*) => {$(
-        struct $name;
-        impl Need for $name {
-            const SCOPES: &'static [&'static str] = &[$($scope),*];
-            const SECTION: &'static str = $section;
-        }
-    )*};
-}
-
-need! {
-    Anyone => "" [];
-    KeysRead => "keys" [reserved::API_KEYS_READ];
-    KeysWrite => "keys" [reserved::API_KEYS_WRITE];
-    GroupsRead => "groups" [reserved::GROUPS_READ];
-    GroupsWrite => "groups" [reserved::GROUPS_WRITE];
-    AuditRead => "audit" [reserved::AUDIT_READ];
-}
-
 /// A signed-in user holding the scopes of `N`; otherwise a redirect to the
 /// sign-in page (or to the password page while a one-time password is in
 /// use), or a page saying which permissions are missing.
@@ -425,11 +374,7 @@ struct Signed<N: Need> {
 
 impl<N: Need> Signed<N> {
     fn holds(&self, scopes: &[&str], state: &State) -> bool {
-        state
-            .app
-            .catalog()
-            .scope_set(scopes)
-            .is_some_and(|s| s.difference(&self.actor.effective).is_empty())
+        holds(state.app.catalog(), &self.actor.effective, scopes)
     }
 }
 
@@ -454,15 +399,9 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
         let actor = state.app.user_actor(
             &session.user,
             Some(ctx.client.ip_text().to_owned()),
-            ctx.request_id.clone(),
+            ctx.request_id_text(),
         );
-        let holds = |names: &[&str]| {
-            state
-                .app
-                .catalog()
-                .scope_set(names)
-                .is_some_and(|s| s.difference(&actor.effective).is_empty())
-        };
+        let holds = |names: &[&str]| holds(state.app.catalog(), &actor.effective, names);
         let chrome = Chrome {
             email: session.user.email.clone(),
             org: session.org.name.clone(),
@@ -552,7 +491,7 @@ async fn sign_in(
             &email,
             form.get("password"),
             &client,
-            ctx.request_id.clone(),
+            ctx.request_id_text(),
         )
         .await;
     match result {
@@ -566,39 +505,30 @@ async fn sign_in(
             if let Some(c) =
                 session_cookie(&signed.token, max_age, !is_loopback_host(&parts.headers))
             {
-                page.0.headers_mut().insert(SET_COOKIE, c);
+                page.headers_mut().insert(SET_COOKIE, c);
             }
             page
         }
         Err(e @ (AppError::SignInFailed | AppError::Throttled { .. } | AppError::Busy { .. })) => {
-            let (status, retry_after) = match e {
-                AppError::Throttled {
-                    retry_after_s,
-                    ref record,
-                } => {
-                    if let Some(entry) = record {
-                        state.anonymous.note((**entry).clone(), state.app.now());
-                    }
-                    (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_s))
-                }
-                AppError::Busy { retry_after_s } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after_s))
-                }
-                _ => (StatusCode::UNAUTHORIZED, None),
-            };
+            if let AppError::Throttled {
+                record: Some(entry),
+                ..
+            } = &e
+            {
+                state.anonymous.note((**entry).clone(), state.app.now());
+            }
+            let (status, error, retry_after) = app_status(e);
             let mut page = render(
                 status,
                 &SignInPage {
                     chrome: None,
-                    error: Some(sentence(&e.to_string())),
+                    error: Some(error),
                     email,
                     org,
                 },
             );
             if let Some(s) = retry_after {
-                page.0
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(s));
+                page.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
             }
             page
         }
@@ -620,7 +550,7 @@ async fn sign_out(
         .map_err(|e| app_error(Some(who.chrome.clone()), e, "/console"))?;
     let mut page = redirect("/console/sign-in");
     if let Some(c) = session_cookie("", 0, !is_loopback_host(&parts.headers)) {
-        page.0.headers_mut().insert(SET_COOKIE, c);
+        page.headers_mut().insert(SET_COOKIE, c);
     }
     Ok(page)
 }
@@ -1087,12 +1017,8 @@ async fn create_key(
             | AppError::BroadAccessUnacknowledged { .. }
             | AppError::Escalation { .. }),
         ) => {
-            let status = if matches!(e, AppError::Escalation { .. }) {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            Err(refuse(sentence(&e.to_string()), status).await)
+            let (status, message, _) = app_status(e);
+            Err(refuse(message, status).await)
         }
         Err(e) => Err(app_error(Some(who.chrome.clone()), e, "/console/keys")),
     }
@@ -1314,15 +1240,8 @@ async fn roll_key(
             },
         )),
         Err(e @ (AppError::Conflict(_) | AppError::Escalation { .. })) => {
-            key_detail(
-                &state,
-                &who,
-                &id,
-                None,
-                Some(sentence(&e.to_string())),
-                StatusCode::CONFLICT,
-            )
-            .await
+            let (status, message, _) = app_status(e);
+            key_detail(&state, &who, &id, None, Some(message), status).await
         }
         Err(e) => Err(app_error(Some(who.chrome.clone()), e, "/console/keys")),
     }
@@ -1489,16 +1408,8 @@ async fn set_member(
             if member { "added" } else { "removed" }
         ))),
         Err(e @ AppError::Escalation { .. }) => {
-            group_detail(
-                state,
-                who,
-                group,
-                "users",
-                None,
-                Some(sentence(&e.to_string())),
-                StatusCode::FORBIDDEN,
-            )
-            .await
+            let (status, message, _) = app_status(e);
+            group_detail(state, who, group, "users", None, Some(message), status).await
         }
         Err(e) => Err(app_error(Some(who.chrome.clone()), e, "/console/groups")),
     }

@@ -148,6 +148,13 @@ pub(crate) struct Ctx {
     pub(crate) request_id: HeaderValue,
 }
 
+impl Ctx {
+    /// keyward's request id as text, for audit records.
+    pub(crate) fn request_id_text(&self) -> Option<String> {
+        self.request_id.to_str().ok().map(str::to_owned)
+    }
+}
+
 pub(crate) fn ctx(parts: &Parts) -> Ctx {
     parts
         .extensions
@@ -168,6 +175,11 @@ pub(crate) fn reply(res: Response<Body>) -> Reply {
 }
 
 impl Reply {
+    /// Its headers, to add a cookie or `Retry-After`.
+    pub(crate) fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        self.0.headers_mut()
+    }
+
     /// The status it answers with.
     pub(crate) fn status(&self) -> StatusCode {
         self.0.status()
