@@ -1,7 +1,7 @@
 //! keyward's HTTP server: the gateway in front of an upstream API, the verify
 //! service, and the operations endpoints (`/healthz`, `/metrics`).
 //!
-//! Every key lives in an in-memory [`Snapshot`] that follows the store's
+//! Every key lives in an in-memory [`keyward_app::Snapshot`] that follows the store's
 //! change log, so deciding a request reads no database. Writes that must
 //! happen (audit records of write requests and 403s, last-use times) go
 //! through the app layer: audit records by group commit before the response,

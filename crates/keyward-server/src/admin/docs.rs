@@ -1,0 +1,154 @@
+//! The OpenAPI document's frame, its error shape, and the documentation of
+//! the endpoints served by hand ([`crate::own`], [`crate::verify`]).
+
+use keyward_app::views::KeyView;
+use serde::Deserialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keyward",
+        description = "Scoped API keys: the admin API, the verify service and operations endpoints. Errors use one shape: `{\"errors\": [{\"code\", \"message\", \"details\"}]}`."
+    ),
+    paths(doc_verify, doc_whoami, doc_healthz, doc_metrics),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub(super) struct ApiDoc;
+
+pub(super) struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every error: `{"errors": [{"code", "message", "details"}]}`.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: errors are built by ApiError")]
+pub(super) struct ErrorDoc {
+    errors: Vec<ErrorItemDoc>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
+pub(super) struct ErrorItemDoc {
+    /// `UNAUTHORIZED`, `FORBIDDEN`, `NOT_FOUND`, `VALIDATION_FAILED`, …
+    code: String,
+    /// What went wrong, for people.
+    message: String,
+    /// Machine-readable specifics (`required`, `available`, `field`, …).
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
+}
+
+/// `POST /v1/verify` body: either `method` and `path`, or `scopes`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs parses the body")]
+#[serde(untagged)]
+pub(super) enum VerifyRequestDoc {
+    Route(VerifyRouteDoc),
+    Scopes(VerifyScopesDoc),
+}
+
+/// Would this key be allowed this request?
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyRouteDoc {
+    /// The key to check.
+    key: String,
+    /// HTTP method of the request to check.
+    method: String,
+    /// Path of the request to check, with or without the gateway prefix.
+    #[schema(pattern = "^/")]
+    path: String,
+}
+
+/// Does this key hold these scopes?
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code, reason = "documentation only")]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyScopesDoc {
+    /// The key to check.
+    key: String,
+    /// Scopes to check.
+    #[schema(min_items = 1)]
+    scopes: Vec<String>,
+}
+
+/// `POST /v1/verify` answer, for any key, valid or not.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs renders the answer")]
+pub(super) struct VerifyResponseDoc {
+    valid: bool,
+    allowed: bool,
+    key_id: Option<String>,
+    org_id: Option<String>,
+    /// Effective scopes of a valid key.
+    scopes: Vec<String>,
+    required: Vec<String>,
+    missing: Vec<String>,
+    /// `allowed`, `missing_scopes`, `no_route`, `revoked`, `expired`, `unknown`, …
+    reason: String,
+}
+
+/// Health of this node.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "documentation only: own.rs renders it")]
+pub(super) struct HealthDoc {
+    /// `ok` or `stale`.
+    status: String,
+    /// `reachable` or `unreachable`.
+    database: String,
+    database_error: Option<String>,
+    /// Keys, change-log version, age.
+    #[schema(value_type = Object)]
+    snapshot: serde_json::Value,
+    upstream: Option<String>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/verify", tag = "verify",
+    request_body = VerifyRequestDoc,
+    responses(
+        (status = 200, description = "The decision", body = VerifyResponseDoc),
+        (status = "default", description = "Error (the caller needs `keyward-api-keys:verify`)", body = ErrorDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's verify")]
+pub(super) fn doc_verify() {}
+
+#[utoipa::path(
+    get, path = "/v1/whoami", tag = "verify",
+    responses(
+        (status = 200, description = "The calling key", body = KeyView),
+        (status = "default", description = "Error", body = ErrorDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's whoami")]
+pub(super) fn doc_whoami() {}
+
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Healthy", body = HealthDoc),
+        (status = 503, description = "Stale: the database has not been reached for too long", body = HealthDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of own.rs's healthz")]
+pub(super) fn doc_healthz() {}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
+#[allow(dead_code, reason = "documentation of own.rs's metrics")]
+pub(super) fn doc_metrics() {}
