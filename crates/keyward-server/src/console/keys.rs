@@ -1,7 +1,7 @@
 //! The keys pages: list, create, show, revoke, roll.
 
 use super::page::{
-    Chrome, Form, KeyRow, Shared, Signed, app_error, app_status, csrf_ok, error_page, key_row,
+    Chrome, Form, Ids, KeyRow, Shared, Signed, app_error, app_status, csrf_ok, error_page, key_row,
     redirect, render, sentence,
 };
 use crate::auth::{KeysRead, KeysWrite, Need};
@@ -37,7 +37,7 @@ pub(super) async fn keys_page(
     who: Signed<KeysRead>,
     parts: Parts,
 ) -> Answer {
-    let query = Form::query(&parts);
+    let query = Form::query(&parts)?;
     let q = |name: &str| query.get(name).to_owned();
     let (status, unused_for, before) = (q("status"), q("unused_for"), q("before"));
     let now = state.app.now();
@@ -429,10 +429,10 @@ struct KeyPage {
 pub(super) async fn key_page(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<KeysRead>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Ids(id): Ids<String>,
     parts: Parts,
 ) -> Answer {
-    let flash = match Form::query(&parts).get("done") {
+    let flash = match Form::query(&parts)?.get("done") {
         "revoked" => {
             Some("The key was revoked. Requests using it are refused from now on.".to_owned())
         }
@@ -552,7 +552,7 @@ async fn key_detail<N: Need>(
 pub(super) async fn revoke_key(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<KeysWrite>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Ids(id): Ids<String>,
     form: Form,
 ) -> Answer {
     csrf_ok(&who, &form)?;
@@ -570,7 +570,7 @@ pub(super) async fn revoke_key(
 pub(super) async fn roll_key(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<KeysWrite>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Ids(id): Ids<String>,
     form: Form,
 ) -> Answer {
     fresh_key_form(&state, &who, &form).await?;

@@ -242,9 +242,28 @@ impl Form {
         )
     }
 
-    /// The query string of a `GET`, read like a form.
-    pub(super) fn query(parts: &Parts) -> Self {
-        Form::parse(parts.uri.query().unwrap_or("").as_bytes())
+    /// The query string of a `GET`, read like a form; refused like a form
+    /// body when a field holds a NUL.
+    pub(super) fn query(parts: &Parts) -> Result<Self, Page> {
+        Form::parse(parts.uri.query().unwrap_or("").as_bytes()).without_nul()
+    }
+
+    /// The form, or a 400 page when a field holds a NUL: no field of any
+    /// form can, and PostgreSQL text cannot store one.
+    fn without_nul(self) -> Result<Self, Page> {
+        if self
+            .0
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(error_page(
+                None,
+                StatusCode::BAD_REQUEST,
+                "The form contains a NUL character, which no field accepts.".to_owned(),
+                "/console",
+            ));
+        }
+        Ok(self)
     }
 
     pub(super) fn get(&self, name: &str) -> &str {
@@ -278,21 +297,34 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                     "/console",
                 )
             })?;
-        let form = Form::parse(&bytes);
-        // No field of any form can hold a NUL, and PostgreSQL text cannot.
-        if form
-            .0
-            .iter()
-            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            return Err(error_page(
+        Form::parse(&bytes).without_nul()
+    }
+}
+
+/// Path parameters of a page, decoded. A NUL (which no id holds, and
+/// PostgreSQL text cannot store) or an undecodable parameter is a 400 page,
+/// as the admin API's `PathArgs` is a 400 error.
+pub(super) struct Ids<T>(pub(super) T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Ids<T> {
+    type Rejection = Page;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Page> {
+        let refused = |what: &str| {
+            error_page(
                 None,
                 StatusCode::BAD_REQUEST,
-                "The form contains a NUL character, which no field accepts.".to_owned(),
+                format!("The address {what}."),
                 "/console",
-            ));
+            )
+        };
+        if crate::web::has_encoded_nul(parts.uri.path()) {
+            return Err(refused("contains a NUL character"));
         }
-        Ok(form)
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Ids(v)),
+            Err(_) => Err(refused("is not valid")),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The groups pages (members and keys) and the audit log.
 
 use super::page::{
-    Chrome, Form, KeyRow, Shared, Signed, app_error, app_status, csrf_ok, error_page, key_row,
+    Chrome, Form, Ids, KeyRow, Shared, Signed, app_error, app_status, csrf_ok, error_page, key_row,
     redirect, render,
 };
 use crate::auth::{AuditRead, GroupsRead, GroupsWrite, KeysRead, Need};
@@ -77,10 +77,10 @@ struct GroupPage {
 pub(super) async fn group_page(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<GroupsRead>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Ids(id): Ids<String>,
     parts: Parts,
 ) -> Answer {
-    let query = Form::query(&parts);
+    let query = Form::query(&parts)?;
     let tab = if query.get("tab") == "api-keys" {
         "api-keys"
     } else {
@@ -187,7 +187,7 @@ async fn set_member(
 pub(super) async fn add_member(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<GroupsWrite>,
-    axum::extract::Path(group): axum::extract::Path<String>,
+    Ids(group): Ids<String>,
     form: Form,
 ) -> Answer {
     csrf_ok(&who, &form)?;
@@ -197,7 +197,7 @@ pub(super) async fn add_member(
 pub(super) async fn remove_member(
     axum::extract::State(state): axum::extract::State<Shared>,
     who: Signed<GroupsWrite>,
-    axum::extract::Path((group, user)): axum::extract::Path<(String, String)>,
+    Ids((group, user)): Ids<(String, String)>,
     form: Form,
 ) -> Answer {
     csrf_ok(&who, &form)?;
@@ -245,7 +245,7 @@ pub(super) async fn audit_page(
     parts: Parts,
 ) -> Answer {
     let chrome = Some(who.chrome.clone());
-    let query = Form::query(&parts);
+    let query = Form::query(&parts)?;
     let pairs = &query.0;
     let get = |name: &str| query.get(name).trim().to_owned();
     let q = AuditFilters {

@@ -538,3 +538,63 @@ fn broad_access_without_javascript() {
     assert_eq!(r.status, 201);
     assert!(text(&r).contains("Broad access: 11 write-capable permission sets"));
 }
+
+/// A NUL in a page's address (path or query) is a 400 page on both
+/// backends, as in a form: PostgreSQL text cannot hold one, so it must never
+/// reach the store (where it was a 500).
+#[test]
+fn console_refuses_nul_in_addresses_on_both_backends() {
+    let mut nodes = vec![Kw::new()];
+    nodes.extend(Kw::postgres("console_nul"));
+    for kw in &nodes {
+        let password = first_start(kw);
+        let server = kw.serve(&[]);
+        let mut v = Visitor::new(&server);
+        see_other(
+            &v.post(
+                "/console/sign-in",
+                &[("email", "owner"), ("password", &password)],
+            ),
+            "/console/password",
+        );
+        let csrf = field(&text(&v.get("/console/password")), "csrf");
+        see_other(
+            &v.post(
+                "/console/password",
+                &[
+                    ("csrf", &csrf),
+                    ("current_password", &password),
+                    ("new_password", "the owner's long password"),
+                ],
+            ),
+            "/console/keys",
+        );
+        for path in [
+            "/console/keys/key_a%00b",
+            "/console/keys/%00",
+            "/console/groups/administrators%00",
+            "/console/groups/a%00?tab=users",
+            "/console/audit?key_id=a%00",
+            "/console/audit?actor=%00&action=key.created",
+            "/console/keys?status=%00",
+            "/console/keys?before=a%00b",
+            "/console/groups/administrators?tab=users&done=%00",
+        ] {
+            let r = v.get(path);
+            assert_eq!(r.status, 400, "{path}: {}", text(&r));
+            assert!(text(&r).contains("NUL"), "{path}");
+        }
+        let csrf = field(&text(&v.get("/console/keys")), "csrf");
+        for path in [
+            "/console/keys/key_a%00/revoke",
+            "/console/keys/key_a%00/roll",
+            "/console/groups/a%00/users",
+            "/console/groups/administrators/users/usr_%00/remove",
+        ] {
+            let r = v.post(path, &[("csrf", &csrf)]);
+            assert_eq!(r.status, 400, "{path}: {}", text(&r));
+        }
+        // The same ids without the NUL are simply not found.
+        assert_eq!(v.get("/console/keys/key_ab").status, 404);
+    }
+}
