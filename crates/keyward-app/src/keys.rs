@@ -101,6 +101,7 @@ impl<S: Store> App<S> {
             status,
             required,
             details: json!({"name": name, "error": error.to_string()}),
+            ..Refusal::default()
         };
         if let Err(lacking) = check_no_escalation(actor.effective, resolved.effective) {
             let lacking = names(&self.catalog, lacking);
@@ -233,6 +234,7 @@ impl<S: Store> App<S> {
             status,
             required,
             details: json!({"error": error.to_string()}),
+            ..Refusal::default()
         };
         let stale = if old.revoked_at.is_some() {
             Some("is revoked")

@@ -20,7 +20,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod views;
 
-pub use audit::{BrokenLink, ChainReport};
+pub use audit::{BrokenLink, ChainReport, Refusal, RequestFacts, push_json_str, request_entry};
 pub use error::AppError;
 pub use keys::{CreateKey, ExplainSubject, Explanation, ImportReport, filter_status};
 pub use legacy::{LegacyEntry, parse_legacy_file};

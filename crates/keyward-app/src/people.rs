@@ -9,7 +9,7 @@
 //! creating a key or by adding someone to a group.
 
 use crate::views::{KeyView, human_time, names, ser_time};
-use crate::{Actor, App, AppError};
+use crate::{Actor, App, AppError, Refusal};
 use keyward_core::ScopeSet;
 use keyward_core::check_no_escalation;
 use keyward_store::{ADMINISTRATORS, AuditQuery, KeyFilter, Org, Store, StoreError, UserRecord};
@@ -319,12 +319,13 @@ impl<S: Store> App<S> {
         details: serde_json::Value,
     ) -> AppError {
         let lacking = names(&self.catalog, lacking);
-        let refusal = crate::audit::Refusal {
+        let refusal = Refusal {
             action,
             key_id: None,
             status: 403,
             required: lacking.clone(),
             details,
+            ..Refusal::default()
         };
         self.refuse(actor, org, refusal, AppError::Escalation { lacking })
             .await

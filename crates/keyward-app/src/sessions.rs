@@ -198,6 +198,7 @@ impl<S: Store> App<S> {
                 status: 401,
                 required: Vec::new(),
                 details: json!({"email": email, "reason": reason}),
+                ..Refusal::default()
             };
             return Err(self.refuse(&actor, &org, refusal, sign_in_failed()).await);
         };
@@ -315,6 +316,7 @@ impl<S: Store> App<S> {
                 status: 422,
                 required: Vec::new(),
                 details: json!({"user_id": session.user.id, "reason": "wrong_password"}),
+                ..Refusal::default()
             };
             let error = AppError::validation("current_password", "is not the current password");
             return Err(self.refuse(actor, &session.org, refusal, error).await);

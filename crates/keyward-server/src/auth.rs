@@ -6,11 +6,11 @@
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::state::State;
-use crate::web::{Client, push_json_str};
+use crate::web::Client;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use keyward_app::KeyEntry;
+use keyward_app::{KeyEntry, RequestFacts, request_entry};
 use keyward_core::audit::AuditEntry;
 use keyward_core::catalog::reserved;
 use keyward_core::{AuthFailure, Catalog, Decision, KeyAccess, Outcome, ScopeSet, key, text};
@@ -206,44 +206,20 @@ impl Exchange<'_> {
         required: Vec<String>,
         reason: &str,
     ) -> AuditEntry {
-        // Built without `format!` or a JSON value: this runs for every write
-        // and every 403, and the formatting machinery was a third of it.
-        AuditEntry {
-            at_ms: 0,
-            org_id: self
-                .key
-                .map_or(state_default_org, |k| &*k.org_id)
-                .to_owned(),
-            actor: self.key.map_or_else(
-                || keyward_core::audit::actor::ANONYMOUS.to_owned(),
-                |k| keyward_core::audit::actor::key(&k.key_id),
-            ),
-            action: "gateway.request".to_owned(),
-            key_id: self.key.map(|k| String::from(&*k.key_id)),
-            method: Some(self.method.as_str().to_owned()),
-            path: Some(text::recorded_path(self.path, key_prefix).into_owned()),
-            status: Some(status),
+        let facts = RequestFacts {
+            org_id: self.key.map_or(state_default_org, |k| &*k.org_id),
+            key_id: self.key.map(|k| &*k.key_id),
+            method: self.method.as_str(),
+            path: self.path,
+            client: self.client.ip_text(),
+            request_id: self.request_id.to_str().ok(),
+            client_request_id: self.client_request_id.and_then(|v| v.to_str().ok()),
+            status,
             required,
-            client: Some(self.client.ip_text().to_owned()),
-            request_id: self.request_id.to_str().ok().map(str::to_owned),
-            details: reason_details(reason, self.client_request_id.and_then(|v| v.to_str().ok())),
-        }
+            reason,
+        };
+        request_entry(facts, key_prefix)
     }
-}
-
-/// `{"reason":…}` (and the client's request id, if it sent a clean one),
-/// the audit record's details for a gateway request.
-fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {
-    let mut out = Vec::with_capacity(12 + reason.len());
-    out.extend_from_slice(b"{\"reason\":");
-    push_json_str(&mut out, reason);
-    if let Some(id) = client_request_id {
-        out.extend_from_slice(b",\"client_request_id\":");
-        push_json_str(&mut out, id);
-    }
-    out.push(b'}');
-    // Always UTF-8: `reason` is, and the rest is ASCII.
-    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Answers a refusal; audits it first when `audited`.
@@ -427,25 +403,4 @@ pub(crate) async fn require(
     let names = missing.iter().map(|s| (*s).to_owned()).collect();
     let e = ApiError::forbidden(missing, catalog.names(held.granted));
     Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reason_details;
-
-    #[test]
-    fn details_are_the_json_of_the_reason() {
-        for reason in ["allowed", "missing_scopes", "a \"quoted\"\\ reason\n", ""] {
-            assert_eq!(
-                reason_details(reason, None),
-                serde_json::json!({ "reason": reason }).to_string()
-            );
-            let with_id: serde_json::Value =
-                serde_json::from_str(&reason_details(reason, Some("abc-1"))).expect("JSON");
-            assert_eq!(
-                with_id,
-                serde_json::json!({ "reason": reason, "client_request_id": "abc-1" })
-            );
-        }
-    }
 }

@@ -15,6 +15,8 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+/// JSON strings written by hand (verify's answer) escape as audit details do.
+pub(crate) use keyward_app::push_json_str;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -94,19 +96,6 @@ pub(crate) fn method_not_allowed(
         res.headers_mut().insert(ALLOW, v);
     }
     res
-}
-
-/// A JSON string. Names and ids need no escaping and are copied as they are;
-/// anything else goes through serde_json, so escaping has one definition.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        // Writing to a Vec cannot fail; keep the document well formed anyway.
-        out.extend_from_slice(b"null");
-    }
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].

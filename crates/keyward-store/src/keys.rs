@@ -233,7 +233,9 @@ macro_rules! keys_impl {
                     .zip(&done)
                     .filter_map(|(k, d)| d.then(|| $crate::rows::NewChange::created(k)))
                     .collect();
-                log_changes(&mut tx, &changes).await?;
+                if !changes.is_empty() {
+                    log_changes(&mut tx, &changes).await?;
+                }
                 let to_audit: Vec<&keyward_core::audit::AuditEntry> = done
                     .iter()
                     .zip(audits)

@@ -171,12 +171,9 @@ async fn insert_keys_tx(
     Ok(inserted)
 }
 
-/// Appends `changes` to the change log, numbered in order, and notifies
-/// listeners once.
+/// Appends `changes` (at least one) to the change log, numbered in
+/// order, and notifies listeners once.
 async fn log_changes(conn: &mut PgConnection, changes: &[NewChange<'_>]) -> Result<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
     let versions = PgStore::reserve_versions(conn, changes.len()).await?;
     sqlx::query(
         "INSERT INTO changes (version, org_id, key_id, kind, at) \

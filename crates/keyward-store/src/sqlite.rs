@@ -171,12 +171,9 @@ async fn append_audit_tx(conn: &mut SqliteConnection, entries: &[&AuditEntry]) -
     Ok(seqs)
 }
 
-/// Appends `changes` to the change log, numbered in order. Caller holds
-/// the write lock.
+/// Appends `changes` (at least one) to the change log, numbered in
+/// order. Caller holds the write lock.
 async fn log_changes(conn: &mut SqliteConnection, changes: &[NewChange<'_>]) -> Result<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
     let versions = SqliteStore::reserve_versions(conn, changes.len()).await?;
     for (version, c) in versions.zip(changes) {
         sqlx::query(

@@ -8,9 +8,9 @@ use crate::state::State;
 use crate::web::{Answer, JsonBody, OptionalJsonBody, PathArgs, QueryArgs, fail, ok, reply};
 use http::header::{ALLOW, HeaderValue};
 use http::{Method, StatusCode};
-use keyward_app::CreateKey;
 use keyward_app::KeyFilter;
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
+use keyward_app::{CreateKey, Refusal};
 use keyward_core::{Environment, GrantRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -273,26 +273,17 @@ async fn key_immutable(
     } else {
         "API keys cannot be edited: create a new key with the access you need, then revoke this one"
     };
-    let mut entry = keyward_core::audit::AuditEntry {
-        org_id: who.org.id.clone(),
-        actor: who.actor.id.clone(),
-        action: "key.edit_refused".to_owned(),
-        // Both are client text: bounded, keys redacted.
-        key_id: Some(
-            keyward_core::text::recorded_path(&id, state.app.catalog().key_prefix()).into_owned(),
-        ),
-        method: Some(method.to_string()),
-        path: Some(
-            keyward_core::text::recorded_path(uri.path(), state.app.catalog().key_prefix())
-                .into_owned(),
-        ),
-        status: Some(405),
-        client: who.actor.client.clone(),
-        request_id: who.actor.request_id.clone(),
-        details: "{}".to_owned(),
-        ..keyward_core::audit::AuditEntry::default()
+    let refusal = Refusal {
+        action: "key.edit_refused",
+        key_id: Some(&id),
+        status: 405,
+        details: serde_json::json!({}),
+        method: Some(method.as_str()),
+        path: Some(uri.path()),
+        ..Refusal::default()
     };
-    entry.at_ms = state.app.now();
+    // Through the group commit, like the gateway's records.
+    let entry = state.app.refusal(&who.actor, &who.org, refusal);
     if state.record(entry).await.is_err() {
         return Err(fail(
             ApiError::new(

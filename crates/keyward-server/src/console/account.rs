@@ -103,7 +103,7 @@ pub(super) async fn sign_out(
     parts: Parts,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
+    csrf_ok(&state, &who, &form).await?;
     state
         .app
         .sign_out(&who.session, &who.actor)
@@ -149,7 +149,7 @@ pub(super) async fn change_password(
     who: Signed<Anyone>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
+    csrf_ok(&state, &who, &form).await?;
     match state
         .app
         .change_password(

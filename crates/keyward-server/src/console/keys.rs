@@ -275,7 +275,7 @@ struct CreatedPage {
 /// a nonce used for the first time. A second submission gets a page saying
 /// why no key is shown.
 async fn fresh_key_form(state: &State, who: &Signed<KeysWrite>, form: &Form) -> Result<(), Page> {
-    csrf_ok(who, form)?;
+    csrf_ok(state, who, form).await?;
     let used = state
         .app
         .use_form_nonce(&who.session, form.get("nonce"))
@@ -555,7 +555,7 @@ pub(super) async fn revoke_key(
     Ids(id): Ids<String>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
+    csrf_ok(&state, &who, &form).await?;
     let (_, outcome) = state
         .app
         .revoke_key(&who.actor, &who.session.org, &id)

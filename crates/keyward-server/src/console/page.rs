@@ -16,7 +16,7 @@ use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use keyward_app::sessions::Session;
 use keyward_app::views::{KeyView, human_time};
-use keyward_app::{Actor, AppError};
+use keyward_app::{Actor, AppError, Refusal};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -347,6 +347,8 @@ pub(super) struct Signed<N: Need> {
     pub(super) session: Session,
     pub(super) actor: Actor,
     pub(super) chrome: Chrome,
+    /// The request's method and path, for the record of a refusal.
+    pub(super) asked: (http::Method, String),
     pub(super) _need: PhantomData<N>,
 }
 
@@ -395,6 +397,15 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
         }
         if !holds(N::SCOPES) {
             let missing: Vec<&str> = N::SCOPES.to_vec();
+            if !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+                let lacking = N::SCOPES
+                    .iter()
+                    .filter(|s| !holds(&[**s]))
+                    .map(|s| (*s).to_owned())
+                    .collect();
+                let asked = (parts.method.clone(), parts.uri.path().to_owned());
+                record_refusal(state, &actor, &session, &asked, lacking, "missing_scopes").await?;
+            }
             return Err(error_page(
                 Some(chrome),
                 StatusCode::FORBIDDEN,
@@ -409,25 +420,73 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
             session,
             actor,
             chrome,
+            asked: (parts.method.clone(), parts.uri.path().to_owned()),
             _need: PhantomData,
         })
     }
 }
 
-/// Checks the form's CSRF token against the session's.
-pub(super) fn csrf_ok<N: Need>(who: &Signed<N>, form: &Form) -> Result<(), Page> {
+/// Checks the form's CSRF token against the session's; a stale or forged
+/// form is a refused write, recorded like one.
+pub(super) async fn csrf_ok<N: Need>(
+    state: &State,
+    who: &Signed<N>,
+    form: &Form,
+) -> Result<(), Page> {
     use subtle::ConstantTimeEq;
     let expected = who.session.record.csrf.as_bytes();
     let got = form.get("csrf").as_bytes();
     if got.len() == expected.len() && bool::from(got.ct_eq(expected)) {
         return Ok(());
     }
+    record_refusal(
+        state,
+        &who.actor,
+        &who.session,
+        &who.asked,
+        Vec::new(),
+        "csrf",
+    )
+    .await?;
     Err(error_page(
         Some(who.chrome.clone()),
         StatusCode::FORBIDDEN,
         "This form is out of date or did not come from this console. Reload the page and try again.".to_owned(),
         "/console",
     ))
+}
+
+/// Records a console write refused before it reached a use case (missing
+/// scopes, a stale or forged form), as the admin API records its own:
+/// through the group commit. When the record cannot be written, the
+/// answer is a 503 page instead: a refusal is never silent.
+async fn record_refusal(
+    state: &State,
+    actor: &Actor,
+    session: &Session,
+    asked: &(http::Method, String),
+    required: Vec<String>,
+    reason: &str,
+) -> Result<(), Page> {
+    let refusal = Refusal {
+        action: "console.request_refused",
+        status: 403,
+        required,
+        details: serde_json::json!({ "reason": reason }),
+        method: Some(asked.0.as_str()),
+        path: Some(&asked.1),
+        ..Refusal::default()
+    };
+    let entry = state.app.refusal(actor, &session.org, refusal);
+    if state.record(entry).await.is_err() {
+        return Err(error_page(
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The refusal could not be recorded in the audit log; try again shortly.".to_owned(),
+            "/console",
+        ));
+    }
+    Ok(())
 }
 
 /// A key as one row of a table.

@@ -190,7 +190,7 @@ pub(super) async fn add_member(
     Ids(group): Ids<String>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
+    csrf_ok(&state, &who, &form).await?;
     set_member(&state, &who, &group, form.get("user"), true).await
 }
 
@@ -200,7 +200,7 @@ pub(super) async fn remove_member(
     Ids((group, user)): Ids<(String, String)>,
     form: Form,
 ) -> Answer {
-    csrf_ok(&who, &form)?;
+    csrf_ok(&state, &who, &form).await?;
     set_member(&state, &who, &group, &user, false).await
 }
 

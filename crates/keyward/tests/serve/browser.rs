@@ -112,6 +112,7 @@ fn gateway(server: &Server, path: &str, key: &str) -> u16 {
 
 #[test]
 fn the_console_in_a_real_browser() {
+    let _heavy = crate::harness::heavy();
     let (Some(chromium), Some(chromedriver)) = (
         find(&["chromium", "chromium-browser", "google-chrome"]),
         find(&["chromedriver"]),

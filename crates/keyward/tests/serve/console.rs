@@ -225,6 +225,25 @@ fn console_pages_without_a_browser() {
         ],
     );
     assert_eq!(r.status, 403);
+    // A forged form is a refused write, on record like the API's.
+    let refused = admin_audit(&server, &auditor, "console.request_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["details"]["reason"], "csrf");
+    assert_eq!(refused[0]["path"], "/console/password");
+    assert_eq!(refused[0]["method"], "POST");
+    // So is a wrong current password, whoever holds the session.
+    let r = v.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", "not the password at all"),
+            ("new_password", "a long enough password"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    let refused = admin_audit(&server, &auditor, "user.password_change_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["status"], 422);
     let r = v.post(
         "/console/password",
         &[
@@ -469,6 +488,29 @@ fn console_access_follows_groups() {
         assert_eq!(r.status, 403, "{path}");
         assert!(text(&r).contains("Ask an administrator"), "{path}");
     }
+    // A write he may not make is refused, and on record with what he lacks.
+    let csrf = field(&text(&v.get("/console/password")), "csrf");
+    let r = v.post("/console/keys", &[("csrf", &csrf), ("name", "mine")]);
+    assert_eq!(r.status, 403);
+    let r = v.post("/console/groups/administrators/users", &[("csrf", &csrf)]);
+    assert_eq!(r.status, 403);
+    let (_, auditor) = kw.key(&["--name", "auditor", "--scope", "keyward-audit:read"]);
+    let refused = admin_audit(&server, &auditor, "console.request_refused");
+    let mut lacking: Vec<String> = refused
+        .iter()
+        .map(|r| format!("{} {}", r["path"].as_str().unwrap(), r["required"]))
+        .collect();
+    lacking.sort();
+    assert_eq!(
+        lacking,
+        [
+            "/console/groups/administrators/users [\"keyward-groups:write\"]",
+            "/console/keys [\"keyward-api-keys:write\"]",
+        ]
+    );
+    assert!(refused.iter().all(|r| r["status"] == 403
+        && r["details"]["reason"] == "missing_scopes"
+        && r["actor"].as_str().unwrap().starts_with("user:")));
     // Throttling: five wrong passwords, then even the right one waits.
     let mut other = Visitor::new(&server);
     for _ in 0..5 {

@@ -590,3 +590,15 @@ pub const TRANSIT_BROAD_WRITE_SETS: [&str; 11] = [
     "drivers-delete",
     "vehicles-create",
 ];
+
+/// Taken by the tests whose timing the others would disturb: the node
+/// isolation tests (which measure how long writes wait, against 500 ms
+/// health thresholds) and the browser test (a Chromium beside them starves a
+/// 2-core machine). Held for the whole test; poisoning is ignored, since a
+/// failed test must not fail the next.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

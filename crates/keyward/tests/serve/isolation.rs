@@ -265,11 +265,22 @@ fn measure_b(
     latencies
 }
 
+/// Sets its flag when dropped: loader threads stop even when the scope's
+/// body panics (a failed assertion must fail the test, not hang it).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How long node A stays frozen or cut off, each time.
 const STALL: Duration = Duration::from_millis(2_500);
 
 #[test]
 fn a_stalled_node_never_stops_another_nodes_audited_writes() {
+    let _heavy = crate::harness::heavy();
     let Some(kw) = Kw::postgres("stalled_node") else {
         return;
     };
@@ -286,6 +297,7 @@ fn a_stalled_node_never_stops_another_nodes_audited_writes() {
     // catches it in the middle of an append as often as not.
     let stop = AtomicBool::new(false);
     let (during, a_acknowledged) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let loaders: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
@@ -373,6 +385,7 @@ fn a_stalled_node_never_stops_another_nodes_audited_writes() {
 /// audit records in: it loses races for the chain head, then takes it.
 #[test]
 fn a_distant_node_is_not_starved_of_the_chain_head() {
+    let _heavy = crate::harness::heavy();
     let Some(kw) = Kw::postgres("distant_node") else {
         return;
     };
@@ -385,6 +398,7 @@ fn a_distant_node_is_not_starved_of_the_chain_head() {
     proxy.slow();
     let stop = AtomicBool::new(false);
     let (near_ok, far_statuses) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let busy: Vec<_> = (0..6)
             .map(|_| {
                 s.spawn(|| {
@@ -425,6 +439,7 @@ fn a_distant_node_is_not_starved_of_the_chain_head() {
 
 #[test]
 fn a_cut_off_node_answers_on_time_and_forwards_no_write_it_cannot_audit() {
+    let _heavy = crate::harness::heavy();
     let Some(kw) = Kw::postgres("cut_off_node") else {
         return;
     };
@@ -450,6 +465,7 @@ fn a_cut_off_node_answers_on_time_and_forwards_no_write_it_cannot_audit() {
         let clients = 4;
         let (hits_at_fault, hits_after, slowest, statuses, unreachable_after) =
             std::thread::scope(|s| {
+                let _stop = StopOnDrop(&stop);
                 let writers: Vec<_> = (0..clients)
                     .map(|_| {
                         s.spawn(|| {
