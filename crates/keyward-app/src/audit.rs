@@ -97,6 +97,66 @@ pub fn request_entry(facts: RequestFacts<'_>, key_prefix: &str) -> AuditEntry {
     }
 }
 
+/// The record that ends an audit outage on a node (`node.audit_resumed`):
+/// when writes began failing, for how long, and how many writes the node
+/// refused meanwhile.
+#[must_use]
+pub fn audit_resumed_entry(
+    node: &str,
+    org_id: &str,
+    now: i64,
+    failing_since: i64,
+    refused_writes: u64,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms: now,
+        org_id: org_id.to_owned(),
+        actor: keyward_core::audit::actor::node(node),
+        action: "node.audit_resumed".to_owned(),
+        details: serde_json::json!({
+            "failing_since_ms": failing_since,
+            "failed_for_ms": now - failing_since,
+            "refused_writes": refused_writes,
+        })
+        .to_string(),
+        ..AuditEntry::default()
+    }
+}
+
+/// The one record of refusals counted rather than chained (anonymous
+/// requests, throttled sign-ins) for one client and minute: how many, and
+/// the first as a sample. An unauthenticated gateway request is recorded as
+/// `gateway.unauthenticated`; other counted refusals keep their action.
+#[must_use]
+pub fn tally_entry(
+    sample: AuditEntry,
+    client: Option<String>,
+    minute_start_ms: i64,
+    count: u64,
+    now: i64,
+) -> AuditEntry {
+    let action = if sample.action == "gateway.request" {
+        "gateway.unauthenticated".to_owned()
+    } else {
+        sample.action.clone()
+    };
+    let details: serde_json::Value = serde_json::from_str(&sample.details).unwrap_or_default();
+    AuditEntry {
+        at_ms: now,
+        actor: keyward_core::audit::actor::ANONYMOUS.to_owned(),
+        action,
+        key_id: None,
+        client,
+        details: serde_json::json!({
+            "count": count,
+            "minute_start_ms": minute_start_ms,
+            "sample": details,
+        })
+        .to_string(),
+        ..sample
+    }
+}
+
 /// `{"reason":…}` (and the client's request id, if it sent a clean one),
 /// the details of a request's record.
 fn reason_details(reason: &str, client_request_id: Option<&str>) -> String {

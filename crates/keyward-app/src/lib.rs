@@ -20,7 +20,10 @@ pub mod sessions;
 pub mod snapshot;
 pub mod views;
 
-pub use audit::{BrokenLink, ChainReport, Refusal, RequestFacts, push_json_str, request_entry};
+pub use audit::{
+    BrokenLink, ChainReport, Refusal, RequestFacts, audit_resumed_entry, push_json_str,
+    request_entry, tally_entry,
+};
 pub use error::AppError;
 pub use keys::{CreateKey, ExplainSubject, Explanation, ImportReport, filter_status};
 pub use legacy::{LegacyEntry, parse_legacy_file};

@@ -163,20 +163,13 @@ async fn write_loop(
             // the writes refused until this retry began (not those refused
             // while it runs, usually milliseconds; every refusal is in the
             // `AUDIT_UNAVAILABLE` metric).
-            let now = app.now();
-            entries.push(AuditEntry {
-                at_ms: now,
-                org_id: identity.org_id.clone(),
-                actor: keyward_core::audit::actor::node(&identity.node),
-                action: "node.audit_resumed".to_owned(),
-                details: serde_json::json!({
-                    "failing_since_ms": since,
-                    "failed_for_ms": now - since,
-                    "refused_writes": health.refused.load(Ordering::Relaxed),
-                })
-                .to_string(),
-                ..AuditEntry::default()
-            });
+            entries.push(keyward_app::audit_resumed_entry(
+                &identity.node,
+                &identity.org_id,
+                app.now(),
+                since,
+                health.refused.load(Ordering::Relaxed),
+            ));
         }
         health.batch_started.store(health.now(), Ordering::Release);
         let attempted_at = app.now();
@@ -286,30 +279,11 @@ impl AnonymousTally {
             let Some(t) = tallies.remove(&key) else {
                 continue;
             };
-            let (client, minute, _, action) = key;
-            let sample: serde_json::Value =
-                serde_json::from_str(&t.sample.details).unwrap_or_default();
-            // A gateway request nobody authenticated is recorded as such;
-            // other counted refusals (throttled sign-ins) keep their action.
-            let action = if action == "gateway.request" {
-                "gateway.unauthenticated".to_owned()
-            } else {
-                action
-            };
-            out.push(AuditEntry {
-                at_ms: now_ms,
-                actor: keyward_core::audit::actor::ANONYMOUS.to_owned(),
-                action,
-                key_id: None,
-                client: (client != OTHER_CLIENTS).then_some(client),
-                details: serde_json::json!({
-                    "count": t.count,
-                    "minute_start_ms": minute,
-                    "sample": sample,
-                })
-                .to_string(),
-                ..t.sample
-            });
+            let (client, minute, _, _) = key;
+            let client = (client != OTHER_CLIENTS).then_some(client);
+            out.push(keyward_app::tally_entry(
+                t.sample, client, minute, t.count, now_ms,
+            ));
         }
         out
     }

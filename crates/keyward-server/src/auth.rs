@@ -1,7 +1,8 @@
 //! Authentication and the decision, once for every room: the gateway, the
-//! verify service, the admin API and the console's key checks all find a
-//! key with [`find_key`], decide with [`decide`], and answer and audit a
-//! refusal with [`refuse`].
+//! verify service and the admin API find a key with [`find_key`], decide
+//! with [`decide`], and answer and audit a refusal with [`refuse`]; the
+//! admin API and the console check the same scope requirements ([`Need`],
+//! [`holds`]).
 
 use crate::body::Body;
 use crate::error::ApiError;

@@ -51,7 +51,7 @@ pub(super) struct ErrorItemDoc {
 
 /// `POST /v1/verify` body: either `method` and `path`, or `scopes`.
 #[derive(Deserialize, ToSchema)]
-#[allow(dead_code, reason = "documentation only: own.rs parses the body")]
+#[allow(dead_code, reason = "documentation only: verify.rs parses the body")]
 #[serde(untagged)]
 pub(super) enum VerifyRequestDoc {
     Route(VerifyRouteDoc),
@@ -86,7 +86,7 @@ pub(super) struct VerifyScopesDoc {
 
 /// `POST /v1/verify` answer, for any key, valid or not.
 #[derive(ToSchema)]
-#[allow(dead_code, reason = "documentation only: own.rs renders the answer")]
+#[allow(dead_code, reason = "documentation only: verify.rs renders the answer")]
 pub(super) struct VerifyResponseDoc {
     valid: bool,
     allowed: bool,
@@ -123,7 +123,7 @@ pub(super) struct HealthDoc {
         (status = "default", description = "Error (the caller needs `keyward-api-keys:verify`)", body = ErrorDoc),
     )
 )]
-#[allow(dead_code, reason = "documentation of own.rs's verify")]
+#[allow(dead_code, reason = "documentation of verify.rs's verify")]
 pub(super) fn doc_verify() {}
 
 #[utoipa::path(

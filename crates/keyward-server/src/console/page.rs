@@ -479,12 +479,15 @@ async fn record_refusal(
     };
     let entry = state.app.refusal(actor, &session.org, refusal);
     if state.record(entry).await.is_err() {
-        return Err(error_page(
+        let mut page = error_page(
             None,
             StatusCode::SERVICE_UNAVAILABLE,
             "The refusal could not be recorded in the audit log; try again shortly.".to_owned(),
             "/console",
-        ));
+        );
+        page.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(page);
     }
     Ok(())
 }
