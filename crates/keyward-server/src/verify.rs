@@ -111,6 +111,7 @@ fn push_json_names<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) 
 
 /// Parses a JSON body; syntax errors are 400, wrong shapes 422.
 fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    crate::web::json_object(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| {
         let message = format!("Invalid JSON body: {e}");
         match e.classify() {

@@ -282,6 +282,24 @@ pub(crate) fn has_encoded_nul(raw: &str) -> bool {
         .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
 }
 
+/// Refuses a JSON body that is not an object. serde's derived structs also
+/// take an array, mapping its items to fields in the order the code declares
+/// them, which no client should come to depend on. A document that is not
+/// JSON at all is 400; JSON of another type is 422 naming the body. Only
+/// the first byte is looked at unless it is wrong, so the hot path (verify)
+/// pays nothing.
+pub(crate) fn json_object(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Ok(());
+    }
+    Err(
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => ApiError::bad_request(format!("Invalid JSON body: {syntax}")),
+            Ok(_) => ApiError::validation("body", "invalid type: the body must be a JSON object"),
+        },
+    )
+}
+
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result<T, Reply> {
     // `\u0000` is the only way to put a NUL in JSON text.
     if bytes
@@ -293,6 +311,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], ctx: &Ctx) -> Result
             ctx,
         ));
     }
+    json_object(bytes).map_err(|e| fail(e, ctx))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = deserialize(&mut de, "JSON body").map_err(|e| {
         // Syntax (not shape) problems are 400: the document is not JSON.

@@ -63,6 +63,11 @@ pub(crate) use select_snapshot;
 /// PostgreSQL's 65 535.
 pub(crate) const IDS_PER_QUERY: usize = 500;
 
+/// Bound ids per `IN (…)` of [`crate::Store::snapshot_keys_by_id`]: a sync
+/// page of 5 000 changes names at most 5 000 keys, so a page is read in one
+/// statement (one round trip on PostgreSQL), within both engines' limits.
+pub(crate) const SNAPSHOT_IDS_PER_QUERY: usize = 5_000;
+
 /// Implements [`crate::Store`] (and, through `people_impl!`,
 /// [`crate::Directory`]) for one backend: `$store` is the store type, `$db`
 /// its sqlx database. The dialect seam (module docs) must be in scope.
@@ -451,7 +456,7 @@ macro_rules! keys_impl {
                 ids: &[String],
             ) -> $crate::Result<Vec<$crate::SnapshotKey>> {
                 let mut keys = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks($crate::keys::IDS_PER_QUERY) {
+                for chunk in ids.chunks($crate::keys::SNAPSHOT_IDS_PER_QUERY) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         $crate::keys::select_snapshot!("WHERE id IN ("),
                     );

@@ -64,4 +64,7 @@ pub(crate) fn router() -> axum::Router<Arc<State>> {
             post(people::remove_member),
         )
         .route("/console/audit", get(people::audit_page))
+        // Every page, whatever it reads: a NUL in the address is refused
+        // before any handler runs, a `POST` included.
+        .layer(axum::middleware::from_fn(page::refuse_nul))
 }

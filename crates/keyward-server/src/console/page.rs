@@ -328,6 +328,28 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> 
     }
 }
 
+/// A 400 page for an address holding a NUL (`%00`) in its path or query,
+/// on every console route: no id or parameter holds one, and PostgreSQL
+/// text cannot store one.
+pub(super) async fn refuse_nul(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = req.uri();
+    if crate::web::has_encoded_nul(uri.path())
+        || uri.query().is_some_and(crate::web::has_encoded_nul)
+    {
+        let page = error_page(
+            None,
+            StatusCode::BAD_REQUEST,
+            "The address contains a NUL character, which no page accepts.".to_owned(),
+            "/console",
+        );
+        return axum::response::IntoResponse::into_response(page);
+    }
+    next.run(req).await
+}
+
 /// What every signed-in page shows around its content.
 #[derive(Clone)]
 pub(super) struct Chrome {

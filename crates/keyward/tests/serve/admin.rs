@@ -186,6 +186,28 @@ fn creating_keys_through_the_api() {
             "environment",
         ),
         (json!([1, 2]), 422, "VALIDATION_FAILED", "invalid type"),
+        // Never read by position, though serde would.
+        (
+            json!([
+                "positional",
+                ["vehicles:read"],
+                [],
+                [],
+                null,
+                "",
+                "live",
+                false
+            ]),
+            422,
+            "VALIDATION_FAILED",
+            "must be a JSON object",
+        ),
+        (
+            json!("x"),
+            422,
+            "VALIDATION_FAILED",
+            "must be a JSON object",
+        ),
     ];
     for (body, status, code, needle) in cases {
         let e = post(&server, "/v1/keys", &admin, body).error(*status, code);
@@ -402,6 +424,14 @@ fn listing_showing_rolling_and_immutability() {
     )
     .error(409, "CONFLICT");
     post(&server, "/v1/keys/key_nothere/roll", &admin, &json!({})).error(404, "NOT_FOUND");
+    let e = post(
+        &server,
+        &format!("/v1/keys/{old_id}/roll"),
+        &admin,
+        &json!([]),
+    )
+    .error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "body");
     // A refused roll is on record like a refused creation; an unknown id is
     // not a refusal.
     let refused = get(&server, "/v1/audit?action=key.roll_refused", &admin).json();

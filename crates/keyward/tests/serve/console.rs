@@ -636,6 +636,25 @@ fn console_refuses_nul_in_addresses_on_both_backends() {
             let r = v.post(path, &[("csrf", &csrf)]);
             assert_eq!(r.status, 400, "{path}: {}", text(&r));
         }
+        // Every page, whether or not it reads its query; a POST is refused
+        // before it acts.
+        for path in [
+            "/console/keys/new?x=%00",
+            "/console/groups?x=%00",
+            "/console/password?x=%00",
+            "/console/sign-in?x=%00",
+            "/console?x=%00",
+            "/console/static/console.css?%00",
+        ] {
+            assert_eq!(v.get(path).status, 400, "{path}");
+        }
+        let (id, key) = kw.key(&["--name", "kept", "--scope", "vehicles:read"]);
+        let r = v.post(
+            &format!("/console/keys/{id}/revoke?a=%00"),
+            &[("csrf", &csrf)],
+        );
+        assert_eq!(r.status, 400);
+        assert_eq!(server.get("/vehicles", &key).status, 502, "not revoked");
         // The same ids without the NUL are simply not found.
         assert_eq!(v.get("/console/keys/key_ab").status, 404);
     }

@@ -628,6 +628,16 @@ fn verify_whoami_healthz_and_metrics() {
         e["message"].as_str().unwrap().contains("invalid type"),
         "{e}"
     );
+    // An array is not an object, whatever serde would make of it by position.
+    for body in [
+        json!([ro, "GET", "/vehicles"]),
+        json!("x"),
+        json!(1),
+        json!(null),
+    ] {
+        let e = verify(body.clone()).error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["field"], "body", "{body}");
+    }
     let e = verify(json!({"key": ro})).error(422, "VALIDATION_FAILED");
     assert_eq!(e["details"]["field"], "method");
     let e = verify(json!({"key": ro, "scopes": ["vehicles:fly"]})).error(422, "VALIDATION_FAILED");
