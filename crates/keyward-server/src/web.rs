@@ -73,7 +73,7 @@ pub(crate) fn json_bytes_response(
     res
 }
 
-/// Largest JSON body keyward's own endpoints read.
+/// Largest body keyward's own endpoints read (JSON, and the console's forms).
 pub(crate) const MAX_JSON_BYTES: usize = 64 * 1024;
 
 pub(crate) fn method_not_allowed(
@@ -256,22 +256,27 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
-pub(crate) async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> {
+/// Reads a routed room's request body whole, within [`MAX_JSON_BYTES`]:
+/// 413 beyond, 400 when the client's body breaks off. The admin API's JSON
+/// and the console's forms read through here.
+pub(crate) async fn read_limited(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_JSON_BYTES)
         .await
         .map_err(|e| {
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(s) = source {
                 if s.is::<http_body_util::LengthLimitError>() {
-                    return fail(ApiError::payload_too_large(MAX_JSON_BYTES as u64), ctx);
+                    return ApiError::payload_too_large(MAX_JSON_BYTES as u64);
                 }
                 source = s.source();
             }
-            fail(
-                ApiError::bad_request(format!("Could not read the request body: {e}")),
-                ctx,
-            )
+            ApiError::bad_request(format!("Could not read the request body: {e}"))
         })
+}
+
+/// [`read_limited`], refused in the error document.
+pub(crate) async fn read(body: axum::body::Body, ctx: &Ctx) -> Result<bytes::Bytes, Reply> {
+    read_limited(body).await.map_err(|e| fail(e, ctx))
 }
 
 /// `%00` anywhere in a path or query: a NUL once decoded, which no id,

@@ -24,8 +24,6 @@ pub(super) type Shared = Arc<State>;
 
 /// Name of the session cookie.
 pub(super) const COOKIE_NAME: &str = "keyward_session";
-/// Largest form body read.
-pub(super) const MAX_FORM_BYTES: usize = 64 * 1024;
 
 // ---- responses ----------------------------------------------------------
 
@@ -287,15 +285,18 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 
     async fn from_request(req: AxRequest, _: &S) -> Result<Self, Page> {
         same_site(req.headers())?;
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
+        let bytes = crate::web::read_limited(req.into_body())
             .await
-            .map_err(|_| {
-                error_page(
-                    None,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("The form is larger than {} KiB.", MAX_FORM_BYTES / 1024),
-                    "/console",
-                )
+            .map_err(|e| {
+                let message = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!(
+                        "The form is larger than {} KiB.",
+                        crate::web::MAX_JSON_BYTES / 1024
+                    )
+                } else {
+                    "The form could not be read; send it again.".to_owned()
+                };
+                error_page(None, e.status, message, "/console")
             })?;
         Form::parse(&bytes).without_nul()
     }
