@@ -17,6 +17,7 @@ pub mod duration;
 pub mod fuzzing;
 pub mod grant;
 pub mod key;
+pub mod limits;
 pub mod path;
 pub mod route;
 pub mod scope;
