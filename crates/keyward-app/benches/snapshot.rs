@@ -88,6 +88,8 @@ fn bench(c: &mut Criterion) {
                 revoked_at: None,
                 last_used_at: None,
                 grants: GRANTS[(i % GRANTS.len() as u64) as usize].to_owned(),
+                limits: Vec::new(),
+                allowed_cidrs: Vec::new(),
             }
         }),
     );

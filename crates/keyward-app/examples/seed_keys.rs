@@ -105,6 +105,8 @@ fn main() {
                     last_used_at: None,
                     scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                     permission_sets: sets.iter().map(|s| (*s).to_owned()).collect(),
+                    limits: Vec::new(),
+                    allowed_cidrs: Vec::new(),
                 });
             }
             store

@@ -12,8 +12,8 @@ pub enum AppError {
     /// 422 `VALIDATION_FAILED`: a field is invalid.
     #[error("{field}: {message}")]
     Validation {
-        /// The offending field, e.g. `name`.
-        field: &'static str,
+        /// The offending field, e.g. `name` or `limits[1].per`.
+        field: std::borrow::Cow<'static, str>,
         /// What is wrong with it.
         message: String,
     },
@@ -79,9 +79,12 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub(crate) fn validation(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn validation(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         AppError::Validation {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }

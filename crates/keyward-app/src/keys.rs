@@ -6,6 +6,7 @@ use crate::views::{CreatedKey, DecisionView, KeyView, access_sets, names};
 use crate::{
     Actor, App, AppError, IMPORT_BATCH, LegacyEntry, MAX_DESCRIPTION_CHARS, validate_name,
 };
+use keyward_core::limits::{Limit, MAX_NETWORKS, Network};
 use keyward_core::{AuthFailure, Environment, GrantRequest, KeyAccess, check_no_escalation, path};
 use keyward_store::{KeyFilter, KeyRecord, Org, Revoked, Store, StoreError};
 use serde_json::json;
@@ -25,6 +26,11 @@ pub struct CreateKey {
     pub expires_at: Option<i64>,
     /// Required when more than 10 write-capable sets are selected.
     pub acknowledge_broad_access: bool,
+    /// Named rate limits and quotas, each checked when it was read; at most
+    /// 10, names unique.
+    pub limits: Vec<Limit>,
+    /// Networks the key may be used from; empty: anywhere.
+    pub allowed_cidrs: Vec<Network>,
 }
 
 /// Who `explain` reasons about.
@@ -90,6 +96,14 @@ impl<S: Store> App<S> {
         {
             return Err(AppError::validation("expires_at", "must be in the future"));
         }
+        keyward_core::limits::check_limits(&req.limits)
+            .map_err(|e| AppError::validation(e.field, e.message))?;
+        if req.allowed_cidrs.len() > MAX_NETWORKS {
+            return Err(AppError::validation(
+                "allowed_cidrs",
+                format!("at most {MAX_NETWORKS} networks per key"),
+            ));
+        }
         let resolved = self
             .catalog
             .resolve_grants(&req.grants)
@@ -137,6 +151,8 @@ impl<S: Store> App<S> {
             last_used_at: None,
             scopes: resolved.scopes.clone(),
             permission_sets: resolved.permission_sets.clone(),
+            limits: req.limits.clone(),
+            allowed_cidrs: req.allowed_cidrs.clone(),
         };
         let warning = resolved.is_broad().then(|| {
             format!(
@@ -329,6 +345,8 @@ impl<S: Store> App<S> {
                     last_used_at: None,
                     scopes: Vec::new(),
                     permission_sets: Vec::new(),
+                    limits: Vec::new(),
+                    allowed_cidrs: Vec::new(),
                 };
                 audits.push(self.audit(
                     actor,

@@ -40,7 +40,7 @@ pub use keyward_store::{
     AnyStore, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, Revoked, StoreError,
 };
 use serde_json::json;
-pub use snapshot::{KeyEntry, Snapshot};
+pub use snapshot::{KeyEntry, KeyLimits, Snapshot};
 use std::sync::Arc;
 
 /// Longest key name, in characters.

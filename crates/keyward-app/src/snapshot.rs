@@ -21,6 +21,7 @@
 //! atomic operations and no shared lock.
 
 use crate::AppError;
+use keyward_core::limits::{Admission, Counter, Limit, Network};
 use keyward_core::{Catalog, KeyAccess, KeyDigest, ScopeSet};
 use keyward_store::{SnapshotKey, Store};
 use std::collections::HashMap;
@@ -65,6 +66,48 @@ pub struct KeyEntry {
     pub revoked_at: Option<i64>,
     last_used: AtomicI64,
     queued: AtomicBool,
+    /// Its limits and networks, for the few keys that have any (one pointer
+    /// on the others).
+    pub limits: Option<Box<KeyLimits>>,
+}
+
+/// A key's limits and networks (SPEC §8), with this node's counts of the
+/// current windows.
+#[derive(Debug)]
+pub struct KeyLimits {
+    /// Named limits, in the order given.
+    pub limits: Box<[Limit]>,
+    /// Networks the key may be used from; empty: anywhere.
+    pub networks: Box<[Network]>,
+    /// One count per limit; held only for the few instructions of a count.
+    counters: std::sync::Mutex<Box<[Counter]>>,
+}
+
+impl KeyLimits {
+    fn of(limits: &[Limit], networks: &[Network]) -> Option<Box<Self>> {
+        (!limits.is_empty() || !networks.is_empty()).then(|| {
+            Box::new(KeyLimits {
+                limits: limits.into(),
+                networks: networks.into(),
+                counters: std::sync::Mutex::new(vec![Counter::default(); limits.len()].into()),
+            })
+        })
+    }
+
+    /// Whether a request from `client` may use the key.
+    pub fn allows(&self, client: std::net::IpAddr) -> bool {
+        keyward_core::limits::network_allows(&self.networks, client)
+    }
+
+    /// Decides and counts one request at `now` against every limit
+    /// ([`keyward_core::limits::admit`]).
+    pub fn admit(&self, now: i64) -> Admission {
+        let mut counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        keyward_core::limits::admit(&self.limits, &mut counters, now, |_| 0)
+    }
 }
 
 impl KeyEntry {
@@ -145,6 +188,7 @@ impl Interner {
             revoked_at: k.revoked_at,
             last_used: AtomicI64::new(k.last_used_at.unwrap_or(0)),
             queued: AtomicBool::new(false),
+            limits: KeyLimits::of(&k.limits, &k.allowed_cidrs),
         }
     }
 }

@@ -104,6 +104,37 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub unknown_grants: Vec<String>,
+    /// Named rate limits and quotas (SPEC §8), when the key has any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub limits: Vec<LimitView>,
+    /// Networks the key may be used from, when restricted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// A limit as shown: `{"name": "burst", "requests": 100, "per": "1m"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LimitView {
+    /// Unique within the key.
+    pub name: String,
+    /// Requests admitted per window.
+    pub requests: u64,
+    /// The window: `1s` to `30d`.
+    pub per: String,
+}
+
+impl LimitView {
+    /// The view of a limit.
+    #[must_use]
+    pub fn of(l: &keyward_core::limits::Limit) -> Self {
+        LimitView {
+            name: l.name.clone(),
+            requests: l.requests,
+            per: l.per(),
+        }
+    }
 }
 
 impl KeyView {
@@ -136,6 +167,8 @@ impl KeyView {
             last_used_at: r.last_used_at,
             scopes: r.scopes,
             permission_sets: r.permission_sets,
+            limits: r.limits.iter().map(LimitView::of).collect(),
+            allowed_cidrs: r.allowed_cidrs.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -8,12 +8,13 @@ use crate::body::Body;
 use crate::error::ApiError;
 use crate::state::State;
 use crate::web::Client;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use keyward_app::{KeyEntry, RequestFacts, request_entry};
+use keyward_app::{KeyEntry, KeyLimits, RequestFacts, request_entry};
 use keyward_core::audit::AuditEntry;
 use keyward_core::catalog::reserved;
+use keyward_core::limits::{Admission, Limit, ceil_secs};
 use keyward_core::{AuthFailure, Catalog, Decision, KeyAccess, Outcome, ScopeSet, key, text};
 use std::sync::Arc;
 use std::time::Duration;
@@ -404,4 +405,118 @@ pub(crate) async fn require(
     let names = missing.iter().map(|s| (*s).to_owned()).collect();
     let e = ApiError::forbidden(missing, catalog.names(held.granted));
     Err(refuse(state, &ex, true, e, names, "missing_scopes").await)
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The `RateLimit` headers of a limited key's answer (SPEC §8, after the
+/// IETF draft): the policy and state of one limit.
+pub(crate) struct RateLimitNote {
+    name: String,
+    requests: u64,
+    window_secs: i64,
+    remaining: u64,
+    /// Seconds until the limit admits again (`Retry-After`, `t`).
+    pub(crate) reset_secs: i64,
+}
+
+impl RateLimitNote {
+    fn new(limit: &Limit, remaining: u64, reset_ms: i64) -> Self {
+        RateLimitNote {
+            name: limit.name.clone(),
+            requests: limit.requests,
+            window_secs: limit.window_secs(),
+            remaining,
+            reset_secs: ceil_secs(reset_ms),
+        }
+    }
+
+    /// `RateLimit-Policy: "burst";q=100;w=60` and `RateLimit:
+    /// "burst";r=0;t=12` (limit names need no escaping: `[a-z0-9-]`).
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        let policy = format!(
+            "\"{}\";q={};w={}",
+            self.name, self.requests, self.window_secs
+        );
+        let state = format!(
+            "\"{}\";r={};t={}",
+            self.name, self.remaining, self.reset_secs
+        );
+        if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
+            headers.insert(RATELIMIT_POLICY.clone(), p);
+            headers.insert(RATELIMIT.clone(), s);
+        }
+    }
+}
+
+/// Why a key's limits refused a request (boxed: the rare path).
+pub(crate) struct LimitRefusal {
+    /// The answer.
+    pub(crate) error: ApiError,
+    /// `ip_not_allowed` or `rate_limited`.
+    pub(crate) reason: &'static str,
+    /// The `RateLimit` headers of the limit that refused, if one did.
+    pub(crate) note: Option<RateLimitNote>,
+}
+
+/// A key's networks and limits, after authentication and before the route
+/// and scopes (SPEC §8): 403 `IP_NOT_ALLOWED` (audited like a 403), 429
+/// `RATE_LIMITED` with `Retry-After` and the `RateLimit` headers, or the
+/// headers an admitted request's answer carries.
+pub(crate) fn check_limits(
+    limits: &KeyLimits,
+    client: std::net::IpAddr,
+    now: i64,
+) -> Result<Option<RateLimitNote>, Box<LimitRefusal>> {
+    if !limits.allows(client) {
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "IP_NOT_ALLOWED",
+            format!("This key may not be used from {client}"),
+        );
+        return Err(Box::new(LimitRefusal {
+            error: e,
+            reason: "ip_not_allowed",
+            note: None,
+        }));
+    }
+    match limits.admit(now) {
+        Admission::Allowed {
+            tightest: Some(i),
+            remaining,
+            reset_ms,
+        } => Ok(limits
+            .limits
+            .get(i)
+            .map(|l| RateLimitNote::new(l, remaining, reset_ms))),
+        Admission::Allowed { tightest: None, .. } => Ok(None),
+        Admission::Refused {
+            index,
+            retry_after_ms,
+        } => {
+            let Some(limit) = limits.limits.get(index) else {
+                return Ok(None);
+            };
+            let secs = ceil_secs(retry_after_ms);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!(
+                    "Limit `{}` ({} per {}) is used up; try again in {secs} s",
+                    limit.name,
+                    limit.requests,
+                    limit.per()
+                ),
+            )
+            .detail("limit", limit.name.clone())
+            .detail("retry_after", secs);
+            e.retry_after = u64::try_from(secs).ok();
+            Err(Box::new(LimitRefusal {
+                error: e,
+                reason: "rate_limited",
+                note: Some(RateLimitNote::new(limit, 0, retry_after_ms)),
+            }))
+        }
+    }
 }

@@ -157,7 +157,7 @@ impl ApiError {
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         match e {
-            AppError::Validation { field, message } => ApiError::validation(field, message),
+            AppError::Validation { field, message } => ApiError::validation(&field, message),
             AppError::Grants(errors) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "VALIDATION_FAILED",

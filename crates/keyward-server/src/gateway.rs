@@ -7,7 +7,8 @@
 //! use) and the metrics handles.
 
 use crate::auth::{
-    Exchange, Question, audit_unavailable, authenticate, decide, is_write, refuse, required_names,
+    Exchange, LimitRefusal, Question, RateLimitNote, audit_unavailable, authenticate, check_limits,
+    decide, is_write, refuse, required_names,
 };
 use crate::body::Body;
 use crate::error::ApiError;
@@ -54,7 +55,7 @@ pub(crate) async fn handle(
         client_request_id: client_request_id.as_ref(),
         key: None,
     };
-    let (key, decision) = match admit(&state, ex, &parts.headers, write, started).await {
+    let (key, decision, limited) = match admit(&state, ex, &parts.headers, write, started).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
@@ -62,7 +63,11 @@ pub(crate) async fn handle(
         key: Some(&key),
         ..ex
     };
-    forward(&state, ex, &key, &uri, &decision, parts, body).await
+    let mut res = forward(&state, ex, &key, &uri, &decision, parts, body).await;
+    if let Some(note) = limited {
+        note.write(res.headers_mut());
+    }
+    res
 }
 
 /// Everything decided before the upstream is involved: the request's shape,
@@ -74,7 +79,7 @@ async fn admit(
     headers: &HeaderMap,
     write: bool,
     started: std::time::Instant,
-) -> Result<(Arc<KeyEntry>, Decision), Response<Body>> {
+) -> Result<(Arc<KeyEntry>, Decision, Option<RateLimitNote>), Response<Body>> {
     if let Some(e) = state.check_headers(headers) {
         return Err(refuse(state, &ex, write, e, Vec::new(), "headers_too_large").await);
     }
@@ -109,10 +114,32 @@ async fn admit(
     {
         state.snapshot.record_use(e, now);
     }
+    // Limits, for an authenticated key, before its route and scopes.
+    let mut limited = None;
+    if let Some(limits) = entry.as_deref().and_then(|e| e.limits.as_deref())
+        && !matches!(decision.outcome, Outcome::Unauthenticated(_))
+    {
+        match check_limits(limits, ex.client.addr, now) {
+            Ok(note) => limited = note,
+            Err(refused) => {
+                let LimitRefusal {
+                    error,
+                    reason,
+                    note,
+                } = *refused;
+                let audited = reason == "ip_not_allowed";
+                let mut res = refuse(state, &ex, audited, error, Vec::new(), reason).await;
+                if let Some(note) = note {
+                    note.write(res.headers_mut());
+                }
+                return Err(res);
+            }
+        }
+    }
 
     let (error, audited, required, reason) = match decision.outcome {
         Outcome::Allowed => match entry {
-            Some(key) => return Ok((key, decision)),
+            Some(key) => return Ok((key, decision, limited)),
             None => (
                 ApiError::unauthorized(AuthFailure::Unknown),
                 write,

@@ -1,7 +1,7 @@
 //! `POST /v1/verify`: the decision for a key another service received,
 //! written by hand because it sits on integrations' hot paths.
 
-use crate::auth::{Asked, Question, caller, check_token, decide, find_key, require};
+use crate::auth::{Asked, Question, caller, check_limits, check_token, decide, find_key, require};
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::state::State;
@@ -26,6 +26,9 @@ struct VerifyRequest<'a> {
     path: Option<Cow<'a, str>>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// The address the key was presented from, for its allowed networks.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    client_ip: Option<Cow<'a, str>>,
 }
 
 /// An optional string borrowed from the body where it has no escapes: serde
@@ -46,6 +49,9 @@ struct VerifyResponse<'a, S, R, M> {
     required: R,
     missing: M,
     reason: &'static str,
+    /// Seconds until a rate limit admits again; written only when refused
+    /// by one.
+    retry_after: Option<i64>,
 }
 
 impl<'a, S, R, M> VerifyResponse<'a, S, R, M>
@@ -77,6 +83,10 @@ where
         push_json_names(&mut out, self.missing);
         out.extend_from_slice(b",\"reason\":");
         push_json_str(&mut out, self.reason);
+        if let Some(secs) = self.retry_after {
+            out.extend_from_slice(b",\"retry_after\":");
+            out.extend_from_slice(secs.to_string().as_bytes());
+        }
         out.push(b'}');
         out
     }
@@ -202,9 +212,39 @@ pub(crate) async fn verify(
     let decision = decide(catalog, access.as_ref().map_err(|f| *f), now, &question);
     let entry = found.as_ref().ok();
     let valid = !matches!(decision.outcome, Outcome::Unauthenticated(_));
+    // Limits, for an authenticated key, before its route and scopes, as
+    // the gateway decides them; counted like a gateway request.
+    let mut limited: Option<(&'static str, Option<i64>)> = None;
+    if valid && let Some(limits) = entry.and_then(|e| e.limits.as_deref()) {
+        let client = match body
+            .client_ip
+            .as_deref()
+            .map(str::parse::<std::net::IpAddr>)
+        {
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => {
+                return ApiError::validation("client_ip", "is not an IPv4 or IPv6 address")
+                    .into_response(Some(request_id));
+            }
+            None => None,
+        };
+        limited = match client {
+            // A key bound to networks is not allowed from nowhere.
+            None if !limits.networks.is_empty() => Some(("ip_not_allowed", None)),
+            // Networks hold only addresses: the unspecified one matches none.
+            client => match check_limits(
+                limits,
+                client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                now,
+            ) {
+                Ok(_) => None,
+                Err(refused) => Some((refused.reason, refused.note.map(|n| n.reset_secs))),
+            },
+        };
+    }
     let answer = VerifyResponse {
         valid,
-        allowed: decision.is_allowed(),
+        allowed: decision.is_allowed() && limited.is_none(),
         key_id: entry.filter(|_| valid).map(|e| &*e.key_id),
         org_id: entry.filter(|_| valid).map(|e| &*e.org_id),
         scopes: catalog.name_iter(if valid {
@@ -214,7 +254,8 @@ pub(crate) async fn verify(
         }),
         required: catalog.name_iter(decision.required),
         missing: catalog.name_iter(decision.missing),
-        reason: decision.reason(),
+        reason: limited.map_or(decision.reason(), |(reason, _)| reason),
+        retry_after: limited.and_then(|(_, secs)| secs),
     };
     json_bytes_response(StatusCode::OK, answer.into_json(), request_id)
 }
@@ -249,6 +290,8 @@ mod tests {
         required: Vec<&'a str>,
         missing: Vec<&'a str>,
         reason: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<i64>,
     }
 
     fn both(o: &Oracle<'_>) -> (String, String) {
@@ -261,6 +304,7 @@ mod tests {
             required: o.required.iter().copied(),
             missing: o.missing.iter().copied(),
             reason: o.reason,
+            retry_after: o.retry_after,
         }
         .into_json();
         (
@@ -293,6 +337,7 @@ mod tests {
                 required: vec![NAMES[i % NAMES.len()]],
                 missing: Vec::new(),
                 reason: "missing_scopes",
+                retry_after: (i % 2 == 0).then_some(i64::try_from(i).unwrap_or(0) * 7),
             };
             let (hand, serde) = both(&o);
             assert_eq!(hand, serde, "case {i}: {s:?}");
@@ -308,6 +353,7 @@ mod tests {
             required: vec!["vehicles:read", "vehicles:write"],
             missing: vec!["vehicles:write"],
             reason: "revoked",
+            retry_after: None,
         };
         let (hand, serde) = both(&none);
         assert_eq!(hand, serde);

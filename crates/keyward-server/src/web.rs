@@ -27,6 +27,8 @@ use std::net::SocketAddr;
 pub(crate) struct Client {
     /// The address as a header value (`X-Forwarded-For`).
     pub(crate) ip: HeaderValue,
+    /// The address, for a key's allowed networks.
+    pub(crate) addr: std::net::IpAddr,
 }
 
 impl Client {
@@ -34,6 +36,7 @@ impl Client {
         Client {
             ip: HeaderValue::try_from(addr.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            addr: addr.ip(),
         }
     }
 

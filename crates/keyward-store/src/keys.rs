@@ -28,7 +28,8 @@ macro_rules! select_keys {
     ($rest:literal) => {
         concat!(
             "SELECT id, org_id, name, description, environment, digest, display_prefix, legacy, ",
-            "created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at FROM keys ",
+            "created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, limits, ",
+            "allowed_cidrs FROM keys ",
             $rest
         )
     };
@@ -51,7 +52,8 @@ pub(crate) use select_audit;
 macro_rules! select_snapshot {
     ($rest:literal) => {
         concat!(
-            "SELECT id, org_id, digest, legacy, expires_at, revoked_at, last_used_at, grants ",
+            "SELECT id, org_id, digest, legacy, expires_at, revoked_at, last_used_at, grants, ",
+            "limits, allowed_cidrs ",
             "FROM keys ",
             $rest
         )

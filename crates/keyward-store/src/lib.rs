@@ -154,6 +154,10 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     /// Permission set ids granted.
     pub permission_sets: Vec<String>,
+    /// Named rate limits and quotas (SPEC §8).
+    pub limits: Vec<keyward_core::limits::Limit>,
+    /// Networks the key may be used from; empty: anywhere.
+    pub allowed_cidrs: Vec<keyward_core::limits::Network>,
 }
 
 /// What a node's in-memory snapshot needs about one key: no names or
@@ -178,6 +182,56 @@ pub struct SnapshotKey {
     /// One `permission_set NAME` or `scope NAME` per line, sorted by kind then
     /// name: keys with equal grants have equal text (see [`SnapshotKey::grants`]).
     pub grants: String,
+    /// The key's limits; empty for most keys.
+    pub limits: Vec<keyward_core::limits::Limit>,
+    /// The key's networks; empty for most keys.
+    pub allowed_cidrs: Vec<keyward_core::limits::Network>,
+}
+
+/// Limits as stored: `NAME=REQUESTS/PER`, space-separated, in the order
+/// given ([`keyward_core::limits::Limit::parse_flag`] reads each back).
+#[must_use]
+pub fn limits_text(limits: &[keyward_core::limits::Limit]) -> String {
+    let parts: Vec<String> = limits
+        .iter()
+        .map(|l| format!("{}={}/{}", l.name, l.requests, l.per()))
+        .collect();
+    parts.join(" ")
+}
+
+/// Networks as stored: CIDRs, space-separated, in the order given.
+#[must_use]
+pub fn cidrs_text(networks: &[keyward_core::limits::Network]) -> String {
+    let parts: Vec<String> = networks.iter().map(ToString::to_string).collect();
+    parts.join(" ")
+}
+
+/// Reads [`limits_text`] back.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] naming the key when the text is not what this
+/// crate writes.
+pub fn parse_limits(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits::Limit>> {
+    text.split_ascii_whitespace()
+        .map(|part| {
+            keyward_core::limits::Limit::parse_flag("limits", part)
+                .map_err(|e| StoreError::Corrupt(format!("key `{key_id}` has a bad limit: {e}")))
+        })
+        .collect()
+}
+
+/// Reads [`cidrs_text`] back.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] naming the key when the text is not what this
+/// crate writes.
+pub fn parse_cidrs(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits::Network>> {
+    text.split_ascii_whitespace()
+        .map(|part| {
+            keyward_core::limits::Network::parse("allowed_cidrs", part)
+                .map_err(|e| StoreError::Corrupt(format!("key `{key_id}` has a bad network: {e}")))
+        })
+        .collect()
 }
 
 impl KeyRecord {
@@ -217,6 +271,8 @@ impl SnapshotKey {
             revoked_at: r.revoked_at,
             last_used_at: r.last_used_at,
             grants: SnapshotKey::grants_text(r),
+            limits: r.limits.clone(),
+            allowed_cidrs: r.allowed_cidrs.clone(),
         }
     }
 

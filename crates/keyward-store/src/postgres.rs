@@ -108,10 +108,11 @@ async fn insert_keys_tx(
         ($tail:literal) => {
             concat!(
                 "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, ",
-                "legacy, created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) ",
+                "legacy, created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, grants, ",
+                "limits, allowed_cidrs) ",
                 "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], ",
                 "$6::bytea[], $7::text[], $8::bool[], $9::int8[], $10::text[], $11::int8[], $12::int8[], ",
-                "$13::text[], $14::int8[], $15::text[]) ",
+                "$13::text[], $14::int8[], $15::text[], $16::text[], $17::text[]) ",
                 $tail
             )
         };
@@ -142,6 +143,8 @@ async fn insert_keys_tx(
         .bind(keys.iter().map(|k| k.rolled_to.clone()).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.last_used_at).collect::<Vec<_>>())
         .bind(col(SnapshotKey::grants_text))
+        .bind(col(|k| crate::limits_text(&k.limits)))
+        .bind(col(|k| crate::cidrs_text(&k.allowed_cidrs)))
         .fetch_all(&mut *conn)
         .await
         .map_err(conflict_or)?;

@@ -61,6 +61,8 @@ pub(crate) struct KeyRow {
     pub(crate) revoked_at: Option<i64>,
     pub(crate) rolled_to: Option<String>,
     pub(crate) last_used_at: Option<i64>,
+    pub(crate) limits: String,
+    pub(crate) allowed_cidrs: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -73,11 +75,15 @@ pub(crate) struct SnapshotRow {
     pub(crate) revoked_at: Option<i64>,
     pub(crate) last_used_at: Option<i64>,
     pub(crate) grants: String,
+    pub(crate) limits: String,
+    pub(crate) allowed_cidrs: String,
 }
 
 impl SnapshotRow {
     pub(crate) fn into_key(self) -> Result<SnapshotKey> {
         let digest = digest_of(&self.id, &self.digest)?;
+        let limits = crate::parse_limits(&self.id, &self.limits)?;
+        let allowed_cidrs = crate::parse_cidrs(&self.id, &self.allowed_cidrs)?;
         Ok(SnapshotKey {
             id: self.id,
             org_id: self.org_id,
@@ -87,6 +93,8 @@ impl SnapshotRow {
             revoked_at: self.revoked_at,
             last_used_at: self.last_used_at,
             grants: self.grants,
+            limits,
+            allowed_cidrs,
         })
     }
 }
@@ -94,6 +102,8 @@ impl SnapshotRow {
 impl KeyRow {
     pub(crate) fn into_record(self) -> Result<KeyRecord> {
         let digest = digest_of(&self.id, &self.digest)?;
+        let limits = crate::parse_limits(&self.id, &self.limits)?;
+        let allowed_cidrs = crate::parse_cidrs(&self.id, &self.allowed_cidrs)?;
         Ok(KeyRecord {
             id: self.id,
             org_id: self.org_id,
@@ -111,6 +121,8 @@ impl KeyRow {
             last_used_at: self.last_used_at,
             scopes: Vec::new(),
             permission_sets: Vec::new(),
+            limits,
+            allowed_cidrs,
         })
     }
 }

@@ -200,12 +200,12 @@ async fn insert_keys_tx(
 ) -> Result<HashSet<String>> {
     let sql = if skip_existing {
         "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
+         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants, limits, allowed_cidrs) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
     } else {
         "INSERT INTO keys (id, org_id, name, description, environment, digest, display_prefix, legacy, created_at, \
-         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         created_by, expires_at, revoked_at, rolled_to, last_used_at, grants, limits, allowed_cidrs) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     };
     let mut inserted = HashSet::with_capacity(keys.len());
     for k in keys {
@@ -225,6 +225,8 @@ async fn insert_keys_tx(
             .bind(&k.rolled_to)
             .bind(k.last_used_at)
             .bind(SnapshotKey::grants_text(k))
+            .bind(crate::limits_text(&k.limits))
+            .bind(crate::cidrs_text(&k.allowed_cidrs))
             .execute(&mut *conn)
             .await
             .map_err(conflict_or)?;

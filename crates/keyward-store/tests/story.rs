@@ -9,6 +9,7 @@
 )]
 
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
+use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
     AuditQuery, KeyFilter, KeyRecord, Org, PgStore, Revoked, SessionRecord, SnapshotKey,
@@ -55,6 +56,8 @@ fn key(id: &str, org_id: &str, secret: &str, created_at: i64) -> KeyRecord {
         last_used_at: None,
         scopes: vec!["vehicles:read".into()],
         permission_sets: vec!["inspections:write".into()],
+        limits: Vec::new(),
+        allowed_cidrs: Vec::new(),
     }
 }
 
@@ -429,6 +432,15 @@ async fn story(store: &impl Store) {
             "vehicles:read".into(),
         ],
         permission_sets: vec!["z-set".into(), "a-set".into()],
+        // Limits and networks come back as given, too.
+        limits: vec![
+            Limit::parse_flag("l", "monthly=100000/30d").unwrap(),
+            Limit::parse_flag("l", "burst=100/60s").unwrap(),
+        ],
+        allowed_cidrs: vec![
+            Network::parse("n", "203.0.113.0/24").unwrap(),
+            Network::parse("n", "2001:db8::/32").unwrap(),
+        ],
         ..key("key_2", "org_a", "secret-2", 200)
     };
     let kb = key("key_b", "org_b", "secret-b", 150);
@@ -456,6 +468,14 @@ async fn story(store: &impl Store) {
     let got = store.get_key("org_a", "key_1").await.unwrap().unwrap();
     assert_eq!(got, k1);
     assert_eq!(store.get_key("org_a", "key_2").await.unwrap().unwrap(), k2);
+    let snap = store
+        .snapshot_keys_by_id(&["key_2".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (&snap[0].limits, &snap[0].allowed_cidrs),
+        (&k2.limits, &k2.allowed_cidrs)
+    );
     // Only the digest is stored, and it finds the key across organizations.
     let found = store
         .key_by_digest(&Digester::sha256().digest("secret-b"))

@@ -177,6 +177,14 @@ pub struct CreateArgs {
     /// Confirm that more than 10 write-capable permission sets are intended.
     #[arg(long)]
     pub acknowledge_broad_access: bool,
+    /// A named rate limit or quota, `NAME=REQUESTS/PER` such as
+    /// `burst=100/1m` or `monthly=100000/30d` (repeatable, at most 10).
+    #[arg(long = "limit", value_name = "NAME=REQUESTS/PER")]
+    pub limits: Vec<String>,
+    /// A network the key may be used from, `203.0.113.0/24`,
+    /// `2001:db8::/32` or one address (repeatable; none: anywhere).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
     /// Free text.
     #[arg(long, default_value = "")]
     pub description: String,

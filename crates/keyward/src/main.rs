@@ -417,6 +417,18 @@ async fn keys(
                 Some(d) => Some(app.now().saturating_add(duration("expires-in", d)?)),
                 None => None,
             };
+            let limits = a
+                .limits
+                .iter()
+                .map(|l| keyward_core::limits::Limit::parse_flag("--limit", l))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| CliError::refused(e.to_string()))?;
+            let allowed_cidrs = a
+                .allowed_cidrs
+                .iter()
+                .map(|n| keyward_core::limits::Network::parse("--allow-cidr", n))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| CliError::refused(e.to_string()))?;
             let req = CreateKey {
                 name: a.name,
                 description: a.description,
@@ -428,6 +440,8 @@ async fn keys(
                 },
                 expires_at,
                 acknowledge_broad_access: a.acknowledge_broad_access,
+                limits,
+                allowed_cidrs,
             };
             let created = app.create_key(actor, org, req).await?;
             output::created(&created, a.json, "Created");

@@ -60,6 +60,7 @@ pub fn created(c: &CreatedKey, json: bool, verb: &str) {
     println!("  permission sets:  {}", list(&k.permission_sets));
     println!("  effective scopes: {}", list(&k.effective_scopes));
     println!("  expires:          {}", human_time(k.expires_at));
+    limit_lines(k);
     if let Some(w) = &c.broad_access_warning {
         println!("  warning:          {w} (acknowledged)");
     }
@@ -139,6 +140,7 @@ pub fn key_detail(catalog: &Catalog, k: &KeyView, trail: &[AuditRecord], json: b
         println!("  permission sets:  {}", list(&k.permission_sets));
         println!("  scopes:           {}", list(&k.scopes));
     }
+    limit_lines(k);
     println!("  effective scopes:");
     for name in &k.effective_scopes {
         let implied: Vec<String> = catalog
@@ -429,5 +431,20 @@ pub fn catalog(c: &Catalog, json: bool) {
             r.template(),
             c.names(r.required()).join(" ")
         );
+    }
+}
+
+/// A key's limits and networks, when it has any.
+fn limit_lines(k: &KeyView) {
+    if !k.limits.is_empty() {
+        let limits: Vec<String> = k
+            .limits
+            .iter()
+            .map(|l| format!("{}={}/{}", l.name, l.requests, l.per))
+            .collect();
+        println!("  limits:           {}", limits.join(", "));
+    }
+    if !k.allowed_cidrs.is_empty() {
+        println!("  allowed networks: {}", k.allowed_cidrs.join(", "));
     }
 }

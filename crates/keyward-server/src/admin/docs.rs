@@ -70,6 +70,10 @@ pub(super) struct VerifyRouteDoc {
     /// Path of the request to check, with or without the gateway prefix.
     #[schema(pattern = "^/")]
     path: String,
+    /// The address the key was presented from, checked against the key's
+    /// allowed networks (required for a key that has any).
+    #[schema(required = false)]
+    client_ip: Option<String>,
 }
 
 /// Does this key hold these scopes?
@@ -82,6 +86,10 @@ pub(super) struct VerifyScopesDoc {
     /// Scopes to check.
     #[schema(min_items = 1)]
     scopes: Vec<String>,
+    /// The address the key was presented from, checked against the key's
+    /// allowed networks (required for a key that has any).
+    #[schema(required = false)]
+    client_ip: Option<String>,
 }
 
 /// `POST /v1/verify` answer, for any key, valid or not.
@@ -96,8 +104,12 @@ pub(super) struct VerifyResponseDoc {
     scopes: Vec<String>,
     required: Vec<String>,
     missing: Vec<String>,
-    /// `allowed`, `missing_scopes`, `no_route`, `revoked`, `expired`, `unknown`, …
+    /// `allowed`, `missing_scopes`, `no_route`, `revoked`, `expired`, `unknown`,
+    /// `ip_not_allowed`, `rate_limited`, …
     reason: String,
+    /// Seconds until the key's limit admits again, when `rate_limited`.
+    #[schema(required = false)]
+    retry_after: Option<i64>,
 }
 
 /// Health of this node.

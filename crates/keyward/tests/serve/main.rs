@@ -14,6 +14,7 @@ mod console;
 mod harness;
 mod hostile;
 mod isolation;
+mod limits;
 mod schemathesis;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};

@@ -1,0 +1,312 @@
+//! Limits on a key (SPEC §8) over real sockets, on one node: bursts, two
+//! limits, allowed networks, verify agreeing with the gateway.
+
+use crate::harness::{Kw, Resp, Server, Upstream, req};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Sleeps until just after the next whole second, so a burst of a few
+/// requests falls inside one one-second window.
+fn start_of_a_second() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1_000 - now) + 20));
+}
+
+fn statuses(server: &Server, key: &str, n: usize) -> Vec<Resp> {
+    (0..n).map(|_| server.get("/vehicles", key)).collect()
+}
+
+#[test]
+fn a_burst_passes_then_429_with_its_headers_then_the_next_window_admits() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (id, key) = kw.key(&[
+        "--name",
+        "limited",
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "burst=3/1s",
+    ]);
+    let shown = kw.cli_ok(&["keys", "show", &id]);
+    assert!(shown.contains("burst=3/1s"), "{shown}");
+    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    start_of_a_second();
+    let rs = statuses(&server, &key, 4);
+    for (i, r) in rs.iter().take(3).enumerate() {
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.header("ratelimit-policy"), Some("\"burst\";q=3;w=1"));
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"burst\";r={};t=1", 2 - i).as_str())
+        );
+    }
+    let e = rs[3].error(429, "RATE_LIMITED");
+    assert_eq!(e["details"]["limit"], "burst");
+    assert_eq!(e["details"]["retry_after"], 1);
+    assert_eq!(rs[3].header("retry-after"), Some("1"));
+    assert_eq!(rs[3].header("ratelimit"), Some("\"burst\";r=0;t=1"));
+    assert_eq!(
+        up.hits(),
+        3,
+        "the refused request never reached the upstream"
+    );
+    // The next window admits again.
+    start_of_a_second();
+    assert_eq!(server.get("/vehicles", &key).status, 200);
+    // A key without limits carries no such headers.
+    let (_, free) = kw.key(&["--name", "free", "--scope", "vehicles:read"]);
+    let r = server.get("/vehicles", &free);
+    assert_eq!(r.status, 200);
+    assert!(r.header("ratelimit").is_none());
+}
+
+#[test]
+fn the_tighter_of_two_limits_refuses() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&[
+        "--name",
+        "two",
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "hourly=3/1h",
+        "--limit",
+        "second=2/1s",
+    ]);
+    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    start_of_a_second();
+    let rs = statuses(&server, &key, 3);
+    assert_eq!((rs[0].status, rs[1].status), (200, 200));
+    // The tightest limit is the one shown while admitted.
+    assert_eq!(rs[1].header("ratelimit"), Some("\"second\";r=0;t=1"));
+    assert_eq!(
+        rs[2].error(429, "RATE_LIMITED")["details"]["limit"],
+        "second"
+    );
+    start_of_a_second();
+    let rs = statuses(&server, &key, 2);
+    assert_eq!(rs[0].status, 200, "the refused request was not counted");
+    assert!(
+        rs[0]
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"hourly\";r=0;"),
+        "{:?}",
+        rs[0].header("ratelimit")
+    );
+    let e = rs[1].error(429, "RATE_LIMITED");
+    assert_eq!(e["details"]["limit"], "hourly");
+    assert!(e["details"]["retry_after"].as_i64().unwrap() > 1);
+}
+
+#[test]
+fn allowed_networks_are_checked_after_authentication_and_audited() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, admin) = kw.key(&[
+        "--name",
+        "auditor",
+        "--scope",
+        "keyward-audit:read",
+        "--scope",
+        "keyward-api-keys:verify",
+    ]);
+    let (_, here) = kw.key(&[
+        "--name",
+        "here",
+        "--scope",
+        "vehicles:read",
+        "--allow-cidr",
+        "10.0.0.0/8",
+        "--allow-cidr",
+        "127.0.0.0/8",
+    ]);
+    let (_, elsewhere) = kw.key(&[
+        "--name",
+        "elsewhere",
+        "--scope",
+        "vehicles:read",
+        "--allow-cidr",
+        "203.0.113.0/24",
+        "--allow-cidr",
+        "2001:db8::/32",
+    ]);
+    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    assert_eq!(server.get("/vehicles", &here).status, 200);
+    let e = server
+        .get("/vehicles", &elsewhere)
+        .error(403, "IP_NOT_ALLOWED");
+    assert!(e["message"].as_str().unwrap().contains("127.0.0.1"), "{e}");
+    // Authentication first: a bad key is 401 wherever it comes from.
+    server
+        .get("/vehicles", &format!("{elsewhere}x"))
+        .error(401, "UNAUTHORIZED");
+    // Networks before the route: an unknown path is still IP_NOT_ALLOWED.
+    server
+        .get("/no-such-route", &elsewhere)
+        .error(403, "IP_NOT_ALLOWED");
+    // A header cannot move the client: without a trusted proxy, the peer is it.
+    req("GET", "/api/third-party/v1/vehicles")
+        .bearer(&elsewhere)
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send(&server)
+        .error(403, "IP_NOT_ALLOWED");
+    assert_eq!(up.hits(), 1);
+    let audit = req("GET", "/v1/audit?action=gateway.request")
+        .bearer(&admin)
+        .send(&server)
+        .json();
+    let refused: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["details"]["reason"] == "ip_not_allowed")
+        .collect();
+    assert_eq!(refused.len(), 3, "{audit}");
+    assert!(refused.iter().all(|r| r["status"] == 403));
+
+    // Verify answers as the gateway decides, from the address it is given.
+    let verify = |body: Value| {
+        req("POST", "/v1/verify")
+            .bearer(&admin)
+            .json(&body)
+            .send(&server)
+    };
+    let ask = |client_ip: Option<&str>| {
+        let mut body = json!({"key": elsewhere, "method": "GET", "path": "/vehicles"});
+        if let Some(ip) = client_ip {
+            body["client_ip"] = json!(ip);
+        }
+        let a = verify(body).json();
+        (
+            a["valid"].clone(),
+            a["allowed"].clone(),
+            a["reason"].clone(),
+        )
+    };
+    assert_eq!(
+        ask(Some("203.0.113.77")),
+        (json!(true), json!(true), json!("allowed"))
+    );
+    assert_eq!(
+        ask(Some("2001:db8::5")),
+        (json!(true), json!(true), json!("allowed"))
+    );
+    assert_eq!(
+        ask(Some("::ffff:203.0.113.77")),
+        (json!(true), json!(true), json!("allowed"))
+    );
+    for outside in [Some("198.51.100.1"), Some("2001:db9::1"), None] {
+        assert_eq!(
+            ask(outside),
+            (json!(true), json!(false), json!("ip_not_allowed")),
+            "{outside:?}"
+        );
+    }
+    let e = verify(json!({"key": elsewhere, "scopes": ["vehicles:read"], "client_ip": "nope"}))
+        .error(422, "VALIDATION_FAILED");
+    assert_eq!(e["details"]["field"], "client_ip");
+}
+
+#[test]
+fn verify_counts_and_refuses_like_the_gateway() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, verifier) = kw.key(&["--name", "v", "--scope", "keyward-api-keys:verify"]);
+    let (_, key) = kw.key(&[
+        "--name",
+        "limited",
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "daily=2/1d",
+    ]);
+    let server = kw.serve(&[]);
+    let ask = || {
+        req("POST", "/v1/verify")
+            .bearer(&verifier)
+            .json(&json!({"key": key, "scopes": ["vehicles:read"]}))
+            .send(&server)
+            .json()
+    };
+    assert_eq!(ask()["allowed"], true);
+    assert_eq!(ask()["allowed"], true);
+    let a = ask();
+    assert_eq!(
+        (a["valid"].clone(), a["allowed"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(a["reason"], "rate_limited");
+    assert!(a["retry_after"].as_i64().unwrap() >= 1, "{a}");
+    // The same key through the gateway is out of requests too.
+    server.get("/vehicles", &key).error(429, "RATE_LIMITED");
+}
+
+#[test]
+fn bad_limits_and_networks_are_refused_naming_the_flag() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    for (flag, value, needle) in [
+        ("--limit", "burst", "NAME=REQUESTS/PER"),
+        ("--limit", "Burst=1/1m", "not a limit name"),
+        ("--limit", "burst=0/1m", "at least 1"),
+        ("--limit", "burst=1/31d", "whole seconds from 1s to 30d"),
+        ("--limit", "burst=1/500ms", "whole seconds from 1s to 30d"),
+        (
+            "--allow-cidr",
+            "203.0.113.0/33",
+            "prefix length must be 0 to 32",
+        ),
+        (
+            "--allow-cidr",
+            "2001:db8::/129",
+            "prefix length must be 0 to 128",
+        ),
+        ("--allow-cidr", "example.com", "not a network"),
+    ] {
+        let out = kw.cli(&[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--scope",
+            "vehicles:read",
+            flag,
+            value,
+        ]);
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle) && err.contains(flag),
+            "{flag} {value}: {err}"
+        );
+    }
+    let mut args = vec!["keys", "create", "--name", "x", "--scope", "vehicles:read"];
+    let limits: Vec<String> = (0..11).map(|i| format!("l{i}=1/1m")).collect();
+    for l in &limits {
+        args.extend(["--limit", l]);
+    }
+    let out = kw.cli(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 10 limits"));
+    let out = kw.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "a=1/1m",
+        "--limit",
+        "a=2/1h",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("named twice"));
+}
