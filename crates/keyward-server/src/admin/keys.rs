@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use keyward_app::KeyFilter;
 use keyward_app::views::{CatalogView, CreatedKey, KeyView};
 use keyward_app::{CreateKey, Refusal};
+use keyward_core::limits::{Limit, Network};
 use keyward_core::{Environment, GrantRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -57,6 +58,28 @@ pub(super) struct CreateKeyBody {
     /// Required when more than 10 write-capable permission sets are selected.
     #[serde(default)]
     acknowledge_broad_access: bool,
+    /// Named rate limits and quotas, at most 10 (SPEC §8).
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    limits: Vec<LimitBody>,
+    /// Networks the key may be used from: `203.0.113.0/24`, `2001:db8::/32`
+    /// or single addresses. None: anywhere.
+    #[serde(default)]
+    allowed_cidrs: Vec<String>,
+}
+
+/// A limit: at most `requests` per window of `per`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitBody {
+    /// Unique within the key.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,31}$")]
+    name: String,
+    /// Requests admitted per window.
+    #[schema(minimum = 1)]
+    requests: u64,
+    /// The window, whole seconds from `1s` to `30d` (`1m`, `24h`, `30d`).
+    per: String,
 }
 
 /// Create a key. The full key is in this response and never again.
@@ -100,6 +123,20 @@ async fn create_key(
         })
         .transpose()
         .map_err(|e| fail(e, ctx))?;
+    let limits = body
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Limit::new(&format!("limits[{i}]"), &l.name, l.requests, &l.per))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(ApiError::validation(&e.field, e.message), ctx))?;
+    let allowed_cidrs = body
+        .allowed_cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Network::parse(&format!("allowed_cidrs[{i}]"), n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(ApiError::validation(&e.field, e.message), ctx))?;
     let req = CreateKey {
         name: body.name,
         description: body.description.unwrap_or_default(),
@@ -111,8 +148,8 @@ async fn create_key(
         },
         expires_at,
         acknowledge_broad_access: body.acknowledge_broad_access,
-        // Set from the CLI until enforcement reaches every room (issue 17).
-        ..CreateKey::default()
+        limits,
+        allowed_cidrs,
     };
     let created = state
         .app

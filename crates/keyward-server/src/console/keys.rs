@@ -355,7 +355,7 @@ pub(super) async fn create_key(
         },
         expires_at,
         acknowledge_broad_access: !form.get("acknowledge_broad_access").is_empty(),
-        // Set from the CLI until enforcement reaches every room (issue 17).
+        // Limits are set from the CLI and the admin API (issue 17).
         ..CreateKey::default()
     };
     if req.grants.permission_sets.is_empty() && req.grants.presets.is_empty() {

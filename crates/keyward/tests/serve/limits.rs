@@ -310,3 +310,119 @@ fn bad_limits_and_networks_are_refused_naming_the_flag() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("named twice"));
 }
+
+#[test]
+fn the_admin_api_sets_limits_and_refuses_bad_ones_by_field() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, admin) = kw.key(&[
+        "--name",
+        "admin",
+        "--scope",
+        "keyward-api-keys:write",
+        "--scope",
+        "keyward-api-keys:read",
+        "--scope",
+        "vehicles:read",
+    ]);
+    let server = kw.serve(&[]);
+    let create = |body: Value| {
+        req("POST", "/v1/keys")
+            .bearer(&admin)
+            .json(&body)
+            .send(&server)
+    };
+    let r = create(json!({
+        "name": "limited",
+        "scopes": ["vehicles:read"],
+        "limits": [
+            {"name": "burst", "requests": 100, "per": "60s"},
+            {"name": "monthly", "requests": 100000, "per": "30d"}
+        ],
+        "allowed_cidrs": ["203.0.113.7/24", "2001:db8::/32", "198.51.100.4"]
+    }));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let created = r.json();
+    assert_eq!(
+        created["limits"],
+        json!([
+            {"name": "burst", "requests": 100, "per": "1m"},
+            {"name": "monthly", "requests": 100000, "per": "30d"}
+        ])
+    );
+    assert_eq!(
+        created["allowed_cidrs"],
+        json!(["203.0.113.0/24", "2001:db8::/32", "198.51.100.4/32"])
+    );
+    let id = created["id"].as_str().unwrap();
+    let shown = req("GET", &format!("/v1/keys/{id}"))
+        .bearer(&admin)
+        .send(&server)
+        .json();
+    assert_eq!(shown["limits"], created["limits"]);
+    assert_eq!(shown["allowed_cidrs"], created["allowed_cidrs"]);
+    // A roll copies them.
+    let rolled = req("POST", &format!("/v1/keys/{id}/roll"))
+        .bearer(&admin)
+        .json(&json!({}))
+        .send(&server)
+        .json();
+    assert_eq!(rolled["limits"], created["limits"]);
+    assert_eq!(rolled["allowed_cidrs"], created["allowed_cidrs"]);
+
+    let limit = |name: &str, requests: Value, per: &str| json!({"name": name, "requests": requests, "per": per});
+    let eleven: Vec<Value> = (0..11)
+        .map(|i| limit(&format!("l{i}"), json!(1), "1m"))
+        .collect();
+    for (limits, cidrs, field) in [
+        (
+            json!([limit("ok", json!(1), "1m"), limit("b", json!(1), "1x")]),
+            json!([]),
+            "limits[1].per",
+        ),
+        (
+            json!([limit("Bad", json!(1), "1m")]),
+            json!([]),
+            "limits[0].name",
+        ),
+        (
+            json!([limit("a-b", json!(0), "1m")]),
+            json!([]),
+            "limits[0].requests",
+        ),
+        (
+            json!([limit("a", json!(1), "1m"), limit("a", json!(2), "1h")]),
+            json!([]),
+            "limits[1].name",
+        ),
+        (
+            json!([limit("a", json!(1), "31d")]),
+            json!([]),
+            "limits[0].per",
+        ),
+        (json!(eleven), json!([]), "limits"),
+        (
+            json!([]),
+            json!(["203.0.113.0/24", "10.0.0.0/33"]),
+            "allowed_cidrs[1]",
+        ),
+        (json!([]), json!(["::/129"]), "allowed_cidrs[0]"),
+        (json!([]), json!(["not-a-network"]), "allowed_cidrs[0]"),
+    ] {
+        let body = json!({"name": "x", "scopes": ["vehicles:read"], "limits": limits, "allowed_cidrs": cidrs});
+        let e = create(body).error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["field"], field, "{e}");
+    }
+    // Wrong JSON types are refused by shape, naming the field.
+    for (limits, needle) in [
+        (json!([limit("a", json!(-1), "1m")]), "limits[0].requests"),
+        (
+            json!([{"name": "a", "requests": 1, "per": "1m", "burst": 2}]),
+            "burst",
+        ),
+    ] {
+        let body = json!({"name": "x", "scopes": ["vehicles:read"], "limits": limits});
+        let e = create(body).error(422, "VALIDATION_FAILED");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}
