@@ -31,6 +31,10 @@ pub struct Config {
     /// can shadow a header the upstream trusts). Folded spellings of the
     /// headers keyward sets are dropped either way.
     pub allow_underscore_headers: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`):
+    /// when the TCP peer is one, the client is the right-most address of
+    /// `X-Forwarded-For` that is not one ([`crate::web::Client::behind`]).
+    pub trusted_proxies: Vec<keyward_core::limits::Network>,
 }
 
 impl Default for Config {
@@ -46,6 +50,7 @@ impl Default for Config {
             max_staleness: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             allow_underscore_headers: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -269,6 +269,12 @@ async fn dispatch(
         }
         return res;
     }
+    // Behind trusted proxies, the client is who they say it is.
+    let client = if state.config.trusted_proxies.is_empty() {
+        client
+    } else {
+        client.behind(req.headers(), &state.config.trusted_proxies)
+    };
     // A body not yet read when keyward refuses the request stays unread:
     // hyper then closes the connection after the response, and the client
     // must be told so, or its next request on the connection fails.

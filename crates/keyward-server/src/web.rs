@@ -17,9 +17,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 /// JSON strings written by hand (verify's answer) escape as audit details do.
 pub(crate) use keyward_app::push_json_str;
+use keyward_core::limits::Network;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The peer of a connection, its address rendered once per connection and
 /// shared by its requests: `X-Forwarded-For`, audit records, sign-in throttles.
@@ -38,6 +39,39 @@ impl Client {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             addr: addr.ip(),
         }
+    }
+
+    /// The client behind trusted proxies. When the peer is one of
+    /// `trusted`, `X-Forwarded-For` (every such header, in order) is read
+    /// from the right: each address that is itself a trusted proxy is a hop
+    /// to pass over, and the first that is not is the client. A malformed
+    /// entry ends the walk at the last address read, so a client cannot
+    /// make itself anyone by writing garbage. Otherwise the peer is the
+    /// client and the header is ignored.
+    pub(crate) fn behind(&self, headers: &http::HeaderMap, trusted: &[Network]) -> Client {
+        let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+        if !is_trusted(self.addr) {
+            return self.clone();
+        }
+        let mut client = self.addr;
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for hop in hops.iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(ip) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Client::new(std::net::SocketAddr::new(client, 0))
     }
 
     /// The address as text (an address renders as ASCII, so never empty).

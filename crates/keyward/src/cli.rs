@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// keyward's own headers are dropped either way.
     #[arg(long)]
     pub allow_underscore_headers: bool,
+    /// A proxy in front of keyward whose `X-Forwarded-For` is believed
+    /// (repeatable; a CIDR or one address). Without one, the client is the
+    /// TCP peer and `X-Forwarded-For` is ignored.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -177,6 +177,12 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
         max_staleness: nonzero("max-staleness", &args.max_staleness)?,
         drain_timeout: std_duration("drain-timeout", &args.drain_timeout)?,
         allow_underscore_headers: args.allow_underscore_headers,
+        trusted_proxies: args
+            .trusted_proxies
+            .iter()
+            .map(|n| keyward_core::limits::Network::parse("--trusted-proxy", n))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| CliError::refused(e.to_string()))?,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(

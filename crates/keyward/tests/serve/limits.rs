@@ -426,3 +426,55 @@ fn the_admin_api_sets_limits_and_refuses_bad_ones_by_field() {
         assert!(e.to_string().contains(needle), "{e}");
     }
 }
+
+#[test]
+fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_hop() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&[
+        "--name",
+        "office",
+        "--scope",
+        "vehicles:read",
+        "--allow-cidr",
+        "203.0.113.0/24",
+        "--allow-cidr",
+        "2001:db8::/32",
+    ]);
+    let server = kw.serve(&[
+        "--upstream",
+        &format!("http://{}", up.addr),
+        "--trusted-proxy",
+        "127.0.0.0/8",
+        "--trusted-proxy",
+        "10.0.0.5",
+    ]);
+    let status = |xff: Option<&str>| {
+        let mut r = req("GET", "/api/third-party/v1/vehicles").bearer(&key);
+        if let Some(x) = xff {
+            r = r.header("X-Forwarded-For", x);
+        }
+        r.send(&server).status
+    };
+    assert_eq!(status(Some("203.0.113.9")), 200);
+    assert_eq!(status(Some("2001:db8::7")), 200);
+    // Trusted hops are passed over, right to left.
+    assert_eq!(status(Some("203.0.113.9, 10.0.0.5")), 200);
+    // What a client wrote left of the last untrusted hop is its own word.
+    assert_eq!(status(Some("203.0.113.9, 198.51.100.1")), 403);
+    assert_eq!(status(Some("198.51.100.1, 203.0.113.9")), 200);
+    // Without the header, or with garbage in it, the peer is the client.
+    assert_eq!(status(None), 403);
+    assert_eq!(status(Some("not-an-address")), 403);
+    assert_eq!(status(Some("198.51.100.1, junk")), 403);
+    // The upstream hears the client the proxy named.
+    let r = req("GET", "/api/third-party/v1/vehicles")
+        .bearer(&key)
+        .header("X-Forwarded-For", "198.51.100.1, 203.0.113.44")
+        .send(&server);
+    assert_eq!(
+        r.seen()["headers"]["x-forwarded-for"],
+        json!(["203.0.113.44"])
+    );
+}
