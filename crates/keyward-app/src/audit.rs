@@ -124,9 +124,11 @@ pub fn audit_resumed_entry(
 }
 
 /// The one record of refusals counted rather than chained (anonymous
-/// requests, throttled sign-ins) for one client and minute: how many, and
-/// the first as a sample. An unauthenticated gateway request is recorded as
-/// `gateway.unauthenticated`; other counted refusals keep their action.
+/// requests and throttled sign-ins per client, rate-limited requests per key
+/// and limit) for one minute: how many, and the first as a sample. A
+/// gateway request is recorded as `gateway.unauthenticated` without a key
+/// and `gateway.rate_limited` with one; other counted refusals keep their
+/// action.
 #[must_use]
 pub fn tally_entry(
     sample: AuditEntry,
@@ -135,17 +137,21 @@ pub fn tally_entry(
     count: u64,
     now: i64,
 ) -> AuditEntry {
-    let action = if sample.action == "gateway.request" {
-        "gateway.unauthenticated".to_owned()
-    } else {
-        sample.action.clone()
+    let keyed = sample.key_id.is_some();
+    let action = match (sample.action.as_str(), keyed) {
+        ("gateway.request", false) => "gateway.unauthenticated".to_owned(),
+        ("gateway.request", true) => "gateway.rate_limited".to_owned(),
+        _ => sample.action.clone(),
     };
     let details: serde_json::Value = serde_json::from_str(&sample.details).unwrap_or_default();
     AuditEntry {
         at_ms: now,
-        actor: keyward_core::audit::actor::ANONYMOUS.to_owned(),
+        actor: if keyed {
+            sample.actor.clone()
+        } else {
+            keyward_core::audit::actor::ANONYMOUS.to_owned()
+        },
         action,
-        key_id: None,
         client,
         details: serde_json::json!({
             "count": count,

@@ -241,17 +241,20 @@ impl AnonymousTally {
         }
     }
 
-    /// Counts one refusal; `entry` is its would-be record.
+    /// Counts one refusal; `entry` is its would-be record. Counted per
+    /// client, minute and status.
     pub fn note(&self, entry: AuditEntry, now_ms: i64) {
+        let client = entry.client.clone().unwrap_or_default();
+        self.note_as(client, entry, now_ms);
+    }
+
+    /// Counts one refusal under `who` (a client, or a key and its limit
+    /// for rate-limited requests: `key_…/burst`), per minute and status.
+    pub fn note_as(&self, who: String, entry: AuditEntry, now_ms: i64) {
         let minute = now_ms - now_ms.rem_euclid(MINUTE_MS);
         let status = entry.status.unwrap_or(0);
         let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut key = (
-            entry.client.clone().unwrap_or_default(),
-            minute,
-            status,
-            entry.action.clone(),
-        );
+        let mut key = (who, minute, status, entry.action.clone());
         if tallies.len() >= MAX_TALLIES && !tallies.contains_key(&key) {
             key.0 = OTHER_CLIENTS.to_owned();
         }
@@ -279,8 +282,14 @@ impl AnonymousTally {
             let Some(t) = tallies.remove(&key) else {
                 continue;
             };
-            let (client, minute, _, _) = key;
-            let client = (client != OTHER_CLIENTS).then_some(client);
+            let (who, minute, _, _) = key;
+            // A keyed tally (rate limits) keeps its sample's client; an
+            // anonymous one is by client.
+            let client = if t.sample.key_id.is_some() {
+                t.sample.client.clone()
+            } else {
+                (who != OTHER_CLIENTS).then_some(who)
+            };
             out.push(keyward_app::tally_entry(
                 t.sample, client, minute, t.count, now_ms,
             ));

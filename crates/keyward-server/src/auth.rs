@@ -413,7 +413,8 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The `RateLimit` headers of a limited key's answer (SPEC §8, after the
 /// IETF draft): the policy and state of one limit.
 pub(crate) struct RateLimitNote {
-    name: String,
+    /// The limit's name.
+    pub(crate) name: String,
     requests: u64,
     window_secs: i64,
     remaining: u64,

@@ -128,6 +128,23 @@ async fn admit(
                     note,
                 } = *refused;
                 let audited = reason == "ip_not_allowed";
+                if let (Some(note), Some(key)) = (&note, ex.key) {
+                    // Counted once per key, limit and minute, not chained
+                    // each time: a key hammering its limit must not flood
+                    // the log.
+                    let mut entry = ex.audit(
+                        state.app.catalog().key_prefix(),
+                        &state.default_org,
+                        429,
+                        Vec::new(),
+                        reason,
+                    );
+                    entry.details =
+                        serde_json::json!({"reason": reason, "limit": note.name}).to_string();
+                    entry.at_ms = now;
+                    let who = format!("{}/{}", key.key_id, note.name);
+                    state.anonymous.note_as(who, entry, now);
+                }
                 let mut res = refuse(state, &ex, audited, error, Vec::new(), reason).await;
                 if let Some(note) = note {
                     note.write(res.headers_mut());

@@ -478,3 +478,59 @@ fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_hop() {
         json!(["203.0.113.44"])
     );
 }
+
+#[test]
+fn refusals_past_a_limit_are_one_record_per_key_limit_and_minute() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, auditor) = kw.key(&["--name", "auditor", "--scope", "keyward-audit:read"]);
+    let (id, key) = kw.key(&[
+        "--name",
+        "hammer",
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "daily=1/1d",
+    ]);
+    let mut server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    assert_eq!(server.get("/vehicles", &key).status, 200);
+    for _ in 0..25 {
+        server.get("/vehicles", &key).error(429, "RATE_LIMITED");
+    }
+    // Written when the minute ends, or at shutdown.
+    assert!(server.stop().success());
+    let server = kw.serve(&[]);
+    let page = req("GET", "/v1/audit?action=gateway.rate_limited")
+        .bearer(&auditor)
+        .send(&server)
+        .json();
+    let records = page["data"].as_array().unwrap();
+    // One record a minute: two only if the burst straddled a minute's end.
+    assert!((1..=2).contains(&records.len()), "{page}");
+    let total: i64 = records
+        .iter()
+        .map(|r| r["details"]["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 25);
+    for r in records {
+        assert_eq!(r["key_id"], json!(id));
+        assert_eq!(r["actor"], json!(format!("key:{id}")));
+        assert_eq!(r["status"], 429);
+        assert_eq!(r["details"]["sample"]["limit"], "daily");
+        assert_eq!(r["client"], "127.0.0.1");
+    }
+    // Nothing per request in the chain.
+    let each = req("GET", &format!("/v1/audit?key_id={id}"))
+        .bearer(&auditor)
+        .send(&server)
+        .json();
+    assert!(
+        each["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] != 429 || r["action"] == "gateway.rate_limited"),
+        "{each}"
+    );
+}
