@@ -79,6 +79,9 @@ pub struct KeyLimits {
     pub limits: Box<[Limit]>,
     /// Networks the key may be used from; empty: anywhere.
     pub networks: Box<[Network]>,
+    /// Each limit's `RateLimit-Policy` value (`"burst";q=100;w=60`), made
+    /// once per key rather than on every answer.
+    pub policies: Box<[bytes::Bytes]>,
     /// One count per limit; held only for the few instructions of a count.
     counters: std::sync::Mutex<Box<[Counter]>>,
 }
@@ -89,6 +92,17 @@ impl KeyLimits {
             Box::new(KeyLimits {
                 limits: limits.into(),
                 networks: networks.into(),
+                policies: limits
+                    .iter()
+                    .map(|l| {
+                        bytes::Bytes::from(format!(
+                            "\"{}\";q={};w={}",
+                            l.name,
+                            l.requests,
+                            l.window_secs()
+                        ))
+                    })
+                    .collect(),
                 counters: std::sync::Mutex::new(vec![Counter::default(); limits.len()].into()),
             })
         })

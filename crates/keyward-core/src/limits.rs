@@ -319,30 +319,34 @@ pub enum Admission {
     },
 }
 
-/// Milliseconds from `now_ms` to the end of its window.
-fn until_window_end(limit: &Limit, now_ms: i64) -> i64 {
-    (window_of(now_ms, limit.per_ms) + 1) * limit.per_ms - now_ms
-}
-
 /// Decides one request against every limit of a key at `now_ms`: admitted
 /// only if every limit has room, counting `others(i)` requests admitted
 /// elsewhere (other nodes) in limit `i`'s current window; then counted in
-/// all of them at once. A refused request counts in none.
+/// all of them at once. A refused request counts in none. One division per
+/// limit: it runs on every request of a limited key.
 pub fn admit(
     limits: &[Limit],
     counters: &mut [Counter],
     now_ms: i64,
     others: impl Fn(usize) -> u64,
 ) -> Admission {
+    let n = limits.len().min(counters.len()).min(MAX_LIMITS);
+    let mut current = [Counter::default(); MAX_LIMITS];
     let mut refused: Option<(usize, i64)> = None;
     let mut tightest: Option<(usize, u64, i64)> = None;
-    for (i, limit) in limits.iter().enumerate() {
-        let Some(counter) = counters.get(i) else {
-            continue;
+    for i in 0..n {
+        let (limit, counter) = (&limits[i], counters[i]);
+        let window = window_of(now_ms, limit.per_ms);
+        let c = if window > counter.window {
+            Counter { window, used: 0 }
+        } else {
+            counter
         };
-        let current = counter.at(limit, now_ms);
-        let used = current.used.saturating_add(others(i));
-        let reset_ms = until_window_end(limit, now_ms);
+        current[i] = c;
+        let used = c.used.saturating_add(others(i));
+        // To the end of the counted window (the newer one, if the clock
+        // stepped back).
+        let reset_ms = (c.window.max(window) + 1) * limit.per_ms - now_ms;
         if used >= limit.requests {
             // Of several exhausted limits, the one that frees up last
             // decides when to come back.
@@ -362,10 +366,11 @@ pub fn admit(
             retry_after_ms,
         };
     }
-    for (limit, counter) in limits.iter().zip(counters.iter_mut()) {
-        let mut current = counter.at(limit, now_ms);
-        current.used = current.used.saturating_add(1);
-        *counter = current;
+    for i in 0..n {
+        counters[i] = Counter {
+            used: current[i].used.saturating_add(1),
+            ..current[i]
+        };
     }
     match tightest {
         Some((i, remaining, reset_ms)) => Admission::Allowed {

@@ -128,7 +128,11 @@ async fn admit(
                     note,
                 } = *refused;
                 let audited = reason == "ip_not_allowed";
-                if let (Some(note), Some(key)) = (&note, ex.key) {
+                let limit_name = note
+                    .as_ref()
+                    .and_then(|n| limits.limits.get(n.index))
+                    .map(|l| l.name.as_str());
+                if let (Some(name), Some(key)) = (limit_name, ex.key) {
                     // Counted once per key, limit and minute, not chained
                     // each time: a key hammering its limit must not flood
                     // the log.
@@ -140,9 +144,9 @@ async fn admit(
                         reason,
                     );
                     entry.details =
-                        serde_json::json!({"reason": reason, "limit": note.name}).to_string();
+                        serde_json::json!({"reason": reason, "limit": name}).to_string();
                     entry.at_ms = now;
-                    let who = format!("{}/{}", key.key_id, note.name);
+                    let who = format!("{}/{}", key.key_id, name);
                     state.anonymous.note_as(who, entry, now);
                 }
                 let mut res = refuse(state, &ex, audited, error, Vec::new(), reason).await;
