@@ -13,6 +13,7 @@ use http::request::Parts;
 use keyward_app::KeyFilter;
 use keyward_app::views::{KeyView, human_time};
 use keyward_app::{AppError, CreateKey};
+use keyward_core::limits::{Limit, Network};
 use keyward_core::{Environment, GrantRequest};
 
 /// Keys per page of the list.
@@ -135,6 +136,8 @@ struct NewKeyPage {
     description: String,
     expires_on: String,
     environment: String,
+    limits: String,
+    allowed_cidrs: String,
     areas: Vec<Area>,
     presets: Vec<PresetChoice>,
     broad_limit: usize,
@@ -243,6 +246,8 @@ async fn new_key_form(
         description: get("description"),
         expires_on: get("expires_on"),
         environment: get("environment"),
+        limits: get("limits"),
+        allowed_cidrs: get("allowed_cidrs"),
         areas,
         presets,
         broad_limit: BROAD_LIMIT,
@@ -344,6 +349,29 @@ pub(super) async fn create_key(
             .await);
         }
     };
+    // One per line (or separated by spaces or commas), as the CLI takes them.
+    let items = |name: &str| -> Vec<String> {
+        form.get(name)
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let limits = items("limits")
+        .iter()
+        .map(|l| Limit::parse_flag("Limits", l))
+        .collect::<Result<Vec<_>, _>>();
+    let allowed_cidrs = items("allowed_cidrs")
+        .iter()
+        .map(|n| Network::parse("Allowed networks", n))
+        .collect::<Result<Vec<_>, _>>();
+    let (limits, allowed_cidrs) = match (limits, allowed_cidrs) {
+        (Ok(l), Ok(n)) => (l, n),
+        (Err(e), _) | (_, Err(e)) => {
+            let message = format!("{}: {}.", e.field, e.message);
+            return Err(refuse(message, StatusCode::UNPROCESSABLE_ENTITY).await);
+        }
+    };
     let req = CreateKey {
         name: form.get("name").to_owned(),
         description: form.get("description").to_owned(),
@@ -355,8 +383,8 @@ pub(super) async fn create_key(
         },
         expires_at,
         acknowledge_broad_access: !form.get("acknowledge_broad_access").is_empty(),
-        // Limits are set from the CLI and the admin API (issue 17).
-        ..CreateKey::default()
+        limits,
+        allowed_cidrs,
     };
     if req.grants.permission_sets.is_empty() && req.grants.presets.is_empty() {
         return Err(refuse(

@@ -606,26 +606,7 @@ fn console_refuses_nul_in_addresses_on_both_backends() {
     for kw in &nodes {
         let password = first_start(kw);
         let server = kw.serve(&[]);
-        let mut v = Visitor::new(&server);
-        see_other(
-            &v.post(
-                "/console/sign-in",
-                &[("email", "owner"), ("password", &password)],
-            ),
-            "/console/password",
-        );
-        let csrf = field(&text(&v.get("/console/password")), "csrf");
-        see_other(
-            &v.post(
-                "/console/password",
-                &[
-                    ("csrf", &csrf),
-                    ("current_password", &password),
-                    ("new_password", "the owner's long password"),
-                ],
-            ),
-            "/console/keys",
-        );
+        let mut v = owner_visitor(&server, &password);
         for path in [
             "/console/keys/key_a%00b",
             "/console/keys/%00",
@@ -672,5 +653,93 @@ fn console_refuses_nul_in_addresses_on_both_backends() {
         assert_eq!(server.get("/vehicles", &key).status, 502, "not revoked");
         // The same ids without the NUL are simply not found.
         assert_eq!(v.get("/console/keys/key_ab").status, 404);
+    }
+}
+
+/// The owner, signed in with a password of their own (the one-time one
+/// replaced).
+fn owner_visitor<'a>(server: &'a Server, password: &str) -> Visitor<'a> {
+    let mut v = Visitor::new(server);
+    see_other(
+        &v.post(
+            "/console/sign-in",
+            &[("email", "owner"), ("password", password)],
+        ),
+        "/console/password",
+    );
+    let csrf = field(&text(&v.get("/console/password")), "csrf");
+    see_other(
+        &v.post(
+            "/console/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", password),
+                ("new_password", "the owner's long password"),
+            ],
+        ),
+        "/console/keys",
+    );
+    v
+}
+
+#[test]
+fn the_console_sets_and_shows_a_keys_limits() {
+    let kw = Kw::new();
+    let password = first_start(&kw);
+    let server = kw.serve(&[]);
+    let mut v = owner_visitor(&server, &password);
+    let form = text(&v.get("/console/keys/new"));
+    assert!(form.contains("Rate limits and quotas") && form.contains("Allowed networks"));
+    let (csrf, nonce) = (field(&form, "csrf"), field(&form, "nonce"));
+    // A bad limit is refused in words, the form kept as sent.
+    let r = v.post(
+        "/console/keys",
+        &[
+            ("csrf", &csrf),
+            ("nonce", &nonce),
+            ("name", "Limited"),
+            ("set", "vehicles:read"),
+            ("limits", "burst=100/1m\nmonthly=0/30d"),
+            ("allowed_cidrs", "203.0.113.0/24"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    let page = text(&r);
+    assert!(
+        page.contains("Limits.requests: must be at least 1."),
+        "{page}"
+    );
+    assert!(
+        page.contains("monthly=0/30d"),
+        "the form keeps what was sent"
+    );
+    let nonce = field(&page, "nonce");
+    let created = v.post(
+        "/console/keys",
+        &[
+            ("csrf", &csrf),
+            ("nonce", &nonce),
+            ("name", "Limited"),
+            ("set", "vehicles:read"),
+            ("limits", "burst=100/60s\r\nmonthly=100000/30d"),
+            ("allowed_cidrs", "203.0.113.7/24, 2001:db8::/32"),
+        ],
+    );
+    assert_eq!(created.status, 201);
+    let list = text(&v.get("/console/keys"));
+    let id = list
+        .split("href=\"/console/keys/key_")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .map(|s| format!("key_{s}"))
+        .unwrap();
+    let detail = text(&v.get(&format!("/console/keys/{id}")));
+    for needle in [
+        "<code>burst</code>: 100 per 1m",
+        "<code>monthly</code>: 100000 per 30d",
+        "<code>203.0.113.0/24</code>",
+        "<code>2001:db8::/32</code>",
+    ] {
+        assert!(detail.contains(needle), "{needle}");
     }
 }
