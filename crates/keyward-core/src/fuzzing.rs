@@ -145,3 +145,47 @@ pub fn catalog_load(data: &[u8]) {
         Err(errors) => assert!(!errors.to_string().is_empty()),
     }
 }
+
+/// Limits and networks as clients write them: every input is a valid limit
+/// or network that reads back the same, or an error naming the field; and
+/// counting never admits more than a limit in a window.
+pub fn limits(data: &[u8]) {
+    use crate::limits::{Admission, Counter, Limit, Network, admit, window_of};
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    for part in input.split('\n') {
+        match Limit::parse_flag("--limit", part) {
+            Ok(l) => {
+                // What is stored reads back to the same limit.
+                let text = format!("{}={}/{}", l.name, l.requests, l.per());
+                assert_eq!(Limit::parse_flag("l", &text).ok(), Some(l.clone()));
+                // A burst at one instant admits exactly `requests` (capped
+                // to keep the run short).
+                if l.requests <= 64 {
+                    let limits = [l.clone()];
+                    let mut counters = [Counter::default()];
+                    let now = i64::from(u32::try_from(part.len()).unwrap_or(0)) * 997;
+                    let admitted = (0..80)
+                        .filter(|_| {
+                            matches!(
+                                admit(&limits, &mut counters, now, |_| 0),
+                                Admission::Allowed { .. }
+                            )
+                        })
+                        .count();
+                    assert_eq!(u64::try_from(admitted).ok(), Some(l.requests.min(80)));
+                    assert_eq!(counters[0].window, window_of(now, l.per_ms));
+                }
+            }
+            Err(e) => assert!(e.field.starts_with("--limit"), "{e}"),
+        }
+        match Network::parse("n", part) {
+            Ok(n) => {
+                let again = Network::parse("n", &n.to_string()).ok();
+                assert_eq!(again, Some(n), "a network reads back as itself");
+            }
+            Err(e) => assert_eq!(e.field, "n"),
+        }
+    }
+}

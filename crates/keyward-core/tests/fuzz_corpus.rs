@@ -40,3 +40,8 @@ fn key_text_corpus() {
 fn catalog_load_corpus() {
     replay("catalog_load", fuzzing::catalog_load);
 }
+
+#[test]
+fn limits_corpus() {
+    replay("limits", fuzzing::limits);
+}
