@@ -166,6 +166,8 @@ impl<S: Store> App<S> {
             "permission_sets": record.permission_sets,
             "expires_at": record.expires_at,
             "broad_access_acknowledged": resolved.is_broad(),
+            "limits": record.limits.iter().map(|l| format!("{}={}/{}", l.name, l.requests, l.per())).collect::<Vec<_>>(),
+            "allowed_cidrs": record.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
         let entry = self.audit(actor, org, "key.created", Some(&record.id), details);
         self.store

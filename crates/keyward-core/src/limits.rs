@@ -27,6 +27,9 @@ pub const MIN_WINDOW_MS: i64 = 1_000;
 pub const MAX_WINDOW_MS: i64 = 30 * 86_400_000;
 /// The longest limit name.
 pub const MAX_NAME_CHARS: usize = 32;
+/// The most requests a limit may admit per window: structured-field
+/// integers (the `RateLimit` headers' `q` and `r`) have at most 15 digits.
+pub const MAX_REQUESTS: u64 = 999_999_999_999_999;
 
 /// A named limit: at most `requests` per window of `per_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +92,14 @@ impl Limit {
             return Err(LimitError::new(
                 format!("{field}.requests"),
                 "must be at least 1",
+            ));
+        }
+        if requests > MAX_REQUESTS {
+            return Err(LimitError::new(
+                format!("{field}.requests"),
+                format!(
+                    "must be at most {MAX_REQUESTS} (15 digits, what `RateLimit` headers carry)"
+                ),
             ));
         }
         let per_ms = crate::parse_duration_ms(per)
@@ -173,7 +184,7 @@ pub fn check_limits(limits: &[Limit]) -> Result<(), LimitError> {
 /// An IPv4 or IPv6 network a key may be used from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Network {
-    /// The network's address, host bits cleared.
+    /// The network's address (no host bits).
     addr: IpAddr,
     /// Prefix length: 0..=32 (IPv4) or 0..=128 (IPv6).
     prefix: u8,
@@ -181,8 +192,9 @@ pub struct Network {
 
 impl Network {
     /// Parses `203.0.113.0/24`, `2001:db8::/32` or a single address (a /32
-    /// or /128). Host bits below the prefix are cleared:
-    /// `203.0.113.7/24` is `203.0.113.0/24`.
+    /// or /128). Host bits below the prefix are refused (`203.0.113.7/24`:
+    /// one address or the network?), as are IPv4-mapped IPv6 networks,
+    /// which no client would match (IPv4 clients are matched as IPv4).
     ///
     /// # Errors
     /// [`LimitError`] naming `field` for an unparsable address or a prefix
@@ -215,10 +227,29 @@ impl Network {
                 }
             }
         };
-        Ok(Network {
-            addr: mask(addr, prefix),
-            prefix,
-        })
+        if let IpAddr::V6(v6) = addr
+            && v6.to_ipv4_mapped().is_some()
+        {
+            return Err(LimitError::new(
+                field,
+                format!("`{shown}`: write IPv4 networks as IPv4 (`203.0.113.0/24`)"),
+            ));
+        }
+        if mask(addr, prefix) != addr {
+            // Host bits below the prefix: one address or a network was
+            // meant, and guessing which could open a key to a whole network.
+            return Err(LimitError::new(
+                field,
+                format!(
+                    "`{shown}` has host bits set: write {} for the network or {addr} for one address",
+                    Network {
+                        addr: mask(addr, prefix),
+                        prefix
+                    }
+                ),
+            ));
+        }
+        Ok(Network { addr, prefix })
     }
 
     /// Whether `client` is inside this network. An IPv4 client seen as an

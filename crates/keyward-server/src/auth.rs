@@ -369,6 +369,25 @@ pub(crate) async fn caller(
     match checked {
         Ok(entry) => {
             state.snapshot.record_use(&entry, now);
+            // A key's networks and limits hold on keyward's own endpoints
+            // too: a key bound to a network is not usable from elsewhere
+            // against the admin API either (refusals audited as a 403 is).
+            if let Some(limits) = entry.limits.as_deref()
+                && let Err(refused) = check_limits(limits, asked.client.addr, now)
+            {
+                let with_key = asked.exchange(Some(&entry));
+                let LimitRefusal {
+                    error,
+                    reason,
+                    note,
+                } = *refused;
+                let audited = audited || reason == "ip_not_allowed";
+                let mut res = refuse(state, &with_key, audited, error, Vec::new(), reason).await;
+                if let Some(note) = note {
+                    note.write(res.headers_mut());
+                }
+                return Err(res);
+            }
             Ok(entry)
         }
         Err(f) => Err(refuse(

@@ -43,6 +43,13 @@ fn limits_are_read_and_refused_by_field() {
     assert!(Limit::new("l", &"a".repeat(33), 1, "1s").is_err());
     assert!(Limit::new("l", "a", 1, "1s").is_ok());
     assert!(Limit::new("l", "a", 1, "30d").is_ok());
+    assert!(Limit::new("l", "a", MAX_REQUESTS, "1s").is_ok());
+    assert_eq!(
+        Limit::new("l", "a", MAX_REQUESTS + 1, "1s")
+            .unwrap_err()
+            .field,
+        "l.requests"
+    );
 }
 
 #[test]
@@ -63,8 +70,14 @@ fn a_key_has_at_most_ten_uniquely_named_limits() {
 #[test]
 fn networks_are_read_masked_and_matched() {
     let n = |t: &str| Network::parse("allowed_cidrs[0]", t);
-    let v4 = n("203.0.113.7/24").unwrap();
+    let v4 = n("203.0.113.0/24").unwrap();
     assert_eq!(v4.to_string(), "203.0.113.0/24");
+    // Host bits: an address or a network? Not guessed.
+    let e = n("203.0.113.7/24").unwrap_err();
+    assert!(e.message.contains("203.0.113.0/24"), "{e}");
+    // No client is matched against an IPv4-mapped network.
+    assert!(n("::ffff:10.0.0.0/104").is_err());
+    assert!(n("::ffff:10.0.0.1").is_err());
     assert!(v4.contains("203.0.113.255".parse().unwrap()));
     assert!(!v4.contains("203.0.114.1".parse().unwrap()));
     // A dual-stack listener sees IPv4 clients as mapped IPv6 addresses.

@@ -722,7 +722,7 @@ fn the_console_sets_and_shows_a_keys_limits() {
             ("name", "Limited"),
             ("set", "vehicles:read"),
             ("limits", "burst=100/60s\r\nmonthly=100000/30d"),
-            ("allowed_cidrs", "203.0.113.7/24, 2001:db8::/32"),
+            ("allowed_cidrs", "203.0.113.0/24, 2001:db8::/32"),
         ],
     );
     assert_eq!(created.status, 201);

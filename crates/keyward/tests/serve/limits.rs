@@ -141,6 +141,28 @@ fn allowed_networks_are_checked_after_authentication_and_audited() {
     ]);
     let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
     assert_eq!(server.get("/vehicles", &here).status, 200);
+    // keyward's own endpoints hold a key to its networks too.
+    let (_, remote_admin) = kw.key(&[
+        "--name",
+        "remote admin",
+        "--scope",
+        "keyward-api-keys:read",
+        "--scope",
+        "keyward-api-keys:write",
+        "--allow-cidr",
+        "203.0.113.0/24",
+    ]);
+    for (method, path) in [
+        ("GET", "/v1/keys"),
+        ("GET", "/v1/whoami"),
+        ("POST", "/v1/keys"),
+    ] {
+        req(method, path)
+            .bearer(&remote_admin)
+            .json(&json!({"name": "minted", "scopes": ["vehicles:read"]}))
+            .send(&server)
+            .error(403, "IP_NOT_ALLOWED");
+    }
     let e = server
         .get("/vehicles", &elsewhere)
         .error(403, "IP_NOT_ALLOWED");
@@ -170,7 +192,9 @@ fn allowed_networks_are_checked_after_authentication_and_audited() {
         .iter()
         .filter(|r| r["details"]["reason"] == "ip_not_allowed")
         .collect();
-    assert_eq!(refused.len(), 3, "{audit}");
+    // The gateway's three, and the admin API's three (a read refused for
+    // its network is audited like a 403).
+    assert_eq!(refused.len(), 6, "{audit}");
     assert!(refused.iter().all(|r| r["status"] == 403));
 
     // Verify answers as the gateway decides, from the address it is given.
@@ -339,7 +363,7 @@ fn the_admin_api_sets_limits_and_refuses_bad_ones_by_field() {
             {"name": "burst", "requests": 100, "per": "60s"},
             {"name": "monthly", "requests": 100000, "per": "30d"}
         ],
-        "allowed_cidrs": ["203.0.113.7/24", "2001:db8::/32", "198.51.100.4"]
+        "allowed_cidrs": ["203.0.113.0/24", "2001:db8::/32", "198.51.100.4"]
     }));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let created = r.json();
@@ -407,6 +431,18 @@ fn the_admin_api_sets_limits_and_refuses_bad_ones_by_field() {
             "allowed_cidrs[1]",
         ),
         (json!([]), json!(["::/129"]), "allowed_cidrs[0]"),
+        // Host bits: one address or the network? Not guessed.
+        (json!([]), json!(["203.0.113.7/24"]), "allowed_cidrs[0]"),
+        (
+            json!([]),
+            json!(["::ffff:10.0.0.0/104"]),
+            "allowed_cidrs[0]",
+        ),
+        (
+            json!([limit("a", json!(1_000_000_000_000_000_u64), "1m")]),
+            json!([]),
+            "limits[0].requests",
+        ),
         (json!([]), json!(["not-a-network"]), "allowed_cidrs[0]"),
     ] {
         let body = json!({"name": "x", "scopes": ["vehicles:read"], "limits": limits, "allowed_cidrs": cidrs});
