@@ -337,12 +337,7 @@ fn console_pages_without_a_browser() {
     // Nor does any page.
     let list = text(&v.get("/console/keys"));
     assert!(!list.contains(&key));
-    let id = list
-        .split("href=\"/console/keys/key_")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .map(|s| format!("key_{s}"))
-        .unwrap();
+    let id = first_key_id(&list);
 
     // Key detail: sets, effective scopes with what they imply, trail, no edit.
     let detail = text(&v.get(&format!("/console/keys/{id}")));
@@ -727,12 +722,7 @@ fn the_console_sets_and_shows_a_keys_limits() {
     );
     assert_eq!(created.status, 201);
     let list = text(&v.get("/console/keys"));
-    let id = list
-        .split("href=\"/console/keys/key_")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .map(|s| format!("key_{s}"))
-        .unwrap();
+    let id = first_key_id(&list);
     let detail = text(&v.get(&format!("/console/keys/{id}")));
     for needle in [
         "<code>burst</code>: 100 per 1m",
@@ -742,4 +732,13 @@ fn the_console_sets_and_shows_a_keys_limits() {
     ] {
         assert!(detail.contains(needle), "{needle}");
     }
+}
+
+/// The id of the first key a list page links to.
+fn first_key_id(list: &str) -> String {
+    list.split("href=\"/console/keys/key_")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .map(|s| format!("key_{s}"))
+        .unwrap()
 }

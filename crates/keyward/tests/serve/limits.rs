@@ -34,7 +34,7 @@ fn a_burst_passes_then_429_with_its_headers_then_the_next_window_admits() {
     ]);
     let shown = kw.cli_ok(&["keys", "show", &id]);
     assert!(shown.contains("burst=3/1s"), "{shown}");
-    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    let server = kw.serve(&["--upstream", &crate::upstream_flag(&up)]);
     start_of_a_second();
     let rs = statuses(&server, &key, 4);
     for (i, r) in rs.iter().take(3).enumerate() {
@@ -80,7 +80,7 @@ fn the_tighter_of_two_limits_refuses() {
         "--limit",
         "second=2/1s",
     ]);
-    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    let server = kw.serve(&["--upstream", &crate::upstream_flag(&up)]);
     start_of_a_second();
     let rs = statuses(&server, &key, 3);
     assert_eq!((rs[0].status, rs[1].status), (200, 200));
@@ -139,7 +139,7 @@ fn allowed_networks_are_checked_after_authentication_and_audited() {
         "--allow-cidr",
         "2001:db8::/32",
     ]);
-    let server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    let server = kw.serve(&["--upstream", &crate::upstream_flag(&up)]);
     assert_eq!(server.get("/vehicles", &here).status, 200);
     // keyward's own endpoints hold a key to its networks too.
     let (_, remote_admin) = kw.key(&[
@@ -480,7 +480,7 @@ fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_hop() {
     ]);
     let server = kw.serve(&[
         "--upstream",
-        &format!("http://{}", up.addr),
+        &crate::upstream_flag(&up),
         "--trusted-proxy",
         "127.0.0.0/8",
         "--trusted-proxy",
@@ -529,7 +529,7 @@ fn refusals_past_a_limit_are_one_record_per_key_limit_and_minute() {
         "--limit",
         "daily=1/1d",
     ]);
-    let mut server = kw.serve(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut server = kw.serve(&["--upstream", &crate::upstream_flag(&up)]);
     assert_eq!(server.get("/vehicles", &key).status, 200);
     for _ in 0..25 {
         server.get("/vehicles", &key).error(429, "RATE_LIMITED");
