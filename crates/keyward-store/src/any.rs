@@ -2,7 +2,7 @@
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
 use crate::StoreError;
-use crate::{AuditQuery, Directory, SessionRecord, UserRecord};
+use crate::{AuditQuery, Directory, LeaseAnswer, LeaseAsk, SessionRecord, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
     SnapshotKey, SqliteStore, Store,
@@ -181,6 +181,18 @@ impl Store for AnyStore {
     }
     async fn snapshot_keys_by_id(&self, ids: &[String]) -> Result<Vec<SnapshotKey>> {
         delegate!(self, s => s.snapshot_keys_by_id(ids))
+    }
+    async fn limit_heartbeat(&self, node: &str, now: i64, alive_ms: i64) -> Result<u64> {
+        delegate!(self, s => s.limit_heartbeat(node, now, alive_ms))
+    }
+    async fn claim_leases(&self, nodes: u64, asks: &[LeaseAsk]) -> Result<Vec<LeaseAnswer>> {
+        delegate!(self, s => s.claim_leases(nodes, asks))
+    }
+    async fn limit_leave(&self, node: &str) -> Result<()> {
+        delegate!(self, s => s.limit_leave(node))
+    }
+    async fn forget_leases(&self, before: i64) -> Result<()> {
+        delegate!(self, s => s.forget_leases(before))
     }
 }
 

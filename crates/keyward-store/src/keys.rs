@@ -17,6 +17,7 @@
 //! | `append_audit_tx` | multi-row `INSERT` | a session-prepared append (`postgres/append.rs`) |
 //! | `self.append_audit_now` | in a write transaction | one statement that commits itself |
 //! | `self.touch_keys_now` | one `UPDATE` per key | one `UNNEST` statement |
+//! | `self.claim_leases_now` | one `UPDATE` per ask | two `UNNEST` statements |
 //! | `self.notifier` | none (the poll carries changes) | a `PgListener` |
 //!
 //! So a backend file is its dialect and its migrations; everything a
@@ -474,6 +475,69 @@ macro_rules! keys_impl {
                     }
                 }
                 Ok(keys)
+            }
+
+            async fn limit_heartbeat(
+                &self,
+                node: &str,
+                now: i64,
+                alive_ms: i64,
+            ) -> $crate::Result<u64> {
+                // The node's own row only: nothing else waits on it.
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO limit_nodes (node, seen_at, alive_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at, \
+                     alive_ms = excluded.alive_ms",
+                )
+                .bind(node)
+                .bind(now)
+                .bind(alive_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM limit_nodes WHERE seen_at + alive_ms >= $1")
+                        .bind(now)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok($crate::limits::uncol(n).max(1))
+            }
+
+            async fn claim_leases(
+                &self,
+                nodes: u64,
+                asks: &[$crate::LeaseAsk],
+            ) -> $crate::Result<Vec<$crate::LeaseAnswer>> {
+                if asks.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.claim_leases_now(nodes.max(1), asks).await
+            }
+
+            async fn limit_leave(&self, node: &str) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query("DELETE FROM limit_nodes WHERE node = $1")
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn forget_leases(&self, before: i64) -> $crate::Result<()> {
+                // Rows of ended windows: no node asks about them any more.
+                let mut tx = self.write_tx().await?;
+                sqlx::query("DELETE FROM limit_leases WHERE expires_at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM limit_nodes WHERE seen_at + alive_ms < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn touch_keys(&self, uses: &[(String, i64)]) -> $crate::Result<()> {

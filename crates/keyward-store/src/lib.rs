@@ -17,11 +17,13 @@ use thiserror::Error;
 
 mod any;
 mod keys;
+mod limits;
 mod people;
 mod postgres;
 mod rows;
 mod sqlite;
 pub use any::AnyStore;
+pub use limits::{LeaseAnswer, LeaseAsk, cidrs_text, limits_text, parse_cidrs, parse_limits};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -186,52 +188,6 @@ pub struct SnapshotKey {
     pub limits: Vec<keyward_core::limits::Limit>,
     /// The key's networks; empty for most keys.
     pub allowed_cidrs: Vec<keyward_core::limits::Network>,
-}
-
-/// Limits as stored: `NAME=REQUESTS/PER`, space-separated, in the order
-/// given ([`keyward_core::limits::Limit::parse_flag`] reads each back).
-#[must_use]
-pub fn limits_text(limits: &[keyward_core::limits::Limit]) -> String {
-    let parts: Vec<String> = limits
-        .iter()
-        .map(|l| format!("{}={}/{}", l.name, l.requests, l.per()))
-        .collect();
-    parts.join(" ")
-}
-
-/// Networks as stored: CIDRs, space-separated, in the order given.
-#[must_use]
-pub fn cidrs_text(networks: &[keyward_core::limits::Network]) -> String {
-    let parts: Vec<String> = networks.iter().map(ToString::to_string).collect();
-    parts.join(" ")
-}
-
-/// Reads [`limits_text`] back.
-///
-/// # Errors
-/// [`StoreError::Corrupt`] naming the key when the text is not what this
-/// crate writes.
-pub fn parse_limits(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits::Limit>> {
-    text.split_ascii_whitespace()
-        .map(|part| {
-            keyward_core::limits::Limit::parse_flag("limits", part)
-                .map_err(|e| StoreError::Corrupt(format!("key `{key_id}` has a bad limit: {e}")))
-        })
-        .collect()
-}
-
-/// Reads [`cidrs_text`] back.
-///
-/// # Errors
-/// [`StoreError::Corrupt`] naming the key when the text is not what this
-/// crate writes.
-pub fn parse_cidrs(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits::Network>> {
-    text.split_ascii_whitespace()
-        .map(|part| {
-            keyward_core::limits::Network::parse("allowed_cidrs", part)
-                .map_err(|e| StoreError::Corrupt(format!("key `{key_id}` has a bad network: {e}")))
-        })
-        .collect()
 }
 
 impl KeyRecord {
@@ -567,6 +523,29 @@ pub trait Store: Directory {
         &self,
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<SnapshotKey>>> + Send;
+
+    /// Says `node` shares limits and is present until `now + alive_ms`;
+    /// returns how many nodes are present at `now`, itself included.
+    fn limit_heartbeat(
+        &self,
+        node: &str,
+        now: i64,
+        alive_ms: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Applies `asks` (one per key, limit and window) by the rule of
+    /// [`LeaseAsk`]'s module, each row atomically, with `nodes` present as
+    /// the asking node counts them; answers in ask order.
+    fn claim_leases(
+        &self,
+        nodes: u64,
+        asks: &[LeaseAsk],
+    ) -> impl Future<Output = Result<Vec<LeaseAnswer>>> + Send;
+    /// `node` stops sharing limits (a clean shutdown, after handing its
+    /// leases back with `leaving` asks): it is no longer counted present.
+    fn limit_leave(&self, node: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Forgets lease rows of windows that ended before `before`, and nodes
+    /// absent since then.
+    fn forget_leases(&self, before: i64) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The people side of storage: users, group memberships, console sessions,

@@ -19,6 +19,18 @@ use std::time::Duration;
 mod append;
 use append::{append_audit_alone, append_audit_tx};
 
+/// What one lease ask is granted, from the row's values before the change
+/// (`crate::limits`'s rule): `$1` the nodes present, `a` the ask.
+macro_rules! pg_lease_grant {
+    () => {
+        "(CASE WHEN a.first THEN GREATEST(a.extra, LEAST(a.want, \
+         CASE WHEN $1 > l.nodes THEN a.q / $1 ELSE 0 END + GREATEST(a.q - l.claimed - \
+         CASE WHEN $1 > l.nodes THEN ($1 - l.nodes) * (a.q / $1) ELSE 0 END, 0))) \
+         ELSE LEAST(a.want, GREATEST(a.q - l.claimed - \
+         CASE WHEN $1 > l.nodes THEN ($1 - l.nodes) * (a.q / $1) ELSE 0 END, 0)) END)"
+    };
+}
+
 crate::keys::keys_impl!(PgStore, sqlx::Postgres);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -254,6 +266,63 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn claim_leases_now(
+        &self,
+        nodes: u64,
+        asks: &[crate::LeaseAsk],
+    ) -> Result<Vec<crate::LeaseAnswer>> {
+        use crate::limits::col;
+        // Rows in key order, so two nodes lock shared rows in the same
+        // order. Two statements, no transaction: each row is locked only
+        // while a statement runs, never while this node waits.
+        let mut asks: Vec<&crate::LeaseAsk> = asks.iter().collect();
+        asks.sort_by(|a, b| (&a.key_id, &a.limit, a.window).cmp(&(&b.key_id, &b.limit, b.window)));
+        let keys: Vec<&str> = asks.iter().map(|a| a.key_id.as_str()).collect();
+        let limits: Vec<&str> = asks.iter().map(|a| a.limit.as_str()).collect();
+        let windows: Vec<i64> = asks.iter().map(|a| a.window).collect();
+        sqlx::query(
+            "INSERT INTO limit_leases (key_id, limit_name, win, expires_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(&limits)
+        .bind(&windows)
+        .bind(asks.iter().map(|a| a.ends_at).collect::<Vec<i64>>())
+        .execute(&self.pool)
+        .await?;
+        // Every SET reads the row's newest version (READ COMMITTED re-reads
+        // a row changed while this statement waited for it).
+        let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(concat!(
+            "UPDATE limit_leases AS l SET granted = ",
+            pg_lease_grant!(),
+            ", claimed = CASE WHEN a.first THEN l.claimed ELSE GREATEST(l.claimed - a.extra, 0) END + ",
+            pg_lease_grant!(),
+            ", nodes = GREATEST(l.nodes + CASE WHEN a.first THEN 1 WHEN a.leaving THEN -1 ELSE 0 END, 0) \
+             FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::int8[], \
+             $8::int8[], $9::bool[]) AS a(key_id, limit_name, win, q, first, want, extra, leaving) \
+             WHERE l.key_id = a.key_id AND l.limit_name = a.limit_name AND l.win = a.win \
+             RETURNING l.key_id, l.limit_name, l.win, l.granted, l.claimed, l.nodes"
+        ))
+        .bind(col(nodes))
+        .bind(&keys)
+        .bind(&limits)
+        .bind(&windows)
+        .bind(asks.iter().map(|a| col(a.requests)).collect::<Vec<i64>>())
+        .bind(asks.iter().map(|a| a.first).collect::<Vec<bool>>())
+        .bind(asks.iter().map(|a| col(a.want)).collect::<Vec<i64>>())
+        .bind(
+            asks.iter()
+                .map(|a| col(if a.first { a.floor } else { a.release }))
+                .collect::<Vec<i64>>(),
+        )
+        .bind(asks.iter().map(|a| a.leaving).collect::<Vec<bool>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let asks: Vec<crate::LeaseAsk> = asks.into_iter().cloned().collect();
+        Ok(crate::limits::in_order(&asks, rows))
     }
 
     async fn append_audit_now(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {

@@ -275,6 +275,82 @@ impl SqliteStore {
         tx.commit().await
     }
 
+    async fn claim_leases_now(
+        &self,
+        nodes: u64,
+        asks: &[crate::LeaseAsk],
+    ) -> Result<Vec<crate::LeaseAnswer>> {
+        use crate::limits::{col, uncol};
+        // The single writer serialises every change: the rule of
+        // `crate::limits`, one row at a time.
+        let mut tx = self.write_tx().await?;
+        let mut answers = Vec::with_capacity(asks.len());
+        for a in asks {
+            sqlx::query(
+                "INSERT INTO limit_leases (key_id, limit_name, win, expires_at) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&a.key_id)
+            .bind(&a.limit)
+            .bind(a.window)
+            .bind(a.ends_at)
+            .execute(&mut *tx)
+            .await?;
+            let (claimed, held_nodes): (i64, i64) = sqlx::query_as(
+                "SELECT claimed, nodes FROM limit_leases WHERE key_id = ? AND limit_name = ? AND win = ?",
+            )
+            .bind(&a.key_id)
+            .bind(&a.limit)
+            .bind(a.window)
+            .fetch_one(&mut *tx)
+            .await?;
+            let before = crate::LeaseAnswer {
+                granted: 0,
+                claimed: uncol(claimed),
+                nodes: uncol(held_nodes),
+            };
+            let room = before.room(a.requests, nodes);
+            let answer = if a.first {
+                let own = if nodes > before.nodes {
+                    a.requests / nodes
+                } else {
+                    0
+                };
+                let granted = a.floor.max(a.want.min(own + room));
+                crate::LeaseAnswer {
+                    granted,
+                    claimed: before.claimed.saturating_add(granted),
+                    nodes: before.nodes + 1,
+                }
+            } else {
+                let granted = a.want.min(room);
+                crate::LeaseAnswer {
+                    granted,
+                    claimed: before
+                        .claimed
+                        .saturating_sub(a.release)
+                        .saturating_add(granted),
+                    nodes: before.nodes.saturating_sub(u64::from(a.leaving)),
+                }
+            };
+            sqlx::query(
+                "UPDATE limit_leases SET granted = ?, claimed = ?, nodes = ? \
+                 WHERE key_id = ? AND limit_name = ? AND win = ?",
+            )
+            .bind(col(answer.granted))
+            .bind(col(answer.claimed))
+            .bind(col(answer.nodes))
+            .bind(&a.key_id)
+            .bind(&a.limit)
+            .bind(a.window)
+            .execute(&mut *tx)
+            .await?;
+            answers.push(answer);
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+
     async fn append_audit_now(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
         let mut tx = self.write_tx().await?;
         let refs: Vec<&AuditEntry> = entries.iter().collect();

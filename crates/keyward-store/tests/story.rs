@@ -12,8 +12,8 @@ use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
-    AuditQuery, KeyFilter, KeyRecord, Org, PgStore, Revoked, SessionRecord, SnapshotKey,
-    SqliteStore, Store, StoreError, UserRecord,
+    AuditQuery, KeyFilter, KeyRecord, LeaseAnswer, LeaseAsk, Org, PgStore, Revoked, SessionRecord,
+    SnapshotKey, SqliteStore, Store, StoreError, UserRecord,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -796,6 +796,148 @@ async fn story(store: &impl Store) {
     );
 }
 
+fn ask(key: &str, first: bool, want: u64, floor_or_release: u64) -> LeaseAsk {
+    LeaseAsk {
+        key_id: key.into(),
+        limit: "burst".into(),
+        window: 7,
+        requests: 100,
+        ends_at: 8_000,
+        first,
+        want,
+        floor: if first { floor_or_release } else { 0 },
+        release: if first { 0 } else { floor_or_release },
+        leaving: false,
+    }
+}
+
+/// Leases on a shared limit: present nodes, the rule of `limits.rs`, and
+/// concurrent asks that never lease more than the limit.
+async fn leases<S: Store + Clone>(store: &S) {
+    assert_eq!(
+        store.limit_heartbeat("node-a", 1_000, 5_000).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.limit_heartbeat("node-b", 1_000, 5_000).await.unwrap(),
+        2
+    );
+    // Gone once its time has passed.
+    assert_eq!(
+        store.limit_heartbeat("node-a", 7_000, 5_000).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.limit_heartbeat("node-b", 7_000, 5_000).await.unwrap(),
+        2
+    );
+
+    // Two nodes, 100 requests: a first ask is granted its own share (50)
+    // and what no one holds; the other node's share is held back.
+    let a = store
+        .claim_leases(2, &[ask("key_l", true, 80, 10)])
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        [LeaseAnswer {
+            granted: 50,
+            claimed: 50,
+            nodes: 1
+        }]
+    );
+    // A first ask is granted at least what the node has admitted.
+    let b = store
+        .claim_leases(2, &[ask("key_l", true, 5, 20)])
+        .await
+        .unwrap();
+    assert_eq!(
+        b,
+        [LeaseAnswer {
+            granted: 20,
+            claimed: 70,
+            nodes: 2
+        }]
+    );
+    // More: only what is left.
+    let more = store
+        .claim_leases(2, &[ask("key_l", false, 100, 0)])
+        .await
+        .unwrap();
+    assert_eq!(more[0].granted, 30);
+    assert_eq!(more[0].claimed, 100);
+    assert_eq!(more[0].room(100, 2), 0);
+    let none = store
+        .claim_leases(2, &[ask("key_l", false, 1, 0)])
+        .await
+        .unwrap();
+    assert_eq!(none[0].granted, 0);
+    // Handed back, then leased by the other.
+    let back = store
+        .claim_leases(2, &[ask("key_l", false, 0, 25)])
+        .await
+        .unwrap();
+    assert_eq!((back[0].granted, back[0].claimed), (0, 75));
+    let mut leaving = ask("key_l", false, 0, 5);
+    leaving.leaving = true;
+    let left = store.claim_leases(2, &[leaving]).await.unwrap();
+    assert_eq!(
+        left,
+        [LeaseAnswer {
+            granted: 0,
+            claimed: 70,
+            nodes: 1
+        }]
+    );
+    store.limit_leave("node-a").await.unwrap();
+    assert_eq!(
+        store.limit_heartbeat("node-b", 7_001, 5_000).await.unwrap(),
+        1
+    );
+
+    // Concurrent asks of four nodes on one row: never more than the limit,
+    // and what was granted is what is claimed.
+    let tasks: Vec<_> = (0..4)
+        .map(|node| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut granted = store
+                    .claim_leases(4, &[ask("key_c", true, 7, 0)])
+                    .await
+                    .unwrap()[0]
+                    .granted;
+                for i in 0..40 {
+                    let want = 1 + (node + i) % 5;
+                    granted += store
+                        .claim_leases(4, &[ask("key_c", false, want, 0)])
+                        .await
+                        .unwrap()[0]
+                        .granted;
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let last = store
+        .claim_leases(4, &[ask("key_c", false, 0, 0)])
+        .await
+        .unwrap();
+    assert_eq!(last[0].claimed, total);
+    assert_eq!(total, 100, "every request leased, none twice");
+
+    // Ended windows are forgotten: an ask there is granted nothing.
+    store.forget_leases(9_000).await.unwrap();
+    let gone = store
+        .claim_leases(2, &[ask("key_z", false, 5, 0)])
+        .await
+        .unwrap();
+    assert_eq!(gone, [LeaseAnswer::default()]);
+}
+
 #[tokio::test]
 async fn sqlite_story() {
     let dir = tempfile::tempdir().unwrap();
@@ -804,6 +946,7 @@ async fn sqlite_story() {
     store.migrate().await.unwrap();
     story(&store).await;
     people(&store).await;
+    leases(&store).await;
 }
 
 /// A message that reaches the terminal even though the test harness
@@ -890,4 +1033,5 @@ async fn postgres_story() {
     store.migrate().await.unwrap();
     story(&store).await;
     people(&store).await;
+    leases(&store).await;
 }
