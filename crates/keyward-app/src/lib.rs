@@ -15,6 +15,7 @@ mod error;
 pub mod hashing;
 mod keys;
 mod legacy;
+pub mod limits;
 pub mod people;
 pub mod sessions;
 pub mod snapshot;
@@ -39,8 +40,9 @@ use keyward_store::Store;
 pub use keyward_store::{
     AnyStore, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, Revoked, StoreError,
 };
+pub use limits::{Exchanged, KeyLimits, Sharing};
 use serde_json::json;
-pub use snapshot::{KeyEntry, KeyLimits, Snapshot};
+pub use snapshot::{KeyEntry, Snapshot};
 use std::sync::Arc;
 
 /// Longest key name, in characters.

@@ -21,7 +21,7 @@
 //! atomic operations and no shared lock.
 
 use crate::AppError;
-use keyward_core::limits::{Admission, Counter, Limit, Network};
+use crate::limits::{KeyLimits, Sharing};
 use keyward_core::{Catalog, KeyAccess, KeyDigest, ScopeSet};
 use keyward_store::{SnapshotKey, Store};
 use std::collections::HashMap;
@@ -71,59 +71,6 @@ pub struct KeyEntry {
     pub limits: Option<Box<KeyLimits>>,
 }
 
-/// A key's limits and networks (SPEC §8), with this node's counts of the
-/// current windows.
-#[derive(Debug)]
-pub struct KeyLimits {
-    /// Named limits, in the order given.
-    pub limits: Box<[Limit]>,
-    /// Networks the key may be used from; empty: anywhere.
-    pub networks: Box<[Network]>,
-    /// Each limit's `RateLimit-Policy` value (`"burst";q=100;w=60`), made
-    /// once per key rather than on every answer.
-    pub policies: Box<[bytes::Bytes]>,
-    /// One count per limit; held only for the few instructions of a count.
-    counters: std::sync::Mutex<Box<[Counter]>>,
-}
-
-impl KeyLimits {
-    fn of(limits: &[Limit], networks: &[Network]) -> Option<Box<Self>> {
-        (!limits.is_empty() || !networks.is_empty()).then(|| {
-            Box::new(KeyLimits {
-                limits: limits.into(),
-                networks: networks.into(),
-                policies: limits
-                    .iter()
-                    .map(|l| {
-                        bytes::Bytes::from(format!(
-                            "\"{}\";q={};w={}",
-                            l.name,
-                            l.requests,
-                            l.window_secs()
-                        ))
-                    })
-                    .collect(),
-                counters: std::sync::Mutex::new(vec![Counter::default(); limits.len()].into()),
-            })
-        })
-    }
-
-    /// Whether a request from `client` may use the key.
-    pub fn allows(&self, client: std::net::IpAddr) -> bool {
-        keyward_core::limits::network_allows(&self.networks, client)
-    }
-
-    /// Decides and counts one request at `now` against every limit
-    /// ([`keyward_core::limits::admit`]).
-    pub fn admit(&self, now: i64) -> Admission {
-        let mut counters = self
-            .counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        keyward_core::limits::admit(&self.limits, &mut counters, now, |_| 0)
-    }
-}
-
 impl KeyEntry {
     /// What a decision needs.
     pub fn access(&self) -> KeyAccess {
@@ -171,7 +118,9 @@ struct Interner {
 }
 
 impl Interner {
-    fn entry(&mut self, catalog: &Catalog, k: &SnapshotKey) -> KeyEntry {
+    /// `kept`: the entry the snapshot held for this key, whose limit
+    /// counts carry over.
+    fn entry(&mut self, catalog: &Catalog, k: &SnapshotKey, kept: Option<&KeyEntry>) -> KeyEntry {
         // Look up before inserting: cloning the strings for every key would
         // cost two allocations per key on a million-key load.
         let grants = if k.legacy {
@@ -202,7 +151,12 @@ impl Interner {
             revoked_at: k.revoked_at,
             last_used: AtomicI64::new(k.last_used_at.unwrap_or(0)),
             queued: AtomicBool::new(false),
-            limits: KeyLimits::of(&k.limits, &k.allowed_cidrs),
+            limits: KeyLimits::of(
+                &k.id,
+                &k.limits,
+                &k.allowed_cidrs,
+                kept.and_then(|e| e.limits.as_deref()),
+            ),
         }
     }
 }
@@ -231,6 +185,7 @@ pub struct Snapshot {
     /// moves is working through a backlog, not waiting for a silent database.
     answers: AtomicU64,
     used: Mutex<Vec<Arc<KeyEntry>>>,
+    sharing: Sharing,
 }
 
 impl Snapshot {
@@ -267,6 +222,7 @@ impl Snapshot {
             last_ok_sync: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             used: Mutex::new(Vec::new()),
+            sharing: Sharing::default(),
         }
     }
 
@@ -302,8 +258,18 @@ impl Snapshot {
         let mut interner = self.interner.lock().unwrap_or_else(PoisonError::into_inner);
         let map = self.by_digest.pin();
         for k in keys {
-            map.insert(k.digest, Arc::new(interner.entry(catalog, k)));
+            let kept = map.get(&k.digest).cloned();
+            map.insert(
+                k.digest,
+                Arc::new(interner.entry(catalog, k, kept.as_deref())),
+            );
         }
+    }
+
+    /// How this node shares limits with others (limits of the keys held
+    /// here are counted against it).
+    pub fn sharing(&self) -> &Sharing {
+        &self.sharing
     }
 
     /// The key with this digest, if the snapshot holds it. The hot path:

@@ -373,7 +373,8 @@ pub(crate) async fn caller(
             // too: a key bound to a network is not usable from elsewhere
             // against the admin API either (refusals audited as a 403 is).
             if let Some(limits) = entry.limits.as_deref()
-                && let Err(refused) = check_limits(limits, asked.client.addr, now)
+                && let Err(refused) =
+                    check_limits(limits, state.snapshot.sharing(), asked.client.addr, now)
             {
                 let with_key = asked.exchange(Some(&entry));
                 let LimitRefusal {
@@ -508,6 +509,7 @@ pub(crate) struct LimitRefusal {
 /// headers an admitted request's answer carries.
 pub(crate) fn check_limits(
     limits: &KeyLimits,
+    sharing: &keyward_app::Sharing,
     client: std::net::IpAddr,
     now: i64,
 ) -> Result<Option<RateLimitNote>, Box<LimitRefusal>> {
@@ -523,7 +525,7 @@ pub(crate) fn check_limits(
             note: None,
         }));
     }
-    match limits.admit(now) {
+    match limits.admit(now, sharing) {
         Admission::Allowed {
             tightest: Some(i),
             remaining,

@@ -129,6 +129,106 @@ async fn sync_once(state: &State, outage: &Outage) {
         .set(state.snapshot_age_ms() as f64 / 1000.0);
 }
 
+/// Exchanges limit leases with the other nodes, until aborted (only where
+/// limits are shared: several nodes on PostgreSQL). Alone in its task, so
+/// neither the sync nor a slow flush delays it; each exchange is bounded by
+/// the store's deadline, and while none succeeds the node keeps enforcing
+/// its leases and its share of each new window.
+pub(crate) async fn limits_loop(state: Arc<State>) {
+    let sharing = state.snapshot.sharing();
+    if !sharing.is_shared() {
+        return;
+    }
+    let mut tick = tokio::time::interval(state.config.limit_exchange_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outage = Outage::new(
+        "exchanging limit leases",
+        "each key's limits are enforced with this node's share until it is back",
+    );
+    let forget = Outage::new("forgetting ended limit windows", "they are forgotten later");
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        match state
+            .app
+            .exchange_limits(sharing, &state.node, limits_alive_ms(&state))
+            .await
+        {
+            Ok(_) => outage.recovered(),
+            Err(e) => outage.failed(&e, 0),
+        }
+        limits_gauges(&state);
+        ticks = ticks.wrapping_add(1);
+        // About once a minute at the default interval.
+        if ticks.is_multiple_of(600) {
+            match state.app.forget_leases().await {
+                Ok(()) => forget.recovered(),
+                Err(e) => forget.failed(&e, 0),
+            }
+        }
+    }
+}
+
+/// How long the other nodes count this one present after an exchange: as
+/// long as it may go on deciding alone (its `--max-staleness`), with a
+/// margin for clocks and a slow exchange.
+fn limits_alive_ms(state: &State) -> i64 {
+    let staleness = i64::try_from(state.config.max_staleness.as_millis()).unwrap_or(i64::MAX);
+    staleness.saturating_add(10_000)
+}
+
+/// Whether this node's limits are shared through the database right now
+/// (an exchange reached it within three intervals and a second), for
+/// `/healthz` and `/metrics`.
+pub(crate) fn limits_mode(state: &State) -> &'static str {
+    let sharing = state.snapshot.sharing();
+    if !sharing.is_shared() {
+        return "this node only";
+    }
+    let interval = i64::try_from(state.config.limit_exchange_interval.as_millis()).unwrap_or(0);
+    if state.app.now() - sharing.last_ok_ms() <= 3 * interval + 1_000 {
+        "shared"
+    } else {
+        "local share"
+    }
+}
+
+/// Sets the limit-sharing gauges: after each exchange, and when scraped
+/// (an exchange waiting on a silent database must not hide that).
+pub(crate) fn limits_gauges(state: &State) {
+    if !state.snapshot.sharing().is_shared() {
+        return;
+    }
+    let sharing = state.snapshot.sharing();
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    state.metrics.limit_nodes.set(sharing.nodes() as f64);
+    state
+        .metrics
+        .limit_sharing
+        .set(if limits_mode(state) == "shared" {
+            1.0
+        } else {
+            0.0
+        });
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    state
+        .metrics
+        .limit_exchange_age
+        .set((state.app.now() - sharing.last_ok_ms()) as f64 / 1000.0);
+}
+
+/// Hands this node's unused leases back and leaves (a clean shutdown), so
+/// the other nodes may admit what it held at once.
+pub(crate) async fn leave_limits(state: &State) {
+    let sharing = state.snapshot.sharing();
+    if !sharing.is_shared() {
+        return;
+    }
+    if let Err(e) = state.app.leave_limits(sharing, &state.node).await {
+        tracing::warn!(error = %e, "could not hand back limit leases; other nodes count this one present until its time passes");
+    }
+}
+
 /// The log lines of the two flushes.
 pub(crate) fn flush_outages() -> (Outage, Outage) {
     (

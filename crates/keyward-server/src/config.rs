@@ -35,6 +35,11 @@ pub struct Config {
     /// when the TCP peer is one, the client is the right-most address of
     /// `X-Forwarded-For` that is not one ([`crate::web::Client::behind`]).
     pub trusted_proxies: Vec<keyward_core::limits::Network>,
+    /// How often a node sharing limits with others (on PostgreSQL)
+    /// exchanges its leases through the database (docs/design.md, "Limits
+    /// across nodes"): the shorter, the closer to the limit short windows
+    /// are filled when the load is uneven.
+    pub limit_exchange_interval: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +56,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             allow_underscore_headers: false,
             trusted_proxies: Vec::new(),
+            limit_exchange_interval: Duration::from_millis(100),
         }
     }
 }

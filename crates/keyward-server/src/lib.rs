@@ -121,6 +121,11 @@ impl Server {
             })?;
         let default_org = app.resolve_org(None).await?.id;
         let snapshot = app.load_snapshot(progress).await?;
+        // Several nodes share one PostgreSQL database, and with it each
+        // key's limits; SQLite is one node's, counted exactly in memory.
+        if app.store().backend() == "postgres" {
+            snapshot.sharing().share(config.limit_exchange_interval);
+        }
         let metrics = Arc::new(Metrics::new().map_err(ServerError::Config)?);
         let app = Arc::new(app);
         let (audit, audit_task) = AuditWriter::start(
@@ -139,7 +144,8 @@ impl Server {
             audit,
             anonymous: AnonymousTally::new(),
             metrics,
-            request_ids: RequestIds::new(node_id),
+            request_ids: RequestIds::new(node_id.clone()),
+            node: node_id,
             default_org,
             verify_scope,
             last_sync_ms: AtomicI64::new(now),
@@ -177,6 +183,7 @@ impl Server {
         let background = [
             tokio::spawn(background::sync_loop(state.clone())),
             tokio::spawn(background::flush_loop(state.clone())),
+            tokio::spawn(background::limits_loop(state.clone())),
         ];
         let admin = Arc::new(own::Routes::new(&state));
         let graceful = GracefulShutdown::new();
@@ -238,6 +245,7 @@ impl Server {
         let (uses, anonymous) = background::flush_outages();
         background::flush_uses(&state, &mut Vec::new(), &uses).await;
         background::flush_anonymous(&state, &mut Vec::new(), true, &anonymous).await;
+        background::leave_limits(&state).await;
         // The last reference to the audit writer goes with the state; the
         // writer then commits what is queued and stops.
         drop(state);

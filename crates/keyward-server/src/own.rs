@@ -137,6 +137,15 @@ fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
             "max_staleness_ms": u64::try_from(state.config.max_staleness.as_millis()).unwrap_or(u64::MAX),
         },
         "upstream": state.config.upstream.as_ref().map(ToString::to_string),
+        // How keys' limits are enforced: "this node only" (one node),
+        // "shared" (leases exchanged through the database), or "local
+        // share" (cut off: this node's share of each limit, never more).
+        "limits": {
+            "mode": crate::background::limits_mode(state),
+            "nodes": state.snapshot.sharing().nodes(),
+            "exchange_age_ms": state.snapshot.sharing().is_shared()
+                .then(|| state.app.now() - state.snapshot.sharing().last_ok_ms()),
+        },
     });
     let status = if stale {
         StatusCode::SERVICE_UNAVAILABLE
@@ -150,6 +159,7 @@ fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
 }
 
 fn metrics(state: &State, request_id: &HeaderValue) -> Response<Body> {
+    crate::background::limits_gauges(state);
     let mut res = Response::new(Body::full(state.metrics.render()));
     res.headers_mut().insert(
         CONTENT_TYPE,

@@ -28,6 +28,9 @@ pub(crate) struct State {
     pub(crate) anonymous: AnonymousTally,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) request_ids: RequestIds,
+    /// This process's id: request ids start with it, and it is the node
+    /// other nodes see sharing limits.
+    pub(crate) node: String,
     pub(crate) default_org: String,
     pub(crate) verify_scope: ScopeSet,
     /// When the snapshot was last known to hold everything committed (the

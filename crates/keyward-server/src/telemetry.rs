@@ -79,6 +79,14 @@ pub struct Metrics {
     pub sync_lag: Gauge,
     /// Change-log version the snapshot reflects.
     pub snapshot_version: Gauge,
+    /// Nodes sharing limits, as of the last exchange.
+    pub limit_nodes: Gauge,
+    /// 1 while limits are shared through the database, 0 while this node
+    /// enforces its share alone (cut off), absent on one node.
+    pub limit_sharing: Gauge,
+    /// Seconds since the last exchange of limit leases that reached the
+    /// database.
+    pub limit_exchange_age: Gauge,
     /// Audit records written.
     pub audit_records: Counter,
     /// Audit transactions (records per transaction = group commit factor).
@@ -153,6 +161,9 @@ impl Metrics {
             snapshot_keys: gauge("keyward_snapshot_keys"),
             sync_lag: gauge("keyward_snapshot_sync_lag_seconds"),
             snapshot_version: gauge("keyward_snapshot_version"),
+            limit_nodes: gauge("keyward_limit_nodes"),
+            limit_sharing: gauge("keyward_limit_sharing"),
+            limit_exchange_age: gauge("keyward_limit_exchange_age_seconds"),
             audit_records: counter("keyward_audit_records_total", Vec::new()),
             audit_batches: counter("keyward_audit_transactions_total", Vec::new()),
             refused,

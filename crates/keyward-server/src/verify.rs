@@ -234,6 +234,7 @@ pub(crate) async fn verify(
             // Networks hold only addresses: the unspecified one matches none.
             client => match check_limits(
                 limits,
+                state.snapshot.sharing(),
                 client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
                 now,
             ) {

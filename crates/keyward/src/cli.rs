@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// TCP peer and `X-Forwarded-For` is ignored.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<String>,
+    /// With several nodes on PostgreSQL: how often this node exchanges its
+    /// share of each key's limits with the others through the database.
+    #[arg(long, default_value = "100ms")]
+    pub limit_exchange_interval: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -183,6 +183,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
             .map(|n| keyward_core::limits::Network::parse("--trusted-proxy", n))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CliError::refused(e.to_string()))?,
+        limit_exchange_interval: nonzero("limit-exchange-interval", &args.limit_exchange_interval)?,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(

@@ -24,7 +24,7 @@ const HOLD_TAIL: u8 = 3;
 const SLOW: u8 = 4;
 
 /// A TCP proxy in front of PostgreSQL that can fail the way networks do.
-struct PgProxy {
+pub(crate) struct PgProxy {
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
     /// Bumped to reset (RST) every open connection.
@@ -32,7 +32,7 @@ struct PgProxy {
 }
 
 impl PgProxy {
-    fn start(target: SocketAddr) -> Self {
+    pub(crate) fn start(target: SocketAddr) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -65,7 +65,7 @@ impl PgProxy {
     }
 
     /// `url` with its host and port replaced by the proxy's.
-    fn url(&self, url: &str) -> String {
+    pub(crate) fn url(&self, url: &str) -> String {
         let (scheme, rest) = url.split_once("://").unwrap();
         let (authority, path) = rest.split_once('/').unwrap();
         let userinfo = authority.rsplit_once('@').map(|(u, _)| format!("{u}@"));
@@ -76,13 +76,13 @@ impl PgProxy {
         )
     }
 
-    fn pass(&self) {
+    pub(crate) fn pass(&self) {
         self.mode.store(PASS, Ordering::SeqCst);
     }
 
     /// Bytes stop flowing both ways; nothing is closed (a cable pulled, a
     /// firewall dropping packets).
-    fn blackhole(&self) {
+    pub(crate) fn blackhole(&self) {
         self.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
 
@@ -180,7 +180,7 @@ async fn pump(
     }
 }
 
-fn postgres_addr(kw: &Kw) -> SocketAddr {
+pub(crate) fn postgres_addr(kw: &Kw) -> SocketAddr {
     let url = kw.url();
     let rest = url.split_once("://").unwrap().1;
     let authority = rest.split_once('/').unwrap().0;

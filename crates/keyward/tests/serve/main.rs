@@ -16,6 +16,7 @@ mod hostile;
 mod isolation;
 mod limits;
 mod schemathesis;
+mod shared_limits;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};
 use serde_json::{Value, json};
