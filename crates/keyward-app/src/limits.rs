@@ -5,8 +5,9 @@
 //! here exactly: [`keyward_core::limits::admit`] over this node's count.
 //!
 //! Shared, each node admits a window's requests from a *lease*: at a
-//! window's start its share (`requests / n`, `n` the nodes present), which
-//! the database holds back for it; then whatever [`App::exchange_limits`]
+//! window's start a small share ([`keyward_store::unasked_share`]: a
+//! twentieth of the limit split among the nodes present), which the other
+//! nodes hold back for it; then whatever [`App::exchange_limits`]
 //! gets it, every exchange interval, from the key's row of leases in the
 //! database ([`keyward_store::LeaseAsk`]'s rule): more when its clients ask
 //! for more, less when they do not. No request waits for the database.
@@ -135,7 +136,7 @@ impl KeyLimits {
             if window > slot.counter.window {
                 *slot = Slot {
                     counter: Counter { window, used: 0 },
-                    lease: limit.requests / nodes,
+                    lease: keyward_store::unasked_share(limit.requests, nodes),
                     ..Slot::default()
                 };
             }

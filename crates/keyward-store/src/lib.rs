@@ -23,7 +23,10 @@ mod postgres;
 mod rows;
 mod sqlite;
 pub use any::AnyStore;
-pub use limits::{LeaseAnswer, LeaseAsk, cidrs_text, limits_text, parse_cidrs, parse_limits};
+pub use limits::{
+    LeaseAnswer, LeaseAsk, UNASKED_DIVISOR, cidrs_text, limits_text, parse_cidrs, parse_limits,
+    unasked_share,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -6,11 +6,12 @@
 //! One row per key, limit and window holds `claimed`, the requests of that
 //! window leased to nodes, and `nodes`, how many nodes have turned their
 //! share into a lease there. A node that has not yet asked in a window may
-//! admit its share (`requests / n`, `n` the nodes present) unasked, so the
-//! rows hold that much back for every present node that has not asked:
+//! admit a small share unasked ([`unasked_share`]: a twentieth of the limit
+//! split among the `n` nodes present), so the rows hold that much back for
+//! every present node that has not asked:
 //!
 //! ```text
-//! share = requests / n
+//! share = unasked_share(requests, n)
 //! held  = (n - nodes) * share                 when n > nodes, else 0
 //! room  = max(requests - claimed - held, 0)
 //! first ask:  granted = max(floor, min(want, own + room)), nodes + 1
@@ -74,6 +75,24 @@ pub fn parse_cidrs(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits:
         .collect()
 }
 
+/// Of the limit, the part all present nodes may admit unasked, together
+/// (as a divisor): small, since a node that never sees the key holds its
+/// part back all window long.
+pub const UNASKED_DIVISOR: u64 = 20;
+
+/// What a node may admit in a window before it has asked for a lease:
+/// `requests / (20 n)` rounded up, at most `requests / n`. The nodes hold it
+/// back for one another, so they may admit it at once, without waiting for
+/// the database, and a node cut off from it enforces this share alone. With
+/// one node, idle beside a busy one, the window loses at most a twentieth.
+#[must_use]
+pub fn unasked_share(requests: u64, nodes: u64) -> u64 {
+    let n = nodes.max(1);
+    requests
+        .div_ceil(UNASKED_DIVISOR.saturating_mul(n))
+        .min(requests / n)
+}
+
 /// A node's request about its lease on one window of one limit of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAsk {
@@ -118,8 +137,10 @@ impl LeaseAnswer {
     /// node that has not asked, with `n` nodes present.
     #[must_use]
     pub fn room(&self, requests: u64, n: u64) -> u64 {
-        let n = n.max(1);
-        let held = n.saturating_sub(self.nodes).saturating_mul(requests / n);
+        let held = n
+            .max(1)
+            .saturating_sub(self.nodes)
+            .saturating_mul(unasked_share(requests, n));
         requests.saturating_sub(self.claimed).saturating_sub(held)
     }
 }
@@ -173,11 +194,15 @@ mod tests {
             claimed: 30,
             nodes: 1,
         };
-        // 3 nodes, 100 requests: two shares of 33 held, 30 claimed.
-        assert_eq!(a.room(100, 3), 4);
+        // 3 nodes, 100 requests: two shares of 2 held, 30 claimed.
+        assert_eq!(a.room(100, 3), 66);
         // Everyone asked: nothing held.
         assert_eq!(LeaseAnswer { nodes: 3, ..a }.room(100, 3), 70);
         // Over-claimed (nodes disagreed on n): no room, no underflow.
+        assert_eq!(unasked_share(100, 3), 2);
+        assert_eq!(unasked_share(1, 3), 0);
+        assert_eq!(unasked_share(10, 2), 1);
+        assert_eq!(unasked_share(1000, 2), 25);
         assert_eq!(LeaseAnswer { claimed: 120, ..a }.room(100, 3), 0);
     }
 }

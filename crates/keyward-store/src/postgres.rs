@@ -19,15 +19,38 @@ use std::time::Duration;
 mod append;
 use append::{append_audit_alone, append_audit_tx};
 
+/// `crate::limits::unasked_share` of the ask's limit with `$1` nodes
+/// present (20 is `UNASKED_DIVISOR`; the story test holds the two equal).
+macro_rules! pg_unasked_share {
+    () => {
+        "LEAST((a.q + 20 * $1 - 1) / (20 * $1), a.q / $1)"
+    };
+}
+
+/// What is held back for the present nodes that have not asked.
+macro_rules! pg_held {
+    () => {
+        concat!(
+            "CASE WHEN $1 > l.nodes THEN ($1 - l.nodes) * ",
+            pg_unasked_share!(),
+            " ELSE 0 END"
+        )
+    };
+}
+
 /// What one lease ask is granted, from the row's values before the change
 /// (`crate::limits`'s rule): `$1` the nodes present, `a` the ask.
 macro_rules! pg_lease_grant {
     () => {
-        "(CASE WHEN a.first THEN GREATEST(a.extra, LEAST(a.want, \
-         CASE WHEN $1 > l.nodes THEN a.q / $1 ELSE 0 END + GREATEST(a.q - l.claimed - \
-         CASE WHEN $1 > l.nodes THEN ($1 - l.nodes) * (a.q / $1) ELSE 0 END, 0))) \
-         ELSE LEAST(a.want, GREATEST(a.q - l.claimed - \
-         CASE WHEN $1 > l.nodes THEN ($1 - l.nodes) * (a.q / $1) ELSE 0 END, 0)) END)"
+        concat!(
+            "(CASE WHEN a.first THEN GREATEST(a.extra, LEAST(a.want, CASE WHEN $1 > l.nodes THEN ",
+            pg_unasked_share!(),
+            " ELSE 0 END + GREATEST(a.q - l.claimed - ",
+            pg_held!(),
+            ", 0))) ELSE LEAST(a.want, GREATEST(a.q - l.claimed - ",
+            pg_held!(),
+            ", 0)) END)"
+        )
     };
 }
 

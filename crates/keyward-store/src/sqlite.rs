@@ -312,7 +312,7 @@ impl SqliteStore {
             let room = before.room(a.requests, nodes);
             let answer = if a.first {
                 let own = if nodes > before.nodes {
-                    a.requests / nodes
+                    crate::limits::unasked_share(a.requests, nodes)
                 } else {
                     0
                 };

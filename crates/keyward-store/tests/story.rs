@@ -832,39 +832,42 @@ async fn leases<S: Store + Clone>(store: &S) {
         2
     );
 
-    // Two nodes, 100 requests: a first ask is granted its own share (50)
-    // and what no one holds; the other node's share is held back.
+    // Two nodes, 100 requests: each may admit 3 unasked (a twentieth,
+    // split). A first ask is granted from its own 3 and what no one holds;
+    // the other node's 3 stay held back.
+    assert_eq!(keyward_store::unasked_share(100, 2), 3);
     let a = store
-        .claim_leases(2, &[ask("key_l", true, 80, 10)])
+        .claim_leases(2, &[ask("key_l", true, 99, 10)])
         .await
         .unwrap();
-    assert_eq!(
-        a,
-        [LeaseAnswer {
-            granted: 50,
-            claimed: 50,
-            nodes: 1
-        }]
-    );
+    let expected = LeaseAnswer {
+        granted: 97,
+        claimed: 97,
+        nodes: 1,
+    };
+    assert_eq!(a, [expected]);
+    let back = store
+        .claim_leases(2, &[ask("key_l", false, 0, 57)])
+        .await
+        .unwrap();
+    assert_eq!((back[0].granted, back[0].claimed), (0, 40));
     // A first ask is granted at least what the node has admitted.
     let b = store
         .claim_leases(2, &[ask("key_l", true, 5, 20)])
         .await
         .unwrap();
-    assert_eq!(
-        b,
-        [LeaseAnswer {
-            granted: 20,
-            claimed: 70,
-            nodes: 2
-        }]
-    );
+    let expected = LeaseAnswer {
+        granted: 20,
+        claimed: 60,
+        nodes: 2,
+    };
+    assert_eq!(b, [expected]);
     // More: only what is left.
     let more = store
         .claim_leases(2, &[ask("key_l", false, 100, 0)])
         .await
         .unwrap();
-    assert_eq!(more[0].granted, 30);
+    assert_eq!(more[0].granted, 40);
     assert_eq!(more[0].claimed, 100);
     assert_eq!(more[0].room(100, 2), 0);
     let none = store
@@ -929,13 +932,18 @@ async fn leases<S: Store + Clone>(store: &S) {
     assert_eq!(last[0].claimed, total);
     assert_eq!(total, 100, "every request leased, none twice");
 
-    // Ended windows are forgotten: an ask there is granted nothing.
+    // Ended windows are forgotten: their row starts afresh.
     store.forget_leases(9_000).await.unwrap();
-    let gone = store
-        .claim_leases(2, &[ask("key_z", false, 5, 0)])
+    let fresh = store
+        .claim_leases(1, &[ask("key_l", true, 10, 0)])
         .await
         .unwrap();
-    assert_eq!(gone, [LeaseAnswer::default()]);
+    let expected = LeaseAnswer {
+        granted: 10,
+        claimed: 10,
+        nodes: 1,
+    };
+    assert_eq!(fresh, [expected]);
 }
 
 #[tokio::test]

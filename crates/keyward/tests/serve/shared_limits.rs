@@ -1,6 +1,6 @@
 //! Limits shared by two nodes on one real PostgreSQL (SPEC §8, issue 17):
 //! the requests accepted in a window stay within 10 % of the limit with
-//! the load split 50/50 and 90/10, and a node cut off from the database
+//! the load split 50/50, 90/10 and 100/0, and a node cut off from the database
 //! (through a TCP proxy of the test's own) keeps enforcing its share.
 
 use crate::harness::{Kw, Server, Upstream, heavy, req, until};
@@ -78,7 +78,7 @@ fn two_nodes_share_a_limit_at_50_50_and_90_10() {
             h["limits"]["mode"] == "shared" && h["limits"]["nodes"] == 2
         });
     }
-    for (share_a, name) in [(5, "even"), (9, "uneven")] {
+    for (share_a, name) in [(5, "even"), (9, "uneven"), (10, "one-sided")] {
         let (_, key) = kw.key(&[
             "--name",
             name,
@@ -140,17 +140,21 @@ fn a_node_cut_off_from_the_database_keeps_enforcing_its_share() {
     assert!(metrics.contains("keyward_limit_sharing 0"), "{metrics}");
     for window in 0..2 {
         let for_ = start_of_window(5);
-        // All of the load on B: it admits its share (50), never more.
+        // All of the load on B: it admits its share, never more (what the
+        // other node holds back for it: a twentieth of the limit, split).
         let (_, ok_b, sent) = load(&a, &b, &key, 0, for_.min(Duration::from_secs(2)));
         eprintln!("cut off, window {window}: B accepted {ok_b} of {sent}");
         assert!(sent > 200, "{sent} sent");
-        assert_eq!(ok_b, 50, "B admits exactly its share");
-        // A, still on the database, holds B's share back: the two together
-        // stay within the limit.
+        assert_eq!(
+            ok_b, 3,
+            "B admits exactly its share, 100 / 20 / 2 rounded up"
+        );
+        // A, still on the database, holds B's share back and admits the
+        // rest: the two together stay within the limit.
         let (ok_a, _, _) = load(&a, &b, &key, 10, Duration::from_secs(1));
         eprintln!("cut off, window {window}: A accepted {ok_a}");
-        assert!(ok_a <= 50, "A accepted {ok_a} beside B's 50");
-        assert!(ok_a >= 40, "A accepted only {ok_a} of the 50 left");
+        assert!(ok_a <= 97, "A accepted {ok_a} beside B's 3");
+        assert!(ok_a >= 87, "A accepted only {ok_a} of the 97 left");
     }
     proxy.pass();
     until(Duration::from_secs(10), "B shares again", || {
