@@ -41,8 +41,9 @@ key, req, win, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys
 ports = (19412, 19413)
 def health(port):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    c.request("GET", "/healthz"); return json.loads(c.getresponse().read())
-while not all(health(p)["limits"]["nodes"] == 2 for p in ports):
+    c.request("GET", "/healthz"); h = json.loads(c.getresponse().read())
+    return h.get("limits", {"nodes": 0})
+while not all(health(p)["nodes"] == 2 for p in ports):
     time.sleep(0.2)
 def window(tenths_a):
     # Start 150 ms into a window, stop 250 ms before its end.

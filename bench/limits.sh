@@ -5,7 +5,13 @@
 # interleaved pairs whose order alternates. Prints per round the req/s of
 # each and limited/plain; quote the median.
 #
+# With DB=postgres (and KEYWARD_TEST_POSTGRES_URL), the server runs on a
+# scratch PostgreSQL database, where limits are shared: the limited key is
+# then admitted within the node's lease, and exchanged every 100 ms.
+#
 #   R=9 D=4 bash bench/limits.sh [BIN]
+#   DB=postgres KEYWARD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+#     R=9 D=4 bash bench/limits.sh [BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/keyward}"
@@ -13,8 +19,18 @@ BIN="${1:-target/release/keyward}"
 cargo build --release -q -p keyward-server --example bench_upstream
 UP=target/release/examples/bench_upstream
 W=$(mktemp -d); PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; sleep 0.5; rm -rf $W' EXIT
-export KEYWARD_DATABASE_URL="sqlite://$W/l.db"
+PGDB=keyward_bench_limits_$$
+cleanup() {
+  for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; sleep 0.5; rm -rf $W
+  [ "${DB:-sqlite}" = postgres ] && psql "$KEYWARD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+if [ "${DB:-sqlite}" = postgres ]; then
+  psql "${KEYWARD_TEST_POSTGRES_URL:?set KEYWARD_TEST_POSTGRES_URL}" -qc "CREATE DATABASE $PGDB" >/dev/null
+  export KEYWARD_DATABASE_URL="${KEYWARD_TEST_POSTGRES_URL%/*}/$PGDB"
+else
+  export KEYWARD_DATABASE_URL="sqlite://$W/l.db"
+fi
 taskset -c 1 $UP 127.0.0.1:19401 >/dev/null & PIDS+=($!)
 $BIN migrate >/dev/null 2>&1
 key() { $BIN keys create --json "$@" | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])'; }

@@ -121,6 +121,9 @@ impl KeyLimits {
     pub fn admit(&self, now: i64, sharing: &Sharing) -> Admission {
         let shared = sharing.shared.load(Ordering::Relaxed);
         let nodes = sharing.nodes.load(Ordering::Relaxed).max(1);
+        // Past the time the other nodes count this one present, they no
+        // longer hold its unasked share back: it admits from leases only.
+        let present = now < sharing.present_until_ms.load(Ordering::Relaxed);
         let mut counters = [Counter::default(); MAX_LIMITS];
         let mut leases = [0u64; MAX_LIMITS];
         let mut inner = self
@@ -140,14 +143,13 @@ impl KeyLimits {
                     ..Slot::default()
                 };
             }
-            if shared {
-                slot.attempts = slot.attempts.saturating_add(1);
-            }
             counters[i] = slot.counter;
-            leases[i] = if shared {
+            leases[i] = if !shared {
+                limit.requests
+            } else if slot.asked || present {
                 slot.lease.min(limit.requests)
             } else {
-                limit.requests
+                slot.counter.used.min(limit.requests)
             };
         }
         let admission =
@@ -159,6 +161,22 @@ impl KeyLimits {
         }
         if !shared {
             return admission;
+        }
+        // Demand, for the next exchange: on every limit, unless a limit with
+        // nothing left anywhere refused it (then more of the others would
+        // not have let it pass, and asking for them would starve the other
+        // nodes).
+        let spent = match admission {
+            Admission::Refused { index, .. } => {
+                let s = &inner.slots[index];
+                (s.asked && s.room == 0).then_some(index)
+            }
+            Admission::Allowed { .. } => None,
+        };
+        for (i, slot) in inner.slots.iter_mut().enumerate().take(n) {
+            if spent.is_none_or(|s| s == i) {
+                slot.attempts = slot.attempts.saturating_add(1);
+            }
         }
         let queue = !std::mem::replace(&mut inner.queued, true);
         let admission = match admission {
@@ -206,9 +224,24 @@ pub struct Sharing {
     queue: Mutex<Vec<Arc<LimitState>>>,
     /// Keys the exchange keeps looking at (owned by the exchange).
     working: tokio::sync::Mutex<Vec<Arc<LimitState>>>,
-    /// Answers of the last exchange, for `/healthz` and `/metrics`.
+    /// When an exchange last reached the database, for `/healthz` and
+    /// `/metrics`.
     last_ok_ms: AtomicI64,
+    /// When this node last said it was present.
+    last_beat_ms: AtomicI64,
+    /// Until when the other nodes surely count this one present (its last
+    /// heartbeat, plus the time it asked to be counted, less a margin).
+    present_until_ms: AtomicI64,
 }
+
+/// Taken off the time a node asked to be counted present, for clocks that
+/// differ and a heartbeat that took long.
+const PRESENCE_MARGIN_MS: i64 = 5_000;
+
+/// How often a node says it is present: far more often than the others
+/// need (it counts as present for `--max-staleness` and more), seldom
+/// enough that an idle node's exchanges cost the database almost nothing.
+pub const HEARTBEAT_MS: i64 = 1_000;
 
 impl Sharing {
     /// From now on, limits are shared with the nodes of the database,
@@ -257,7 +290,8 @@ struct Asked {
 
 impl<S: Store> App<S> {
     /// One exchange of this node's leases with the database: says the node
-    /// is present (until `alive_ms` from now), learns how many are, and asks
+    /// is present (until `alive_ms` from now; every [`HEARTBEAT_MS`]),
+    /// learns how many are, and asks
     /// for each key used lately what its clients need until the next
     /// exchange, or hands back what they do not.
     ///
@@ -271,8 +305,17 @@ impl<S: Store> App<S> {
         alive_ms: i64,
     ) -> Result<Exchanged, AppError> {
         let now = self.now();
-        let nodes = self.store.limit_heartbeat(node, now, alive_ms).await?;
-        sharing.nodes.store(nodes, Ordering::Relaxed);
+        if now - sharing.last_beat_ms.load(Ordering::Relaxed) >= HEARTBEAT_MS {
+            let nodes = self.store.limit_heartbeat(node, now, alive_ms).await?;
+            sharing.nodes.store(nodes, Ordering::Relaxed);
+            sharing.last_beat_ms.store(now, Ordering::Relaxed);
+            sharing.present_until_ms.store(
+                now.saturating_add(alive_ms - PRESENCE_MARGIN_MS),
+                Ordering::Relaxed,
+            );
+            sharing.last_ok_ms.store(now, Ordering::Relaxed);
+        }
+        let nodes = sharing.nodes();
         let mut working = sharing.working.lock().await;
         working.append(&mut sharing.queue.lock().unwrap_or_else(PoisonError::into_inner));
         let mut asks = Vec::new();
@@ -297,7 +340,9 @@ impl<S: Store> App<S> {
         for ((a, ask), answer) in asked.iter().zip(&asks).zip(&answers) {
             apply(a, ask, answer, nodes);
         }
-        sharing.last_ok_ms.store(now, Ordering::Relaxed);
+        if !asks.is_empty() {
+            sharing.last_ok_ms.store(now, Ordering::Relaxed);
+        }
         Ok(Exchanged {
             nodes,
             keys,

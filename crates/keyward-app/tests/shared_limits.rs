@@ -37,6 +37,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(&["burst=1000/10s"]).await
+}
+
+async fn world_with(limits: &[&str]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("l.db").display());
     let catalog = Arc::new(Catalog::fleet().unwrap());
@@ -67,7 +71,10 @@ async fn world() -> World {
                     scopes: vec!["vehicles:read".into()],
                     ..GrantRequest::default()
                 },
-                limits: vec![Limit::parse_flag("limits[0]", "burst=1000/10s").unwrap()],
+                limits: limits
+                    .iter()
+                    .map(|l| Limit::parse_flag("limits", l).unwrap())
+                    .collect(),
                 ..CreateKey::default()
             },
         )
@@ -96,6 +103,8 @@ async fn world() -> World {
     for n in &w.nodes {
         n.exchange().await;
     }
+    // A heartbeat later, each knows the other.
+    w.clock.advance(keyward_app::limits::HEARTBEAT_MS);
     for n in &w.nodes {
         n.exchange().await;
     }
@@ -132,7 +141,9 @@ async fn run(
 ) -> Vec<(u64, u64)> {
     // To the next window's start.
     let now = w.clock.now_ms();
-    w.clock.advance(WINDOW_MS - now % WINDOW_MS);
+    if now % WINDOW_MS != 0 {
+        w.clock.advance(WINDOW_MS - now % WINDOW_MS);
+    }
     let mut out = Vec::new();
     for _ in 0..windows {
         let (mut a, mut b) = (0, 0);
@@ -245,7 +256,8 @@ async fn leaving_hands_the_lease_back() {
         .leave_limits(w.nodes[1].snapshot.sharing(), "b")
         .await
         .unwrap();
-    // a, alone now, is granted all that b did not use.
+    // a, alone now (a heartbeat later), is granted all that b did not use.
+    w.clock.advance(keyward_app::limits::HEARTBEAT_MS);
     w.nodes[0].exchange().await;
     assert_eq!(w.nodes[0].snapshot.sharing().nodes(), 1);
     let mut admitted = 0;
@@ -256,4 +268,46 @@ async fn leaving_hands_the_lease_back() {
         w.nodes[0].exchange().await;
     }
     assert_eq!(admitted, LIMIT - 10);
+}
+
+#[tokio::test]
+async fn two_limits_on_a_key_fill_the_one_that_binds() {
+    // 1 000 per 10 s, and 1 500 per 20 s: over 20 s the second binds.
+    let w = world_with(&["burst=1000/10s", "slow=1500/20s"]).await;
+    let now = w.clock.now_ms();
+    w.clock.advance(2 * WINDOW_MS - now % (2 * WINDOW_MS));
+    let windows = run(&w, 4, false, |ms| {
+        let to_a = u32::from(ms % 2 == 0);
+        (to_a, 1 - to_a)
+    })
+    .await;
+    for (i, pair) in windows.chunks(2).enumerate() {
+        let (first, second) = (pair[0].0 + pair[0].1, pair[1].0 + pair[1].1);
+        eprintln!("two limits, 20 s window {i}: {first} + {second}");
+        assert!(
+            (900..=1000).contains(&first),
+            "the burst limit binds first: {first}"
+        );
+        let total = first + second;
+        assert!(total <= 1500, "never past the slow limit: {total}");
+        assert!(total >= 1350, "the slow limit filled within 10 %: {total}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_no_longer_counted_present_admits_nothing_unasked() {
+    // b stops exchanging (its heartbeats fail, its requests go on): the
+    // other node counts it present for 40 s after its last heartbeat; b
+    // stops admitting its unasked share 5 s before that.
+    let w = world().await;
+    let windows = run(&w, 6, true, |_| (1, 1)).await;
+    let share = keyward_store::unasked_share(LIMIT, 2);
+    for (i, (a, b)) in windows.iter().enumerate() {
+        eprintln!("b silent, window {i}: {a} + {b}");
+        assert!(a + b <= LIMIT, "never past the limit: {a} + {b}");
+        assert!(*b <= share);
+    }
+    let (a, b) = windows[5];
+    assert_eq!(b, 0, "b no longer admits its share");
+    assert!(a >= LIMIT * 9 / 10, "a, alone, admits the limit: {a}");
 }

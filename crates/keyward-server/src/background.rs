@@ -178,7 +178,7 @@ fn limits_alive_ms(state: &State) -> i64 {
 }
 
 /// Whether this node's limits are shared through the database right now
-/// (an exchange reached it within three intervals and a second), for
+/// (an exchange reached it within three intervals and two heartbeats), for
 /// `/healthz` and `/metrics`.
 pub(crate) fn limits_mode(state: &State) -> &'static str {
     let sharing = state.snapshot.sharing();
@@ -186,7 +186,9 @@ pub(crate) fn limits_mode(state: &State) -> &'static str {
         return "this node only";
     }
     let interval = i64::try_from(state.config.limit_exchange_interval.as_millis()).unwrap_or(0);
-    if state.app.now() - sharing.last_ok_ms() <= 3 * interval + 1_000 {
+    if state.app.now() - sharing.last_ok_ms()
+        <= 3 * interval + 2 * keyward_app::limits::HEARTBEAT_MS
+    {
         "shared"
     } else {
         "local share"

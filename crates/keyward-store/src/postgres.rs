@@ -300,11 +300,12 @@ impl PgStore {
         // Rows in key order, so two nodes lock shared rows in the same
         // order. Two statements, no transaction: each row is locked only
         // while a statement runs, never while this node waits.
-        let mut asks: Vec<&crate::LeaseAsk> = asks.iter().collect();
-        asks.sort_by(|a, b| (&a.key_id, &a.limit, a.window).cmp(&(&b.key_id, &b.limit, b.window)));
-        let keys: Vec<&str> = asks.iter().map(|a| a.key_id.as_str()).collect();
-        let limits: Vec<&str> = asks.iter().map(|a| a.limit.as_str()).collect();
-        let windows: Vec<i64> = asks.iter().map(|a| a.window).collect();
+        let mut sorted: Vec<&crate::LeaseAsk> = asks.iter().collect();
+        sorted
+            .sort_by(|a, b| (&a.key_id, &a.limit, a.window).cmp(&(&b.key_id, &b.limit, b.window)));
+        let keys: Vec<&str> = sorted.iter().map(|a| a.key_id.as_str()).collect();
+        let limits: Vec<&str> = sorted.iter().map(|a| a.limit.as_str()).collect();
+        let windows: Vec<i64> = sorted.iter().map(|a| a.window).collect();
         sqlx::query(
             "INSERT INTO limit_leases (key_id, limit_name, win, expires_at) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) \
@@ -313,7 +314,7 @@ impl PgStore {
         .bind(&keys)
         .bind(&limits)
         .bind(&windows)
-        .bind(asks.iter().map(|a| a.ends_at).collect::<Vec<i64>>())
+        .bind(sorted.iter().map(|a| a.ends_at).collect::<Vec<i64>>())
         .execute(&self.pool)
         .await?;
         // Every SET reads the row's newest version (READ COMMITTED re-reads
@@ -333,19 +334,19 @@ impl PgStore {
         .bind(&keys)
         .bind(&limits)
         .bind(&windows)
-        .bind(asks.iter().map(|a| col(a.requests)).collect::<Vec<i64>>())
-        .bind(asks.iter().map(|a| a.first).collect::<Vec<bool>>())
-        .bind(asks.iter().map(|a| col(a.want)).collect::<Vec<i64>>())
+        .bind(sorted.iter().map(|a| col(a.requests)).collect::<Vec<i64>>())
+        .bind(sorted.iter().map(|a| a.first).collect::<Vec<bool>>())
+        .bind(sorted.iter().map(|a| col(a.want)).collect::<Vec<i64>>())
         .bind(
-            asks.iter()
+            sorted.iter()
                 .map(|a| col(if a.first { a.floor } else { a.release }))
                 .collect::<Vec<i64>>(),
         )
-        .bind(asks.iter().map(|a| a.leaving).collect::<Vec<bool>>())
+        .bind(sorted.iter().map(|a| a.leaving).collect::<Vec<bool>>())
         .fetch_all(&self.pool)
         .await?;
-        let asks: Vec<crate::LeaseAsk> = asks.into_iter().cloned().collect();
-        Ok(crate::limits::in_order(&asks, rows))
+        // Answers in the caller's order, not the sorted one.
+        Ok(crate::limits::in_order(asks, rows))
     }
 
     async fn append_audit_now(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {

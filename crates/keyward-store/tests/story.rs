@@ -932,6 +932,17 @@ async fn leases<S: Store + Clone>(store: &S) {
     assert_eq!(last[0].claimed, total);
     assert_eq!(total, 100, "every request leased, none twice");
 
+    // Several asks in one call, not in key order: each answer is its own
+    // ask's (the backend sorts rows to lock them in one order).
+    let mut z = ask("key_z", true, 9, 0);
+    z.requests = 9;
+    let mut m = ask("key_m", true, 4, 0);
+    m.requests = 4;
+    let mut y = ask("key_a", true, 50, 0);
+    y.limit = "zeta".into();
+    let answers = store.claim_leases(1, &[z, y, m]).await.unwrap();
+    let granted: Vec<u64> = answers.iter().map(|a| a.granted).collect();
+    assert_eq!(granted, [9, 50, 4]);
     // Ended windows are forgotten: their row starts afresh.
     store.forget_leases(9_000).await.unwrap();
     let fresh = store

@@ -62,6 +62,34 @@ fn load(
     (ok_a.into_inner(), ok_b.into_inner(), sent.into_inner())
 }
 
+/// Offers several keys, in turn, far more than their limits for `for_`
+/// from 6 threads, half to each node; returns the accepted count per key.
+fn load_keys(a: &Server, b: &Server, keys: &[&str], for_: Duration) -> Vec<usize> {
+    let ok: Vec<AtomicUsize> = keys.iter().map(|_| AtomicUsize::new(0)).collect();
+    let deadline = std::time::Instant::now() + for_;
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let ok = &ok;
+            s.spawn(move || {
+                let mut i = t;
+                while std::time::Instant::now() < deadline {
+                    let k = (i / 2) % keys.len();
+                    let node = if i % 2 == 0 { a } else { b };
+                    match node.get("/vehicles", keys[k]).status {
+                        200 => {
+                            ok[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => {}
+                        other => panic!("unexpected {other}"),
+                    }
+                    i += 1;
+                }
+            });
+        }
+    });
+    ok.into_iter().map(AtomicUsize::into_inner).collect()
+}
+
 #[test]
 fn two_nodes_share_a_limit_at_50_50_and_90_10() {
     let Some(kw) = Kw::postgres("shared_limits") else {
@@ -92,13 +120,45 @@ fn two_nodes_share_a_limit_at_50_50_and_90_10() {
             let (ok_a, ok_b, sent) = load(&a, &b, &key, share_a, for_);
             let accepted = ok_a + ok_b;
             eprintln!(
-                "{share_a}0/{}0, window {window}: {accepted} of 300 accepted ({ok_a} by A, {ok_b} by B), {sent} sent",
-                10 - share_a
+                "{}/{}, window {window}: {accepted} of 300 accepted ({ok_a} by A, {ok_b} by B), {sent} sent",
+                share_a * 10,
+                100 - share_a * 10
             );
             assert!(sent > 600, "the load must exceed the limit: {sent} sent");
             assert!(
                 (270..=330).contains(&accepted),
                 "{accepted} accepted, not within 10 % of 300 ({ok_a} by A, {ok_b} by B)"
+            );
+        }
+    }
+    // Several keys at once, through both nodes: each within its own limit
+    // (the leases of one key never go to another).
+    let limits = [300, 100, 30];
+    let keys: Vec<String> = limits
+        .iter()
+        .map(|n| {
+            kw.key(&[
+                "--name",
+                &format!("k{n}"),
+                "--scope",
+                "vehicles:read",
+                "--limit",
+                &format!("burst={n}/5s"),
+                "--limit",
+                "hourly=100000/1h",
+            ])
+            .1
+        })
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for window in 0..2 {
+        let for_ = start_of_window(5);
+        let accepted = load_keys(&a, &b, &keys, for_);
+        eprintln!("three keys, window {window}: {accepted:?} of {limits:?}");
+        for (got, limit) in accepted.iter().zip(limits) {
+            assert!(
+                *got <= limit && *got >= limit * 9 / 10,
+                "{got} accepted of {limit}: {accepted:?}"
             );
         }
     }
