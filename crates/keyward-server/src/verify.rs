@@ -125,14 +125,42 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
     serde_json::from_slice(bytes).map_err(|e| {
         let message = format!("Invalid JSON body: {e}");
         match e.classify() {
-            serde_json::error::Category::Data => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_FAILED",
-                message,
-            ),
+            serde_json::error::Category::Data => match wrong_field(bytes) {
+                Some(field) => ApiError::validation(field, message),
+                None => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "VALIDATION_FAILED",
+                    message,
+                ),
+            },
             _ => ApiError::bad_request(message),
         }
     })
+}
+
+/// The field of a verify body that has the wrong type, is unknown or is
+/// missing, for the 422's `details.field` (only on the error path: serde's
+/// message says what is wrong, not where).
+fn wrong_field(bytes: &[u8]) -> Option<&'static str> {
+    use serde_json::Value;
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(bytes) else {
+        return None;
+    };
+    let text = |v: Option<&Value>| matches!(v, None | Some(Value::Null | Value::String(_)));
+    if !matches!(body.get("key"), Some(Value::String(_))) {
+        return Some("key");
+    }
+    for field in ["method", "path", "client_ip"] {
+        if !text(body.get(field)) {
+            return Some(field);
+        }
+    }
+    match body.get("scopes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return Some("scopes"),
+    }
+    None
 }
 
 pub(crate) async fn verify(

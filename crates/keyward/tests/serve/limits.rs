@@ -238,6 +238,24 @@ fn allowed_networks_are_checked_after_authentication_and_audited() {
     let e = verify(json!({"key": elsewhere, "scopes": ["vehicles:read"], "client_ip": "nope"}))
         .error(422, "VALIDATION_FAILED");
     assert_eq!(e["details"]["field"], "client_ip");
+    // A field of the wrong JSON type is named too.
+    for (body, field) in [
+        (json!({"key": &elsewhere, "client_ip": 1}), "client_ip"),
+        (
+            json!({"key": &elsewhere, "client_ip": ["1.2.3.4"]}),
+            "client_ip",
+        ),
+        (json!({"key": 5}), "key"),
+        (
+            json!({"key": &elsewhere, "scopes": "vehicles:read"}),
+            "scopes",
+        ),
+        (json!({"key": &elsewhere, "scopes": [1]}), "scopes"),
+        (json!({"key": &elsewhere, "path": {}}), "path"),
+    ] {
+        let e = verify(body.clone()).error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["field"], field, "{body}");
+    }
 }
 
 #[test]
