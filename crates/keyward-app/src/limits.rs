@@ -108,6 +108,27 @@ impl KeyLimits {
         }))
     }
 
+    /// Whether limit `index`, having refused a request, may admit it after
+    /// the next exchange: the node has not asked yet in this window, or some
+    /// of the window was left unleased at the last answer. The server then
+    /// waits for that exchange ([`Sharing::next_exchange`]) rather than
+    /// refuse what the limit still allows.
+    pub fn lease_may_grow(&self, index: usize, sharing: &Sharing, now: i64) -> bool {
+        // Cut off, the lease will not grow: refuse at once.
+        if sharing.mode(now) != "shared" {
+            return false;
+        }
+        let inner = self
+            .state
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        inner
+            .slots
+            .get(index)
+            .is_some_and(|s| s.room > 0 || !s.asked)
+    }
+
     /// Whether a request from `client` may use the key.
     pub fn allows(&self, client: std::net::IpAddr) -> bool {
         keyward_core::limits::network_allows(&self.networks, client)
@@ -229,6 +250,8 @@ pub struct Sharing {
     last_ok_ms: AtomicI64,
     /// When this node last said it was present.
     last_beat_ms: AtomicI64,
+    /// Woken after each exchange, for requests waiting for a lease.
+    exchanged: tokio::sync::Notify,
     /// Until when the other nodes surely count this one present (its last
     /// heartbeat, plus the time it asked to be counted, less a margin).
     present_until_ms: AtomicI64,
@@ -264,9 +287,34 @@ impl Sharing {
         self.nodes.load(Ordering::Relaxed).max(1)
     }
 
+    /// How this node's limits are enforced at `now`: `"this node only"`
+    /// (not shared), `"shared"` (an exchange reached the database within
+    /// three intervals and two heartbeats), or `"local share"` (cut off:
+    /// its leases and its unasked share, never more).
+    pub fn mode(&self, now: i64) -> &'static str {
+        if !self.is_shared() {
+            return "this node only";
+        }
+        let interval = self.interval_ms.load(Ordering::Relaxed);
+        if now - self.last_ok_ms() <= 3 * interval + 2 * HEARTBEAT_MS {
+            "shared"
+        } else {
+            "local share"
+        }
+    }
+
     /// When an exchange last reached the database (unix ms; 0: never).
     pub fn last_ok_ms(&self) -> i64 {
         self.last_ok_ms.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the next exchange to end (successful or not), at most two
+    /// intervals and 100 ms: how long a request refused by a lease that may
+    /// grow waits before it is decided again.
+    pub async fn next_exchange(&self) {
+        let ms = self.interval_ms.load(Ordering::Relaxed).saturating_mul(2) + 100;
+        let wait = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(300));
+        let _ = tokio::time::timeout(wait, self.exchanged.notified()).await;
     }
 }
 
@@ -305,15 +353,23 @@ impl<S: Store> App<S> {
         alive_ms: i64,
     ) -> Result<Exchanged, AppError> {
         let now = self.now();
+        // A failed heartbeat does not stop the asks: what this node admitted
+        // unasked is claimed by its first ask, so the others may stop
+        // holding its share without the window going over.
+        let mut beat_failed = None;
         if now - sharing.last_beat_ms.load(Ordering::Relaxed) >= HEARTBEAT_MS {
-            let nodes = self.store.limit_heartbeat(node, now, alive_ms).await?;
-            sharing.nodes.store(nodes, Ordering::Relaxed);
-            sharing.last_beat_ms.store(now, Ordering::Relaxed);
-            sharing.present_until_ms.store(
-                now.saturating_add(alive_ms - PRESENCE_MARGIN_MS),
-                Ordering::Relaxed,
-            );
-            sharing.last_ok_ms.store(now, Ordering::Relaxed);
+            match self.store.limit_heartbeat(node, now, alive_ms).await {
+                Ok(nodes) => {
+                    sharing.nodes.store(nodes, Ordering::Relaxed);
+                    sharing.last_beat_ms.store(now, Ordering::Relaxed);
+                    sharing.present_until_ms.store(
+                        now.saturating_add(alive_ms - PRESENCE_MARGIN_MS),
+                        Ordering::Relaxed,
+                    );
+                    sharing.last_ok_ms.store(now, Ordering::Relaxed);
+                }
+                Err(e) => beat_failed = Some(e),
+            }
         }
         let nodes = sharing.nodes();
         let mut working = sharing.working.lock().await;
@@ -334,11 +390,16 @@ impl<S: Store> App<S> {
                         a.state.with_slot(a.slot, ask.window, |s| s.asked = false);
                     }
                 }
+                sharing.exchanged.notify_waiters();
                 return Err(e.into());
             }
         };
         for ((a, ask), answer) in asked.iter().zip(&asks).zip(&answers) {
             apply(a, ask, answer, nodes);
+        }
+        sharing.exchanged.notify_waiters();
+        if let Some(e) = beat_failed {
+            return Err(e.into());
         }
         if !asks.is_empty() {
             sharing.last_ok_ms.store(now, Ordering::Relaxed);

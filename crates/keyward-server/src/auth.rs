@@ -373,8 +373,7 @@ pub(crate) async fn caller(
             // too: a key bound to a network is not usable from elsewhere
             // against the admin API either (refusals audited as a 403 is).
             if let Some(limits) = entry.limits.as_deref()
-                && let Err(refused) =
-                    check_limits(limits, state.snapshot.sharing(), asked.client.addr, now)
+                && let Err(refused) = check_limits(state, limits, asked.client.addr, now).await
             {
                 let with_key = asked.exchange(Some(&entry));
                 let LimitRefusal {
@@ -507,12 +506,13 @@ pub(crate) struct LimitRefusal {
 /// and scopes (SPEC §8): 403 `IP_NOT_ALLOWED` (audited like a 403), 429
 /// `RATE_LIMITED` with `Retry-After` and the `RateLimit` headers, or the
 /// headers an admitted request's answer carries.
-pub(crate) fn check_limits(
+pub(crate) async fn check_limits(
+    state: &State,
     limits: &KeyLimits,
-    sharing: &keyward_app::Sharing,
     client: std::net::IpAddr,
     now: i64,
 ) -> Result<Option<RateLimitNote>, Box<LimitRefusal>> {
+    let sharing = state.snapshot.sharing();
     if !limits.allows(client) {
         let e = ApiError::new(
             StatusCode::FORBIDDEN,
@@ -525,7 +525,18 @@ pub(crate) fn check_limits(
             note: None,
         }));
     }
-    match limits.admit(now, sharing) {
+    let mut admission = limits.admit(now, sharing);
+    // Shared between nodes, a refusal by this node's lease while the limit
+    // may still have room waits for the next exchange (at most a few
+    // hundred ms) and is decided again: a burst at a window's start, or a
+    // node's first request of a window, is not refused for want of a lease.
+    if let Admission::Refused { index, .. } = admission
+        && limits.lease_may_grow(index, sharing, now)
+    {
+        Box::pin(sharing.next_exchange()).await;
+        admission = limits.admit(state.app.now().max(now), sharing);
+    }
+    match admission {
         Admission::Allowed {
             tightest: Some(i),
             remaining,

@@ -177,22 +177,10 @@ fn limits_alive_ms(state: &State) -> i64 {
     staleness.saturating_add(10_000)
 }
 
-/// Whether this node's limits are shared through the database right now
-/// (an exchange reached it within three intervals and two heartbeats), for
-/// `/healthz` and `/metrics`.
+/// How this node's limits are enforced now ([`keyward_app::Sharing::mode`]),
+/// for `/healthz` and `/metrics`.
 pub(crate) fn limits_mode(state: &State) -> &'static str {
-    let sharing = state.snapshot.sharing();
-    if !sharing.is_shared() {
-        return "this node only";
-    }
-    let interval = i64::try_from(state.config.limit_exchange_interval.as_millis()).unwrap_or(0);
-    if state.app.now() - sharing.last_ok_ms()
-        <= 3 * interval + 2 * keyward_app::limits::HEARTBEAT_MS
-    {
-        "shared"
-    } else {
-        "local share"
-    }
+    state.snapshot.sharing().mode(state.app.now())
 }
 
 /// Sets the limit-sharing gauges: after each exchange, and when scraped

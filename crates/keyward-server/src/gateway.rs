@@ -119,7 +119,7 @@ async fn admit(
     if let Some(limits) = entry.as_deref().and_then(|e| e.limits.as_deref())
         && !matches!(decision.outcome, Outcome::Unauthenticated(_))
     {
-        match check_limits(limits, state.snapshot.sharing(), ex.client.addr, now) {
+        match check_limits(state, limits, ex.client.addr, now).await {
             Ok(note) => limited = note,
             Err(refused) => {
                 let LimitRefusal {

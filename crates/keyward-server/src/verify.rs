@@ -261,11 +261,13 @@ pub(crate) async fn verify(
             None if !limits.networks.is_empty() => Some(("ip_not_allowed", None)),
             // Networks hold only addresses: the unspecified one matches none.
             client => match check_limits(
+                state,
                 limits,
-                state.snapshot.sharing(),
                 client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
                 now,
-            ) {
+            )
+            .await
+            {
                 Ok(_) => None,
                 Err(refused) => Some((refused.reason, refused.note.map(|n| n.reset_secs))),
             },

@@ -81,16 +81,15 @@ pub fn parse_cidrs(key_id: &str, text: &str) -> Result<Vec<keyward_core::limits:
 pub const UNASKED_DIVISOR: u64 = 20;
 
 /// What a node may admit in a window before it has asked for a lease:
-/// `requests / (20 n)` rounded up, at most `requests / n`. The nodes hold it
-/// back for one another, so they may admit it at once, without waiting for
-/// the database, and a node cut off from it enforces this share alone. With
-/// one node, idle beside a busy one, the window loses at most a twentieth.
+/// `requests / (20 n)`, rounded down. The nodes hold it back for one
+/// another, so they may admit it at once, without waiting for the database,
+/// and a node cut off from it enforces this share alone. However many nodes
+/// never see the key, the window loses at most a twentieth to them; below
+/// 20 n requests the share is 0, and a node's first request of a window
+/// waits for its first lease instead.
 #[must_use]
 pub fn unasked_share(requests: u64, nodes: u64) -> u64 {
-    let n = nodes.max(1);
-    requests
-        .div_ceil(UNASKED_DIVISOR.saturating_mul(n))
-        .min(requests / n)
+    requests / UNASKED_DIVISOR.saturating_mul(nodes.max(1))
 }
 
 /// A node's request about its lease on one window of one limit of a key.
@@ -194,14 +193,15 @@ mod tests {
             claimed: 30,
             nodes: 1,
         };
-        // 3 nodes, 100 requests: two shares of 2 held, 30 claimed.
-        assert_eq!(a.room(100, 3), 66);
+        // 3 nodes, 100 requests: two shares of 1 held, 30 claimed.
+        assert_eq!(a.room(100, 3), 68);
         // Everyone asked: nothing held.
         assert_eq!(LeaseAnswer { nodes: 3, ..a }.room(100, 3), 70);
         // Over-claimed (nodes disagreed on n): no room, no underflow.
-        assert_eq!(unasked_share(100, 3), 2);
+        assert_eq!(unasked_share(100, 3), 1);
         assert_eq!(unasked_share(1, 3), 0);
-        assert_eq!(unasked_share(10, 2), 1);
+        assert_eq!(unasked_share(39, 2), 0);
+        assert_eq!(unasked_share(40, 2), 1);
         assert_eq!(unasked_share(1000, 2), 25);
         assert_eq!(LeaseAnswer { claimed: 120, ..a }.room(100, 3), 0);
     }

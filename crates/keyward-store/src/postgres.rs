@@ -23,7 +23,7 @@ use append::{append_audit_alone, append_audit_tx};
 /// present (20 is `UNASKED_DIVISOR`; the story test holds the two equal).
 macro_rules! pg_unasked_share {
     () => {
-        "LEAST((a.q + 20 * $1 - 1) / (20 * $1), a.q / $1)"
+        "(a.q / (20 * $1))"
     };
 }
 
