@@ -8,6 +8,8 @@
 #   R=7 D=5 bash bench/ab.sh OLD_BIN [NEW_BIN]
 #   DB=postgres bash bench/ab.sh OLD_BIN          # each binary on its own scratch
 #                                                 # PostgreSQL database (PG=base URL)
+#   LIMITS=1 ONLY=get bash bench/ab.sh OLD_BIN    # the reader key holds two limits
+#                                                 # never reached (their cost)
 #
 # Prints, per round, req/s of each binary and new/old for an audited POST,
 # POST /v1/verify and a GET through the gateway (ONLY=verify|get|post: one
@@ -34,7 +36,9 @@ taskset -c 1 $UP 127.0.0.1:19201 >/dev/null & PIDS+=($!)
 setup() { # bin url -> prints "reader verifier writer"
   local bin=$1 url=$2
   KEYWARD_DATABASE_URL=$url $bin migrate >/dev/null 2>&1
-  r=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name r --preset read-only-integration | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
+  local limits=()
+  [ -n "${LIMITS:-}" ] && limits=(--limit burst=1000000000/1s --limit monthly=1000000000000/30d)
+  r=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name r --preset read-only-integration "${limits[@]}" | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
   v=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name v --scope keyward-api-keys:verify | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
   w=$(KEYWARD_DATABASE_URL=$url $bin keys create --json --name w --preset inspection-submission | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')
   echo "$r $v $w"
