@@ -311,3 +311,58 @@ async fn a_node_no_longer_counted_present_admits_nothing_unasked() {
     assert_eq!(b, 0, "b no longer admits its share");
     assert!(a >= LIMIT * 9 / 10, "a, alone, admits the limit: {a}");
 }
+
+#[tokio::test]
+async fn a_keys_counts_survive_a_sync_that_replaces_its_entry() {
+    // One node, not shared: a roll changes the old key (its expiry), the
+    // sync replaces its entry, and its counts carry over.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let catalog = Arc::new(Catalog::fleet().unwrap());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let app = App::new(
+        SqliteStore::connect(&url).await.unwrap(),
+        catalog.clone(),
+        Digester::sha256(),
+        clock.clone(),
+        Arc::new(OsRng),
+    );
+    let actor = Actor::operator("cli:test", &catalog);
+    let (org, _) = app.bootstrap(&actor).await.unwrap();
+    let created = app
+        .create_key(
+            &actor,
+            &org,
+            CreateKey {
+                name: "counted".into(),
+                grants: GrantRequest {
+                    scopes: vec!["vehicles:read".into()],
+                    ..GrantRequest::default()
+                },
+                limits: vec![Limit::parse_flag("limits", "hourly=3/1h").unwrap()],
+                ..CreateKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let snapshot = app.load_snapshot(&mut |_| {}).await.unwrap();
+    let digest = Digester::sha256().digest(&created.key);
+    let admit = |snapshot: &Snapshot| {
+        let entry = snapshot.get(&digest).unwrap();
+        matches!(
+            entry
+                .limits
+                .as_deref()
+                .unwrap()
+                .admit(clock.now_ms(), snapshot.sharing()),
+            Admission::Allowed { .. }
+        )
+    };
+    assert!(admit(&snapshot) && admit(&snapshot));
+    app.roll_key(&actor, &org, &created.record.id, 600_000)
+        .await
+        .unwrap();
+    assert!(app.sync_snapshot(&snapshot).await.unwrap() > 0);
+    assert!(admit(&snapshot), "the third of three");
+    assert!(!admit(&snapshot), "the count carried over the sync");
+}
