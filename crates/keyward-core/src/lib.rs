@@ -21,6 +21,7 @@ pub mod limits;
 pub mod path;
 pub mod route;
 pub mod scope;
+pub mod suggest;
 pub mod text;
 
 pub use catalog::{
