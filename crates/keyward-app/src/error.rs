@@ -35,6 +35,13 @@ pub enum AppError {
         /// The scopes the actor lacks.
         lacking: Vec<String>,
     },
+    /// 422 `ROLL_WOULD_BROADEN`: a narrowing roll names grants whose
+    /// scopes the old key does not hold.
+    #[error("the new key would hold scopes the old one does not: {}", .extra.join(", "))]
+    RollWouldBroaden {
+        /// The scopes beyond the old key's.
+        extra: Vec<String>,
+    },
     /// 404 `NOT_FOUND`.
     #[error("{what} `{id}` not found")]
     NotFound {

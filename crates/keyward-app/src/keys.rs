@@ -239,6 +239,25 @@ impl<S: Store> App<S> {
         key_id: &str,
         grace_ms: i64,
     ) -> Result<CreatedKey, AppError> {
+        self.roll_key_narrowing(actor, org, key_id, grace_ms, None)
+            .await
+    }
+
+    /// [`App::roll_key`], the new key holding `narrower` grants instead of
+    /// the old key's (SPEC §9): their effective scopes must be among the old
+    /// key's. A legacy key is rolled this way into a scoped key.
+    ///
+    /// # Errors
+    /// As [`App::roll_key`]; [`AppError::Grants`] for unknown grants or none;
+    /// [`AppError::RollWouldBroaden`] naming the scopes the old key lacks.
+    pub async fn roll_key_narrowing(
+        &self,
+        actor: &Actor,
+        org: &Org,
+        key_id: &str,
+        grace_ms: i64,
+        narrower: Option<&keyward_core::GrantRequest>,
+    ) -> Result<CreatedKey, AppError> {
         let now = self.now();
         let old = self
             .store
@@ -276,6 +295,29 @@ impl<S: Store> App<S> {
             let refusal = refused(403, lacking, &error);
             return Err(self.refuse(actor, org, refusal, error).await);
         }
+        let narrowed = match narrower {
+            None => None,
+            Some(req) => {
+                let resolved = match self.catalog.resolve_grants(req) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let error = AppError::Grants(e);
+                        let refusal = refused(422, Vec::new(), &error);
+                        return Err(self.refuse(actor, org, refusal, error).await);
+                    }
+                };
+                let extra = resolved.effective.difference(&effective);
+                if !extra.is_empty() {
+                    let extra = names(&self.catalog, extra);
+                    let error = AppError::RollWouldBroaden {
+                        extra: extra.clone(),
+                    };
+                    let refusal = refused(422, extra, &error);
+                    return Err(self.refuse(actor, org, refusal, error).await);
+                }
+                Some(resolved)
+            }
+        };
         let env = Environment::parse(&old.environment).unwrap_or(Environment::Live);
         let secret = self.new_secret(env)?;
         let new = KeyRecord {
@@ -289,9 +331,24 @@ impl<S: Store> App<S> {
             last_used_at: None,
             ..old.clone()
         };
+        let new = match &narrowed {
+            Some(r) => KeyRecord {
+                legacy: false,
+                scopes: r.scopes.clone(),
+                permission_sets: r.permission_sets.clone(),
+                ..new
+            },
+            None => new,
+        };
         let old_expires = now.saturating_add(grace_ms.max(0));
-        let details =
+        let mut details =
             json!({"new_key_id": new.id, "grace_ms": grace_ms, "old_expires_at": old_expires});
+        if narrowed.is_some() {
+            details["narrowed_to"] = json!({
+                "scopes": new.scopes,
+                "permission_sets": new.permission_sets,
+            });
+        }
         let entry = self.audit(actor, org, "key.rolled", Some(key_id), details);
         match self
             .store

@@ -177,6 +177,15 @@ impl From<AppError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", e.to_string())
                     .detail("required", lacking)
             }
+            AppError::RollWouldBroaden { ref extra } => {
+                let extra = extra.clone();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "ROLL_WOULD_BROADEN",
+                    e.to_string(),
+                )
+                .detail("scopes", extra)
+            }
             AppError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string())
             }

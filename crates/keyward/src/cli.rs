@@ -145,13 +145,22 @@ pub enum KeysCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replace a key with a new one holding the same grants.
+    /// Replace a key with a new one holding the same grants, or narrower
+    /// ones (`--scope`, `--permission-set`).
     Roll {
         /// Key id.
         id: String,
         /// How long the old key keeps working, e.g. `24h`, `0s`.
         #[arg(long, default_value = "24h")]
         grace: String,
+        /// A narrowing roll: the new key holds this scope (repeatable)
+        /// instead of the old key's grants; never more than the old key.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A narrowing roll: the new key holds this permission set
+        /// (repeatable).
+        #[arg(long = "permission-set")]
+        permission_sets: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

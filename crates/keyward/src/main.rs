@@ -478,9 +478,24 @@ async fn keys(
             let (key, outcome) = app.revoke_key(actor, org, &id).await?;
             output::revoked(&key, outcome, json);
         }
-        KeysCmd::Roll { id, grace, json } => {
+        KeysCmd::Roll {
+            id,
+            grace,
+            scopes,
+            permission_sets,
+            json,
+        } => {
             let grace_ms = duration("grace", &grace)?;
-            let created = app.roll_key(actor, org, &id, grace_ms).await?;
+            let narrower = (!scopes.is_empty() || !permission_sets.is_empty()).then(|| {
+                keyward_core::GrantRequest {
+                    scopes,
+                    permission_sets,
+                    presets: Vec::new(),
+                }
+            });
+            let created = app
+                .roll_key_narrowing(actor, org, &id, grace_ms, narrower.as_ref())
+                .await?;
             output::created(&created, json, "Rolled");
             if !json {
                 println!("The old key `{id}` keeps working for {grace}, then expires.");

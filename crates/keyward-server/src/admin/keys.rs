@@ -388,17 +388,26 @@ pub(super) struct RollBody {
     #[serde(default)]
     #[schema(pattern = "^[0-9]{1,3}(ms|s|m|h|d|w)$")]
     pub(super) grace: Option<String>,
+    /// A narrowing roll: the new key holds these scopes (with
+    /// `permission_sets`) instead of the old key's; their effective scopes
+    /// must be among the old key's (422 `ROLL_WOULD_BROADEN` otherwise). A
+    /// legacy key rolled this way becomes a scoped key.
+    #[serde(default)]
+    pub(super) scopes: Option<Vec<String>>,
+    /// Permission sets of a narrowing roll.
+    #[serde(default)]
+    pub(super) permission_sets: Option<Vec<String>>,
 }
 
-/// Replace a key with a new one holding the same grants; the old one keeps
-/// working for the grace period, then expires.
+/// Replace a key with a new one holding the same grants, or narrower ones;
+/// the old one keeps working for the grace period, then expires.
 #[utoipa::path(
     post, path = "/v1/keys/{id}/roll", tag = "keys",
     params(("id" = String, Path, description = "Key id (`key_…`)")),
     request_body(content = Option<RollBody>, description = "Optional"),
     responses(
         (status = 201, description = "The new key, shown this once", body = CreatedKey),
-        (status = "default", description = "Error (404; 409 for a revoked or expired key)", body = ErrorDoc),
+        (status = "default", description = "Error (404; 409 for a revoked or expired key; 422 `ROLL_WOULD_BROADEN` naming the extra scopes)", body = ErrorDoc),
     )
 )]
 async fn roll_key(
@@ -411,9 +420,16 @@ async fn roll_key(
     let grace = body.grace.as_deref().unwrap_or("24h");
     let grace_ms = keyward_core::parse_duration_ms(grace)
         .map_err(|e| fail(ApiError::validation("grace", e.to_string()), ctx))?;
+    let narrower = (body.scopes.is_some() || body.permission_sets.is_some()).then(|| {
+        keyward_core::GrantRequest {
+            scopes: body.scopes.clone().unwrap_or_default(),
+            permission_sets: body.permission_sets.clone().unwrap_or_default(),
+            presets: Vec::new(),
+        }
+    });
     let created = state
         .app
-        .roll_key(&who.actor, &who.org, &id, grace_ms)
+        .roll_key_narrowing(&who.actor, &who.org, &id, grace_ms, narrower.as_ref())
         .await
         .map_err(|e| fail(e, ctx))?;
     ok(StatusCode::CREATED, &created, ctx)
