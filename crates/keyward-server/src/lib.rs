@@ -125,6 +125,15 @@ impl Server {
         // key's limits; SQLite is one node's, counted exactly in memory.
         if app.store().backend() == "postgres" {
             snapshot.sharing().share(config.limit_exchange_interval);
+            // Counted present before the first request: until then its
+            // unasked share is not held back by the others.
+            let alive = background::limits_alive_ms(&config);
+            if let Err(e) = app
+                .exchange_limits(snapshot.sharing(), &node_id, alive)
+                .await
+            {
+                tracing::warn!(error = %e, "could not join the nodes sharing limits yet; retrying in the background");
+            }
         }
         let metrics = Arc::new(Metrics::new().map_err(ServerError::Config)?);
         let app = Arc::new(app);
