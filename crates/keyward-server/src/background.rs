@@ -172,7 +172,7 @@ pub(crate) async fn limits_loop(state: Arc<State>) {
 /// How long the other nodes count this one present after an exchange: as
 /// long as it may go on deciding alone (its `--max-staleness`), with a
 /// margin for clocks and a slow exchange.
-pub(crate) fn limits_alive_ms(config: &crate::Config) -> i64 {
+pub(crate) fn limits_alive_ms(config: &crate::config::Config) -> i64 {
     let staleness = i64::try_from(config.max_staleness.as_millis()).unwrap_or(i64::MAX);
     staleness.saturating_add(10_000)
 }
