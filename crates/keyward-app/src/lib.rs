@@ -19,6 +19,7 @@ pub mod limits;
 pub mod people;
 pub mod sessions;
 pub mod snapshot;
+pub mod usage;
 pub mod views;
 
 pub use audit::{
@@ -39,6 +40,7 @@ use keyward_store::Store;
 /// dependency on `keyward-store`).
 pub use keyward_store::{
     AnyStore, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, Revoked, StoreError,
+    UsageRow,
 };
 pub use limits::{Exchanged, KeyLimits, Sharing};
 use serde_json::json;

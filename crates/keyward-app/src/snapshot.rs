@@ -58,6 +58,9 @@ pub struct KeyEntry {
     pub org_id: Arc<str>,
     /// Imported legacy key (full access).
     pub legacy: bool,
+    /// The key's identity when counting its use
+    /// ([`crate::usage::usage_id`]), computed once.
+    pub usage_id: u64,
     /// Scopes, shared with every key granted the same.
     pub grants: Arc<Grants>,
     /// Unix milliseconds.
@@ -146,6 +149,7 @@ impl Interner {
             key_id: k.id.as_str().into(),
             org_id,
             legacy: k.legacy,
+            usage_id: crate::usage::usage_id(&k.id),
             grants,
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,

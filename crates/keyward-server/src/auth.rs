@@ -573,6 +573,36 @@ pub(crate) async fn check_limits(
     }
 }
 
+/// Counts one authenticated request of `key` for its usage (SPEC §9):
+/// `refused_by` is the limit refusal's reason, if a limit refused it.
+/// Unauthenticated requests are not a key's use and are not counted.
+pub(crate) fn count_use(
+    state: &State,
+    key: &KeyEntry,
+    decision: &keyward_core::Decision,
+    method: &str,
+    refused_by: Option<&str>,
+    now: i64,
+) {
+    use keyward_app::usage::UsageOutcome;
+    let outcome = match (refused_by, decision.outcome) {
+        (Some("ip_not_allowed"), _) => UsageOutcome::IpNotAllowed,
+        (Some(_), _) => UsageOutcome::RateLimited,
+        (None, Outcome::Allowed) => UsageOutcome::Allowed,
+        (None, Outcome::NoRoute) => UsageOutcome::NotFound,
+        (None, Outcome::MissingScopes) => UsageOutcome::Forbidden,
+        (None, Outcome::Unauthenticated(_)) => return,
+    };
+    state.usage.count(
+        key.usage_id,
+        &key.key_id,
+        decision.route,
+        method,
+        outcome,
+        now,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -51,12 +51,62 @@ pub(crate) async fn flush_loop(state: Arc<State>) {
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Vec<(String, i64)> = Vec::new();
     let mut retry_anonymous: Vec<AuditEntry> = Vec::new();
+    let mut retry_usage: Vec<keyward_app::UsageRow> = Vec::new();
     let (uses, anonymous) = flush_outages();
+    let usage = usage_outage();
+    let pruning = Outage::new("pruning old usage counts", "they are pruned later");
+    let mut pruned_at = 0;
     loop {
         flush.tick().await;
         flush_uses(&state, &mut retry, &uses).await;
+        flush_usage(&state, &mut retry_usage, &usage).await;
         flush_anonymous(&state, &mut retry_anonymous, false, &anonymous).await;
         state.metrics.upkeep();
+        let now = state.app.now();
+        if now - pruned_at >= keyward_app::usage::HOUR_MS {
+            pruned_at = now;
+            let retention =
+                i64::try_from(state.config.usage_retention.as_millis()).unwrap_or(i64::MAX);
+            match state.app.prune_usage(retention).await {
+                Ok(_) => pruning.recovered(),
+                Err(e) => pruning.failed(&e, 0),
+            }
+        }
+    }
+}
+
+/// The log line of the usage flush.
+pub(crate) fn usage_outage() -> Outage {
+    Outage::new(
+        "writing usage counts",
+        "they are kept (up to a bound) and retried",
+    )
+}
+
+/// Adds this node's usage counts since the last flush to the database;
+/// keeps them for the next attempt if storage fails, up to a bound.
+pub(crate) async fn flush_usage(
+    state: &State,
+    retry: &mut Vec<keyward_app::UsageRow>,
+    outage: &Outage,
+) {
+    retry.extend(state.usage.take(state.app.catalog(), state.app.now()));
+    if retry.is_empty() {
+        return;
+    }
+    match state.app.flush_usage(retry).await {
+        Ok(()) => {
+            retry.clear();
+            outage.recovered();
+        }
+        Err(e) => {
+            outage.failed(&e, retry.len());
+            // Rows of one cell may repeat across failed flushes; the
+            // database adds them up, so they are kept as they are, within
+            // a bound.
+            let excess = retry.len().saturating_sub(100_000);
+            retry.drain(..excess);
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Config {
     /// across nodes"): the shorter, the closer to the limit short windows
     /// are filled when the load is uneven.
     pub limit_exchange_interval: Duration,
+    /// How long each key's usage counts are kept (`--usage-retention`).
+    pub usage_retention: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             allow_underscore_headers: false,
             trusted_proxies: Vec::new(),
             limit_exchange_interval: Duration::from_millis(100),
+            usage_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -128,6 +128,16 @@ async fn admit(
                     note,
                 } = *refused;
                 let audited = reason == "ip_not_allowed";
+                if let Some(key) = ex.key {
+                    crate::auth::count_use(
+                        state,
+                        key,
+                        &decision,
+                        ex.method.as_str(),
+                        Some(reason),
+                        now,
+                    );
+                }
                 let limit_name = note
                     .as_ref()
                     .and_then(|n| limits.limits.get(n.index))
@@ -158,6 +168,9 @@ async fn admit(
         }
     }
 
+    if let Some(key) = ex.key {
+        crate::auth::count_use(state, key, &decision, ex.method.as_str(), None, now);
+    }
     let (error, audited, required, reason) = match decision.outcome {
         Outcome::Allowed => match entry {
             Some(key) => return Ok((key, decision, limited)),

@@ -154,6 +154,7 @@ impl Server {
             anonymous: AnonymousTally::new(),
             metrics,
             request_ids: RequestIds::new(node_id.clone()),
+            usage: keyward_app::usage::Usage::default(),
             node: node_id,
             default_org,
             verify_scope,
@@ -253,6 +254,7 @@ impl Server {
         }
         let (uses, anonymous) = background::flush_outages();
         background::flush_uses(&state, &mut Vec::new(), &uses).await;
+        background::flush_usage(&state, &mut Vec::new(), &background::usage_outage()).await;
         background::flush_anonymous(&state, &mut Vec::new(), true, &anonymous).await;
         background::leave_limits(&state).await;
         // The last reference to the audit writer goes with the state; the

@@ -28,6 +28,8 @@ pub(crate) struct State {
     pub(crate) anonymous: AnonymousTally,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) request_ids: RequestIds,
+    /// This node's counts of each key's requests since the last flush.
+    pub(crate) usage: keyward_app::usage::Usage,
     /// This process's id: request ids start with it, and it is the node
     /// other nodes see sharing limits.
     pub(crate) node: String,

@@ -273,6 +273,10 @@ pub(crate) async fn verify(
             },
         };
     }
+    // Counted as the key's use, like a gateway request to the same route.
+    if let (Some(key), Question::Route(method, _)) = (entry.filter(|_| valid), &question) {
+        crate::auth::count_use(state, key, &decision, method, limited.map(|(r, _)| r), now);
+    }
     let answer = VerifyResponse {
         valid,
         allowed: decision.is_allowed() && limited.is_none(),

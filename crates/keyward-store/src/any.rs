@@ -2,7 +2,7 @@
 //! command works on SQLite and PostgreSQL alike (`--database URL`).
 
 use crate::StoreError;
-use crate::{AuditQuery, Directory, LeaseAnswer, LeaseAsk, SessionRecord, UserRecord};
+use crate::{AuditQuery, Directory, LeaseAnswer, LeaseAsk, SessionRecord, UsageRow, UserRecord};
 use crate::{
     AuditRecord, Change, ChangeNotifier, KeyFilter, KeyRecord, Org, PgStore, Result, Revoked,
     SnapshotKey, SqliteStore, Store,
@@ -193,6 +193,15 @@ impl Store for AnyStore {
     }
     async fn forget_leases(&self, before: i64) -> Result<()> {
         delegate!(self, s => s.forget_leases(before))
+    }
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+        delegate!(self, s => s.add_usage(rows))
+    }
+    async fn key_usage(&self, key_id: &str, since: i64, until: i64) -> Result<Vec<UsageRow>> {
+        delegate!(self, s => s.key_usage(key_id, since, until))
+    }
+    async fn prune_usage(&self, before: i64) -> Result<u64> {
+        delegate!(self, s => s.prune_usage(before))
     }
 }
 

@@ -18,6 +18,7 @@
 //! | `self.append_audit_now` | in a write transaction | one statement that commits itself |
 //! | `self.touch_keys_now` | one `UPDATE` per key | one `UNNEST` statement |
 //! | `self.claim_leases_now` | one `UPDATE` per ask | two `UNNEST` statements |
+//! | `self.add_usage_now` | one upsert per row | one `UNNEST` upsert |
 //! | `self.notifier` | none (the poll carries changes) | a `PgListener` |
 //!
 //! So a backend file is its dialect and its migrations; everything a
@@ -538,6 +539,43 @@ macro_rules! keys_impl {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn add_usage(&self, rows: &[$crate::UsageRow]) -> $crate::Result<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                self.add_usage_now(rows).await
+            }
+
+            async fn key_usage(
+                &self,
+                key_id: &str,
+                since: i64,
+                until: i64,
+            ) -> $crate::Result<Vec<$crate::UsageRow>> {
+                let rows: Vec<$crate::usage::UsageTuple> = sqlx::query_as(
+                    "SELECT key_id, hour, method, route, outcome, count, last_seen FROM key_usage \
+                     WHERE key_id = $1 AND hour >= $2 AND hour < $3 \
+                     ORDER BY hour, method, route, outcome",
+                )
+                .bind(key_id)
+                .bind(since)
+                .bind(until)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map($crate::UsageRow::from_tuple).collect())
+            }
+
+            async fn prune_usage(&self, before: i64) -> $crate::Result<u64> {
+                // Old hours only: no node flushes into them any more.
+                let mut tx = self.write_tx().await?;
+                let done = sqlx::query("DELETE FROM key_usage WHERE hour < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
             }
 
             async fn touch_keys(&self, uses: &[(String, i64)]) -> $crate::Result<()> {

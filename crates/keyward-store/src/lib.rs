@@ -22,6 +22,7 @@ mod people;
 mod postgres;
 mod rows;
 mod sqlite;
+mod usage;
 pub use any::AnyStore;
 pub use limits::{
     LeaseAnswer, LeaseAsk, UNASKED_DIVISOR, cidrs_text, limits_text, parse_cidrs, parse_limits,
@@ -29,6 +30,7 @@ pub use limits::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use usage::UsageRow;
 
 /// What went wrong in storage. The app layer maps each variant once.
 #[derive(Debug, Error)]
@@ -549,6 +551,19 @@ pub trait Store: Directory {
     /// Forgets lease rows of windows that ended before `before`, and nodes
     /// absent since then.
     fn forget_leases(&self, before: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Adds a node's counts (one row per key, hour, method, route and
+    /// outcome) to what every node flushed before.
+    fn add_usage(&self, rows: &[UsageRow]) -> impl Future<Output = Result<()>> + Send;
+    /// One key's rows with `since <= hour < until`, oldest first.
+    fn key_usage(
+        &self,
+        key_id: &str,
+        since: i64,
+        until: i64,
+    ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
+    /// Forgets rows of hours before `before` (the retention).
+    fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// The people side of storage: users, group memberships, console sessions,

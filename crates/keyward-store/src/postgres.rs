@@ -349,6 +349,36 @@ impl PgStore {
         Ok(crate::limits::in_order(asks, rows))
     }
 
+    async fn add_usage_now(&self, rows: &[crate::UsageRow]) -> Result<()> {
+        use crate::limits::col;
+        // One statement, no transaction: a row is locked only while it runs
+        // (another node adding to the same hour waits that long, no more).
+        // Rows in key order, so two nodes lock shared rows in one order.
+        let mut rows: Vec<&crate::UsageRow> = rows.iter().collect();
+        rows.sort_by(|a, b| {
+            (&a.key_id, a.hour, &a.method, &a.route, &a.outcome)
+                .cmp(&(&b.key_id, b.hour, &b.method, &b.route, &b.outcome))
+        });
+        sqlx::query(
+            "INSERT INTO key_usage (key_id, hour, method, route, outcome, count, last_seen) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+             $6::int8[], $7::int8[]) \
+             ON CONFLICT (key_id, hour, method, route, outcome) DO UPDATE SET \
+             count = key_usage.count + excluded.count, \
+             last_seen = GREATEST(key_usage.last_seen, excluded.last_seen)",
+        )
+        .bind(rows.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.hour).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.route.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| col(r.count)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_seen).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn append_audit_now(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
         // No transaction of ours: the appending statement commits by itself,
         // so the chain head is locked only while the server runs it.

@@ -351,6 +351,29 @@ impl SqliteStore {
         Ok(answers)
     }
 
+    async fn add_usage_now(&self, rows: &[crate::UsageRow]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, hour, method, route, outcome, count, last_seen) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id, hour, method, route, outcome) DO UPDATE SET \
+                 count = key_usage.count + excluded.count, \
+                 last_seen = MAX(key_usage.last_seen, excluded.last_seen)",
+            )
+            .bind(&r.key_id)
+            .bind(r.hour)
+            .bind(&r.method)
+            .bind(&r.route)
+            .bind(&r.outcome)
+            .bind(crate::limits::col(r.count))
+            .bind(r.last_seen)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
     async fn append_audit_now(&self, entries: &[AuditEntry]) -> Result<Vec<i64>> {
         let mut tx = self.write_tx().await?;
         let refs: Vec<&AuditEntry> = entries.iter().collect();

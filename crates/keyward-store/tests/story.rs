@@ -13,7 +13,7 @@ use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
     AuditQuery, KeyFilter, KeyRecord, LeaseAnswer, LeaseAsk, Org, PgStore, Revoked, SessionRecord,
-    SnapshotKey, SqliteStore, Store, StoreError, UserRecord,
+    SnapshotKey, SqliteStore, Store, StoreError, UsageRow, UserRecord,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -957,6 +957,68 @@ async fn leases<S: Store + Clone>(store: &S) {
     assert_eq!(fresh, [expected]);
 }
 
+fn usage_row(key: &str, hour: i64, route: &str, outcome: &str, count: u64, last: i64) -> UsageRow {
+    UsageRow {
+        key_id: key.into(),
+        hour,
+        method: "GET".into(),
+        route: route.into(),
+        outcome: outcome.into(),
+        count,
+        last_seen: last,
+    }
+}
+
+/// Usage counts: two nodes' flushes add up, reads are per key and range,
+/// old hours are pruned.
+async fn usage(store: &impl Store) {
+    const H: i64 = 3_600_000;
+    let node_a = [
+        usage_row("key_u", 10 * H, "/vehicles", "allowed", 5, 10 * H + 7),
+        usage_row("key_u", 10 * H, "/vehicles", "forbidden", 1, 10 * H + 3),
+        usage_row("key_u", 11 * H, "", "not_found", 2, 11 * H + 1),
+        usage_row("key_v", 10 * H, "/vehicles", "allowed", 9, 10 * H + 9),
+    ];
+    let node_b = [usage_row(
+        "key_u",
+        10 * H,
+        "/vehicles",
+        "allowed",
+        3,
+        10 * H + 5,
+    )];
+    store.add_usage(&node_a).await.unwrap();
+    store.add_usage(&node_b).await.unwrap();
+    store.add_usage(&[]).await.unwrap();
+    let rows = store.key_usage("key_u", 10 * H, 12 * H).await.unwrap();
+    assert_eq!(
+        rows,
+        [
+            usage_row("key_u", 10 * H, "/vehicles", "allowed", 8, 10 * H + 7),
+            usage_row("key_u", 10 * H, "/vehicles", "forbidden", 1, 10 * H + 3),
+            usage_row("key_u", 11 * H, "", "not_found", 2, 11 * H + 1),
+        ]
+    );
+    // The range is half-open.
+    assert_eq!(
+        store
+            .key_usage("key_u", 11 * H, 12 * H)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.prune_usage(11 * H).await.unwrap(), 3);
+    assert_eq!(store.key_usage("key_u", 0, 12 * H).await.unwrap().len(), 1);
+    assert!(
+        store
+            .key_usage("key_v", 0, 12 * H)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn sqlite_story() {
     let dir = tempfile::tempdir().unwrap();
@@ -966,6 +1028,7 @@ async fn sqlite_story() {
     story(&store).await;
     people(&store).await;
     leases(&store).await;
+    usage(&store).await;
 }
 
 /// A message that reaches the terminal even though the test harness
@@ -1053,4 +1116,5 @@ async fn postgres_story() {
     story(&store).await;
     people(&store).await;
     leases(&store).await;
+    usage(&store).await;
 }

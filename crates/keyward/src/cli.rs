@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// share of each key's limits with the others through the database.
     #[arg(long, default_value = "100ms")]
     pub limit_exchange_interval: String,
+    /// How long each key's usage counts are kept.
+    #[arg(long, default_value = "90d")]
+    pub usage_retention: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +164,31 @@ pub enum KeysCmd {
         /// (repeatable).
         #[arg(long = "permission-set")]
         permission_sets: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a key did: requests by day (or hour) and by route.
+    Usage {
+        /// Key id.
+        id: String,
+        /// Start: a duration back from now (`30d`) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// `day` or `hour`.
+        #[arg(long, default_value = "day")]
+        granularity: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The smallest grants that still allow what a key was allowed to do.
+    Suggest {
+        /// Key id.
+        id: String,
+        /// How far back to look.
+        #[arg(long, default_value = "30d")]
+        window: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -184,6 +184,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CliError::refused(e.to_string()))?,
         limit_exchange_interval: nonzero("limit-exchange-interval", &args.limit_exchange_interval)?,
+        usage_retention: nonzero("usage-retention", &args.usage_retention)?,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(
@@ -500,6 +501,46 @@ async fn keys(
             if !json {
                 println!("The old key `{id}` keeps working for {grace}, then expires.");
             }
+        }
+        KeysCmd::Usage {
+            id,
+            since,
+            granularity,
+            json,
+        } => {
+            let now = app.now();
+            let since_ms = match parse_duration_ms(&since) {
+                Ok(ms) => now.saturating_sub(ms),
+                Err(_) => since
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| t.as_millisecond())
+                    .map_err(|_| {
+                        CliError::refused(format!(
+                            "--since `{since}`: neither a duration such as `30d` nor an RFC 3339 time"
+                        ))
+                    })?,
+            };
+            let day = match granularity.as_str() {
+                "day" => true,
+                "hour" => false,
+                other => {
+                    return Err(CliError::refused(format!(
+                        "--granularity `{other}`: `day` or `hour`"
+                    )));
+                }
+            };
+            if since_ms >= now {
+                return Err(CliError::refused(format!(
+                    "--since `{since}`: must be in the past"
+                )));
+            }
+            let report = app.key_usage(org, &id, since_ms, now, day).await?;
+            output::usage(&report, json);
+        }
+        KeysCmd::Suggest { id, window, json } => {
+            let window_ms = duration("window", &window)?;
+            let view = app.key_suggestion(org, &id, &window, window_ms).await?;
+            output::suggestion(&view, json);
         }
         KeysCmd::ImportLegacy { file, json } => {
             let text = std::fs::read_to_string(&file)

@@ -448,3 +448,82 @@ fn limit_lines(k: &KeyView) {
         println!("  allowed networks: {}", k.allowed_cidrs.join(", "));
     }
 }
+
+/// `keys usage`: the buckets that saw requests, then the routes, busiest
+/// first.
+pub fn usage(r: &keyward_app::usage::UsageReport, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "Usage of key {} from {} to {}, by {}:",
+        r.key_id, r.since, r.until, r.granularity
+    );
+    let busy: Vec<_> = r
+        .buckets
+        .iter()
+        .filter(|b| b.allowed + b.denied > 0)
+        .collect();
+    if busy.is_empty() {
+        println!("  no requests");
+        return;
+    }
+    println!("  {:<22} {:>10} {:>10}", "start", "allowed", "denied");
+    for b in busy {
+        println!("  {:<22} {:>10} {:>10}", b.start, b.allowed, b.denied);
+    }
+    println!();
+    println!(
+        "  {:<8} {:<32} {:>10} {:>10}  {:<22} required",
+        "method", "route", "allowed", "denied", "last seen"
+    );
+    for route in &r.routes {
+        let name = if route.route.is_empty() {
+            "(no route)"
+        } else {
+            route.route.as_str()
+        };
+        println!(
+            "  {:<8} {:<32} {:>10} {:>10}  {:<22} {}",
+            route.method,
+            name,
+            route.allowed,
+            route.denied,
+            route.last_seen,
+            list(&route.required)
+        );
+    }
+}
+
+/// `keys suggest`.
+pub fn suggestion(s: &keyward_app::usage::SuggestionView, json: bool) {
+    if json {
+        return print_json(s);
+    }
+    println!(
+        "Key {} over the last {}: {} requests.",
+        s.key_id, s.window, s.requests
+    );
+    match s.verdict.as_str() {
+        "unused" => println!("Unused: nothing was allowed in that window; consider revoking it."),
+        "already_minimal" => println!("Already minimal: it holds only what it used."),
+        _ => {
+            println!("Narrow it: it holds more than it used.");
+            println!("  used scopes:     {}", list(&s.used_scopes));
+            println!("  unused grants:   {}", list(&s.unused_grants));
+            println!("  suggested scopes: {}", list(&s.suggested.scopes));
+            println!("  suggested sets:   {}", list(&s.suggested.permission_sets));
+            let mut args = String::new();
+            for sc in &s.suggested.scopes {
+                args.push_str(&format!(" --scope {sc}"));
+            }
+            for ps in &s.suggested.permission_sets {
+                args.push_str(&format!(" --permission-set {ps}"));
+            }
+            println!(
+                "Roll it narrower with: keyward keys roll {}{args}",
+                s.key_id
+            );
+        }
+    }
+}

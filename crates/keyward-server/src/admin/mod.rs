@@ -6,8 +6,8 @@
 //! a route cannot exist without its spec. The four endpoints served by hand
 //! in [`crate::own`] and [`crate::verify`] (verify, whoami, healthz,
 //! metrics) are documented by the stubs of `docs.rs`, and a test checks the
-//! two lists agree. `keys.rs` and `people.rs` hold the endpoints, each file
-//! its own routes; `common.rs` what they share.
+//! two lists agree. `keys.rs`, `usage.rs` and `people.rs` hold the
+//! endpoints, each file its own routes; `common.rs` what they share.
 //!
 //! Every handler does four things only: authorize (the `Authorized`
 //! extractor, before the body is read, so a caller without the scope learns
@@ -19,6 +19,7 @@ mod common;
 mod docs;
 mod keys;
 mod people;
+mod usage;
 
 use crate::body::Body;
 use crate::web::{Ctx, reply};
@@ -96,6 +97,7 @@ fn describe_catalog(spec: &mut serde_json::Value, catalog: &keyward_core::Catalo
 fn api_router() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(keys::routes())
+        .merge(usage::routes())
         .merge(people::routes())
 }
 

@@ -113,3 +113,180 @@ fn a_narrowing_roll_narrows_and_refuses_to_broaden() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("vehicles:write"), "{said}");
 }
+
+fn get_json(server: &crate::harness::Server, path: &str, key: &str) -> crate::harness::Resp {
+    req("GET", path).bearer(key).send(server)
+}
+
+#[test]
+fn traffic_shows_in_usage_and_the_suggestion_narrows_it() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, admin) = kw.key(&["--name", "admin", "--scope", "keyward-api-keys:read"]);
+    let (id, key) = kw.key(&[
+        "--name",
+        "broad",
+        "--scope",
+        "vehicles:write",
+        "--scope",
+        "damages:read",
+    ]);
+    let server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--flush-interval",
+        "200ms",
+    ]);
+    for _ in 0..3 {
+        assert_eq!(server.get("/vehicles", &key).status, 200);
+    }
+    assert_eq!(server.get("/vehicles/7", &key).status, 200);
+    assert_eq!(server.get("/inspections", &key).status, 403);
+    assert_eq!(server.get("/nowhere", &key).status, 404);
+    // Unauthenticated requests are nobody's use.
+    assert_eq!(server.get("/vehicles", "insp_live_nope").status, 401);
+    let mut report = Value::Null;
+    crate::harness::until(std::time::Duration::from_secs(5), "usage flushed", || {
+        report = get_json(&server, &format!("/v1/keys/{id}/usage"), &admin).json();
+        report["routes"].as_array().is_some_and(|r| r.len() == 4)
+    });
+    assert_eq!(report["granularity"], "day");
+    let buckets = report["buckets"].as_array().unwrap();
+    assert!(
+        buckets.len() >= 30,
+        "every day of the range: {}",
+        buckets.len()
+    );
+    let last = buckets.last().unwrap();
+    assert_eq!(
+        (last["allowed"].as_u64(), last["denied"].as_u64()),
+        (Some(4), Some(2))
+    );
+    let list = report["routes"].as_array().unwrap();
+    assert_eq!(list[0]["route"], "/vehicles", "busiest first: {report}");
+    assert_eq!(list[0]["method"], "GET");
+    assert_eq!(list[0]["allowed"], 3);
+    assert_eq!(strings(&list[0]["required"]), ["vehicles:read"]);
+    let forbidden = list.iter().find(|r| r["route"] == "/inspections").unwrap();
+    assert_eq!(
+        (forbidden["allowed"].as_u64(), forbidden["denied"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(
+        list.iter().any(|r| r["route"] == "" && r["denied"] == 1),
+        "{report}"
+    );
+    // Hourly, over a day.
+    let hourly = get_json(
+        &server,
+        &format!("/v1/keys/{id}/usage?since=1d&granularity=hour"),
+        &admin,
+    )
+    .json();
+    assert_eq!(hourly["granularity"], "hour");
+    let total: u64 = hourly["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["allowed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4);
+
+    // The suggestion: reads only, so `vehicles:read`; `damages:read` unused.
+    let s = get_json(
+        &server,
+        &format!("/v1/keys/{id}/suggestion?window=7d"),
+        &admin,
+    )
+    .json();
+    assert_eq!(s["verdict"], "narrow", "{s}");
+    assert_eq!(s["requests"], 6);
+    assert_eq!(strings(&s["suggested"]["scopes"]), ["vehicles:read"]);
+    let mut unused = strings(&s["unused_grants"]);
+    unused.sort();
+    assert_eq!(unused, ["damages:read", "vehicles:write"]);
+    // An unused key.
+    let (idle, _) = kw.key(&["--name", "idle", "--scope", "vehicles:read"]);
+    let s = get_json(&server, &format!("/v1/keys/{idle}/suggestion"), &admin).json();
+    assert_eq!(s["verdict"], "unused");
+
+    // Bad input: unknown key, ranges that do not parse.
+    let r = get_json(&server, "/v1/keys/key_nope/usage", &admin);
+    r.error(404, "NOT_FOUND");
+    let r = get_json(&server, "/v1/keys/key_nope/suggestion", &admin);
+    r.error(404, "NOT_FOUND");
+    for (query, field) in [
+        ("since=yesterday", "since"),
+        ("since=1d&until=2d", "since"),
+        ("granularity=minute", "granularity"),
+        ("since=60d&granularity=hour", "granularity"),
+        ("until=soon", "until"),
+        ("bogus=1", "bogus"),
+    ] {
+        let r = get_json(&server, &format!("/v1/keys/{id}/usage?{query}"), &admin);
+        let e = r.error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["field"], field, "{query}");
+    }
+    for query in ["window=forever", "window=0s"] {
+        let r = get_json(
+            &server,
+            &format!("/v1/keys/{id}/suggestion?{query}"),
+            &admin,
+        );
+        let e = r.error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["field"], "window", "{query}");
+    }
+
+    // The CLI shows the same.
+    let out = kw.cli_ok(&["keys", "usage", &id]);
+    assert!(
+        out.contains("/vehicles") && out.contains("vehicles:read"),
+        "{out}"
+    );
+    let out = kw.cli_ok(&["keys", "suggest", &id]);
+    assert!(
+        out.contains(&format!("keyward keys roll {id} --scope vehicles:read")),
+        "{out}"
+    );
+    let json: Value =
+        serde_json::from_str(&kw.cli_ok(&["keys", "suggest", &id, "--json"])).unwrap();
+    assert_eq!(json["verdict"], "narrow");
+    let refused = kw.cli(&["keys", "usage", &id, "--since", "whenever"]);
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn two_nodes_add_up_their_usage() {
+    let Some(kw) = Kw::postgres("usage_two_nodes") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (_, admin) = kw.key(&["--name", "admin", "--scope", "keyward-api-keys:read"]);
+    let (id, key) = kw.key(&["--name", "reader", "--scope", "vehicles:read"]);
+    let flags = [
+        "--upstream",
+        &upstream_flag(&up),
+        "--flush-interval",
+        "200ms",
+    ];
+    let mut a = kw.serve(&flags);
+    let b = kw.serve(&flags);
+    for _ in 0..5 {
+        assert_eq!(a.get("/vehicles", &key).status, 200);
+    }
+    for _ in 0..7 {
+        assert_eq!(b.get("/vehicles", &key).status, 200);
+    }
+    // A's counts reach the database at its shutdown at the latest.
+    assert!(a.stop().success());
+    crate::harness::until(
+        std::time::Duration::from_secs(5),
+        "both nodes' counts",
+        || {
+            let r = get_json(&b, &format!("/v1/keys/{id}/usage"), &admin).json();
+            r["routes"][0]["allowed"] == 12
+        },
+    );
+}

@@ -1,0 +1,489 @@
+//! What each key really does (SPEC §9): counted on the hot path in memory,
+//! written off it in batches, read back as a report and a least-privilege
+//! suggestion.
+//!
+//! A node counts each authenticated request in a cell per key, hour, route,
+//! method and outcome: an atomic add in a lock-free map, no allocation once
+//! the cell exists. The flush (every `--flush-interval`, at most 10 s, and
+//! at shutdown) takes every cell's count since the last one and adds it to
+//! the database, where the nodes' counts add up. Cells are bounded per key
+//! and hour by the catalog (its routes, 8 methods, 5 outcomes), so no
+//! client can grow them at will; cells of past hours are dropped once
+//! flushed. A node killed with `kill -9` loses at most the counts since its
+//! last flush.
+
+use crate::{App, AppError};
+use keyward_core::route::RouteId;
+use keyward_core::{Catalog, ScopeSet};
+use keyward_store::{Org, Store, UsageRow};
+use serde::Serialize;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use utoipa::ToSchema;
+
+/// One hour, in milliseconds: the counting bucket.
+pub const HOUR_MS: i64 = 3_600_000;
+/// One day, in milliseconds.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// How a counted request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UsageOutcome {
+    /// Allowed (forwarded, or verify said yes).
+    Allowed,
+    /// The key lacks a required scope.
+    Forbidden,
+    /// No route of the catalog matched.
+    NotFound,
+    /// A limit of the key was spent.
+    RateLimited,
+    /// From outside the key's networks.
+    IpNotAllowed,
+}
+
+impl UsageOutcome {
+    /// As stored and shown.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageOutcome::Allowed => "allowed",
+            UsageOutcome::Forbidden => "forbidden",
+            UsageOutcome::NotFound => "not_found",
+            UsageOutcome::RateLimited => "rate_limited",
+            UsageOutcome::IpNotAllowed => "ip_not_allowed",
+        }
+    }
+}
+
+/// Methods counted by name; any other is counted as `OTHER` (a client may
+/// send any token as a method, and must not grow the cells with them).
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn method_index(method: &str) -> u8 {
+    METHODS
+        .iter()
+        .position(|m| *m == method)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(u8::MAX)
+}
+
+fn method_name(index: u8) -> &'static str {
+    METHODS.get(usize::from(index)).copied().unwrap_or("OTHER")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CellKey {
+    key: u64,
+    hour: i64,
+    route: u32,
+    method: u8,
+    outcome: UsageOutcome,
+}
+
+#[derive(Debug)]
+struct Cell {
+    key_id: Box<str>,
+    count: AtomicU64,
+    last_seen: AtomicI64,
+}
+
+/// Hashes a cell key with FxHash's multiply-rotate: keys are made of
+/// server-chosen values (a key's hash, an hour, a route index), never of
+/// attacker-chosen bytes, so a fast hash is safe.
+#[derive(Default)]
+struct CellHasher(u64);
+
+impl Hasher for CellHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n.cast_unsigned());
+    }
+}
+
+/// This node's counts since its last flush.
+#[derive(Default)]
+pub struct Usage {
+    cells: papaya::HashMap<CellKey, Cell, BuildHasherDefault<CellHasher>>,
+}
+
+impl std::fmt::Debug for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Usage")
+            .field("cells", &self.cells.len())
+            .finish()
+    }
+}
+
+/// A key's identity for counting: a hash of its id, computed once per key.
+#[must_use]
+pub fn usage_id(key_id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key_id.hash(&mut h);
+    h.finish()
+}
+
+impl Usage {
+    /// Counts one request of the key (`usage_id`, `key_id`) at `now`.
+    pub fn count(
+        &self,
+        usage_id: u64,
+        key_id: &str,
+        route: Option<RouteId>,
+        method: &str,
+        outcome: UsageOutcome,
+        now: i64,
+    ) {
+        let key = CellKey {
+            key: usage_id,
+            hour: now.div_euclid(HOUR_MS) * HOUR_MS,
+            route: route.map_or(u32::MAX, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            method: method_index(method),
+            outcome,
+        };
+        let cells = self.cells.pin();
+        let cell = match cells.get(&key) {
+            Some(c) => c,
+            None => cells.get_or_insert_with(key, || Cell {
+                key_id: key_id.into(),
+                count: AtomicU64::new(0),
+                last_seen: AtomicI64::new(0),
+            }),
+        };
+        cell.count.fetch_add(1, Ordering::Relaxed);
+        cell.last_seen.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Every count since the last call, as rows to add, and the cells of
+    /// hours that ended before the last one dropped.
+    pub fn take(&self, catalog: &Catalog, now: i64) -> Vec<UsageRow> {
+        let row = |k: &CellKey, cell: &Cell, count: u64| UsageRow {
+            key_id: cell.key_id.to_string(),
+            hour: k.hour,
+            method: method_name(k.method).to_owned(),
+            route: usize::try_from(k.route)
+                .ok()
+                .and_then(|i| catalog.routes().get(i))
+                .map_or_else(String::new, |r| r.template().to_owned()),
+            outcome: k.outcome.as_str().to_owned(),
+            count,
+            last_seen: cell.last_seen.load(Ordering::Relaxed),
+        };
+        let cells = self.cells.pin();
+        let mut rows = Vec::new();
+        let mut old = Vec::new();
+        let current = now.div_euclid(HOUR_MS) * HOUR_MS;
+        for (k, cell) in &cells {
+            let n = cell.count.swap(0, Ordering::AcqRel);
+            if n > 0 {
+                rows.push(row(k, cell, n));
+            }
+            if k.hour < current - HOUR_MS {
+                old.push(*k);
+            }
+        }
+        for k in old {
+            // Nothing counts into an hour that ended over an hour ago; what
+            // came in since the swap above is taken with the cell.
+            if let Some(cell) = cells.remove(&k) {
+                let n = cell.count.swap(0, Ordering::AcqRel);
+                if n > 0 {
+                    rows.push(row(&k, cell, n));
+                }
+            }
+        }
+        rows
+    }
+
+    /// Cells held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Whether no cell is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `GET /v1/keys/{id}/usage`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    /// The key.
+    pub key_id: String,
+    /// RFC 3339, inclusive.
+    pub since: String,
+    /// RFC 3339, exclusive.
+    pub until: String,
+    /// `hour` or `day`.
+    pub granularity: String,
+    /// Every bucket of the range, oldest first.
+    pub buckets: Vec<UsageBucket>,
+    /// Per route and method, busiest first.
+    pub routes: Vec<RouteUsage>,
+}
+
+/// Requests of one hour or day.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct UsageBucket {
+    /// RFC 3339.
+    pub start: String,
+    /// Requests allowed.
+    pub allowed: u64,
+    /// Requests refused after authentication (scopes, route, limits,
+    /// networks).
+    pub denied: u64,
+}
+
+/// One route's requests over the range.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RouteUsage {
+    /// The request method.
+    pub method: String,
+    /// The catalog's route template; empty when no route matched.
+    pub route: String,
+    /// Scopes the route requires.
+    pub required: Vec<String>,
+    /// Requests allowed.
+    pub allowed: u64,
+    /// Requests refused.
+    pub denied: u64,
+    /// RFC 3339.
+    pub last_seen: String,
+}
+
+/// `GET /v1/keys/{id}/suggestion`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SuggestionView {
+    /// The key.
+    pub key_id: String,
+    /// The window looked at, as asked (`30d`).
+    pub window: String,
+    /// Requests counted in the window, allowed or not.
+    pub requests: u64,
+    /// Scopes the allowed requests required.
+    pub used_scopes: Vec<String>,
+    /// The key's grants the suggestion drops.
+    pub unused_grants: Vec<String>,
+    /// The smallest grant list allowing every allowed request.
+    pub suggested: SuggestedGrants,
+    /// `narrow`, `already_minimal` or `unused`.
+    pub verdict: String,
+}
+
+/// A grant list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SuggestedGrants {
+    /// Scope names.
+    pub scopes: Vec<String>,
+    /// Permission set ids.
+    pub permission_sets: Vec<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+/// The catalog route a stored row names, if it still exists.
+fn route_of<'c>(
+    catalog: &'c Catalog,
+    method: &str,
+    template: &str,
+) -> Option<&'c keyward_core::catalog::Route> {
+    catalog
+        .routes()
+        .iter()
+        .find(|r| r.template() == template && r.methods().iter().any(|m| m == method))
+}
+
+impl<S: Store> App<S> {
+    /// Adds a node's counts to the database.
+    ///
+    /// # Errors
+    /// Storage failures (the caller keeps the rows for the next flush).
+    pub async fn flush_usage(&self, rows: &[UsageRow]) -> Result<(), AppError> {
+        // One row per cell: a batch may repeat one (kept from a failed
+        // flush, or taken twice as its hour closed), and a statement may
+        // change a row only once.
+        let mut merged =
+            std::collections::BTreeMap::<(&str, i64, &str, &str, &str), (u64, i64)>::new();
+        for r in rows {
+            let m = merged
+                .entry((&r.key_id, r.hour, &r.method, &r.route, &r.outcome))
+                .or_default();
+            m.0 = m.0.saturating_add(r.count);
+            m.1 = m.1.max(r.last_seen);
+        }
+        let rows: Vec<UsageRow> = merged
+            .into_iter()
+            .map(
+                |((key_id, hour, method, route, outcome), (count, last_seen))| UsageRow {
+                    key_id: key_id.to_owned(),
+                    hour,
+                    method: method.to_owned(),
+                    route: route.to_owned(),
+                    outcome: outcome.to_owned(),
+                    count,
+                    last_seen,
+                },
+            )
+            .collect();
+        Ok(self.store.add_usage(&rows).await?)
+    }
+
+    /// Forgets counts older than `retention_ms`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn prune_usage(&self, retention_ms: i64) -> Result<u64, AppError> {
+        let before = (self.now() - retention_ms).div_euclid(HOUR_MS) * HOUR_MS;
+        Ok(self.store.prune_usage(before).await?)
+    }
+
+    /// One key's requests in `[since, until)`, by hour or day
+    /// (`day == true`), and by route.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] for a key of another organization or none;
+    /// storage failures.
+    pub async fn key_usage(
+        &self,
+        org: &Org,
+        key_id: &str,
+        since: i64,
+        until: i64,
+        day: bool,
+    ) -> Result<UsageReport, AppError> {
+        self.show_key(org, key_id).await?;
+        let step = if day { DAY_MS } else { HOUR_MS };
+        let since = since.div_euclid(step) * step;
+        let rows = self.store.key_usage(key_id, since, until).await?;
+        let mut buckets: Vec<UsageBucket> = Vec::new();
+        let mut start = since;
+        let mut totals = std::collections::BTreeMap::<i64, (u64, u64)>::new();
+        let mut routes = std::collections::BTreeMap::<(String, String), (u64, u64, i64)>::new();
+        for r in &rows {
+            let allowed = r.outcome == UsageOutcome::Allowed.as_str();
+            let t = totals.entry(r.hour.div_euclid(step) * step).or_default();
+            let rt = routes
+                .entry((r.method.clone(), r.route.clone()))
+                .or_default();
+            if allowed {
+                t.0 += r.count;
+                rt.0 += r.count;
+            } else {
+                t.1 += r.count;
+                rt.1 += r.count;
+            }
+            rt.2 = rt.2.max(r.last_seen);
+        }
+        while start < until {
+            let (allowed, denied) = totals.get(&start).copied().unwrap_or_default();
+            buckets.push(UsageBucket {
+                start: rfc3339(start),
+                allowed,
+                denied,
+            });
+            start += step;
+        }
+        let mut routes: Vec<RouteUsage> = routes
+            .into_iter()
+            .map(|((method, route), (allowed, denied, last))| RouteUsage {
+                required: route_of(&self.catalog, &method, &route)
+                    .map(|r| {
+                        self.catalog
+                            .names(r.required())
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                method,
+                route,
+                allowed,
+                denied,
+                last_seen: rfc3339(last),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.allowed + r.denied));
+        Ok(UsageReport {
+            key_id: key_id.to_owned(),
+            since: rfc3339(since),
+            until: rfc3339(until),
+            granularity: if day { "day" } else { "hour" }.to_owned(),
+            buckets,
+            routes,
+        })
+    }
+
+    /// The least-privilege suggestion for a key from its use in the last
+    /// `window_ms` ([`keyward_core::Catalog::suggest`]).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`]; storage failures.
+    pub async fn key_suggestion(
+        &self,
+        org: &Org,
+        key_id: &str,
+        window: &str,
+        window_ms: i64,
+    ) -> Result<SuggestionView, AppError> {
+        let key = self
+            .store
+            .get_key(&org.id, key_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound {
+                what: "key",
+                id: key_id.to_owned(),
+            })?;
+        let now = self.now();
+        let rows = self
+            .store
+            .key_usage(key_id, now - window_ms, now + HOUR_MS)
+            .await?;
+        let requests = rows.iter().map(|r| r.count).sum();
+        let observed: Vec<ScopeSet> = rows
+            .iter()
+            .filter(|r| r.outcome == UsageOutcome::Allowed.as_str())
+            .filter_map(|r| route_of(&self.catalog, &r.method, &r.route))
+            .map(keyward_core::catalog::Route::required)
+            .collect();
+        let s = self
+            .catalog
+            .suggest(key.legacy, &key.scopes, &key.permission_sets, observed);
+        let names = |set: ScopeSet| -> Vec<String> {
+            self.catalog
+                .names(set)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(SuggestionView {
+            key_id: key_id.to_owned(),
+            window: window.to_owned(),
+            requests,
+            used_scopes: names(s.used),
+            unused_grants: s.unused_grants,
+            suggested: SuggestedGrants {
+                scopes: names(s.scopes),
+                permission_sets: s.permission_sets,
+            },
+            verdict: s.verdict.as_str().to_owned(),
+        })
+    }
+}
