@@ -273,16 +273,19 @@ impl<S: Store> App<S> {
             details: json!({"error": error.to_string()}),
             ..Refusal::default()
         };
-        let stale = if old.revoked_at.is_some() {
-            Some("is revoked")
+        let stale = if let Some(to) = &old.rolled_to {
+            Some(format!(
+                "was already rolled to `{to}`: roll that key instead"
+            ))
+        } else if old.revoked_at.is_some() {
+            Some("is revoked: create a new key instead".to_owned())
         } else if old.expires_at.is_some_and(|e| e <= now) {
-            Some("has expired")
+            Some("has expired: create a new key instead".to_owned())
         } else {
             None
         };
         if let Some(why) = stale {
-            let error =
-                AppError::Conflict(format!("key `{key_id}` {why}: create a new key instead"));
+            let error = AppError::Conflict(format!("key `{key_id}` {why}"));
             let refusal = refused(409, Vec::new(), &error);
             return Err(self.refuse(actor, org, refusal, error).await);
         }
@@ -357,6 +360,8 @@ impl<S: Store> App<S> {
         {
             Ok(()) => {}
             Err(StoreError::NotFound) => return Err(not_found_key(key_id)),
+            // Rolled by someone else meanwhile.
+            Err(StoreError::Conflict(m)) => return Err(AppError::Conflict(m)),
             Err(e) => return Err(e.into()),
         }
         Ok(CreatedKey {

@@ -25,6 +25,10 @@ use utoipa::ToSchema;
 pub const HOUR_MS: i64 = 3_600_000;
 /// One day, in milliseconds.
 pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// The longest range a report or a suggestion covers.
+pub const MAX_RANGE_MS: i64 = 400 * DAY_MS;
+/// Hourly buckets cover at most this much (about 750 buckets).
+pub const MAX_HOURLY_MS: i64 = 31 * DAY_MS;
 
 /// How a counted request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -369,6 +373,21 @@ impl<S: Store> App<S> {
         until: i64,
         day: bool,
     ) -> Result<UsageReport, AppError> {
+        if since >= until {
+            return Err(AppError::validation("since", "must be before `until`"));
+        }
+        if until - since > MAX_RANGE_MS {
+            return Err(AppError::validation(
+                "since",
+                "a report covers at most 400 days",
+            ));
+        }
+        if !day && until - since > MAX_HOURLY_MS {
+            return Err(AppError::validation(
+                "granularity",
+                "hourly buckets cover at most 31 days: ask for `day`",
+            ));
+        }
         self.show_key(org, key_id).await?;
         let step = if day { DAY_MS } else { HOUR_MS };
         let since = since.div_euclid(step) * step;
@@ -443,6 +462,12 @@ impl<S: Store> App<S> {
         window: &str,
         window_ms: i64,
     ) -> Result<SuggestionView, AppError> {
+        if !(1_000..=MAX_RANGE_MS).contains(&window_ms) {
+            return Err(AppError::validation(
+                "window",
+                "must be between 1 s and 400 days",
+            ));
+        }
         let key = self
             .store
             .get_key(&org.id, key_id)
@@ -452,10 +477,10 @@ impl<S: Store> App<S> {
                 id: key_id.to_owned(),
             })?;
         let now = self.now();
-        let rows = self
-            .store
-            .key_usage(key_id, now - window_ms, now + HOUR_MS)
-            .await?;
+        // From the start of the hour the window starts in: counts are by
+        // the hour.
+        let since = (now - window_ms).div_euclid(HOUR_MS) * HOUR_MS;
+        let rows = self.store.key_usage(key_id, since, now + HOUR_MS).await?;
         let requests = rows.iter().map(|r| r.count).sum();
         let observed: Vec<ScopeSet> = rows
             .iter()

@@ -311,7 +311,7 @@ macro_rules! keys_impl {
                 let done = sqlx::query(
                     "UPDATE keys SET rolled_to = $2, expires_at = CASE \
                      WHEN expires_at IS NULL OR expires_at > $1 THEN $1 ELSE expires_at END \
-                     WHERE org_id = $3 AND id = $4 AND revoked_at IS NULL",
+                     WHERE org_id = $3 AND id = $4 AND revoked_at IS NULL AND rolled_to IS NULL",
                 )
                 .bind(old_expires_at)
                 .bind(&new_key.id)
@@ -320,7 +320,20 @@ macro_rules! keys_impl {
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
-                    return Err($crate::StoreError::NotFound);
+                    // A key is rolled once: a second roll, even one racing
+                    // the first, would leave two live successors.
+                    let rolled: Option<(Option<String>,)> =
+                        sqlx::query_as("SELECT rolled_to FROM keys WHERE org_id = $1 AND id = $2")
+                            .bind(org_id)
+                            .bind(old_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    return Err(match rolled {
+                        Some((Some(to),)) => $crate::StoreError::Conflict(format!(
+                            "key `{old_id}` was already rolled to `{to}`: roll that key instead"
+                        )),
+                        _ => $crate::StoreError::NotFound,
+                    });
                 }
                 let inserted =
                     insert_keys_tx(&mut tx, std::slice::from_ref(new_key), false).await?;

@@ -474,8 +474,12 @@ fn revoke_roll_and_explain() {
         .run(&["explain", "--key-id", &new_id, "GET", "/vehicles", "--json"])
         .json();
     assert_eq!(expired["decision"]["reason"], "expired");
-    kw.run(&["keys", "roll", &new_id])
-        .refused("has expired: create a new key instead");
+    // Rolled (and expired since): a key is rolled once, and the refusal
+    // names its successor.
+    kw.run(&["keys", "roll", &new_id]).refused(&format!(
+        "was already rolled to `{}`: roll that key instead",
+        rolled2["id"].as_str().unwrap()
+    ));
 
     // Revoke: 401 revoked, idempotent, cannot be rolled.
     let newest = rolled2["id"].as_str().unwrap().to_owned();

@@ -78,6 +78,33 @@ fn a_narrowing_roll_narrows_and_refuses_to_broaden() {
         .json(&json!({}))
         .send(&server);
     assert_eq!(write.status, 403, "the write scope is gone");
+    // A key is rolled once: a second roll is refused, naming the successor.
+    let again = roll(&id, &json!({"scopes": ["vehicle-fields:read"]}));
+    let e = again.error(409, "CONFLICT");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(new["id"].as_str().unwrap()),
+        "{e}"
+    );
+    // Concurrent rolls of one key: one wins, the others are refused.
+    let (fresh, _) = kw.key(&["--name", "raced", "--scope", "vehicles:write"]);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| roll(&fresh, &json!({"scopes": ["vehicles:read"]})).status))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
 
     // A legacy key, rolled by the CLI into a scoped key.
     let file = kw.dir.path().join("legacy.txt");
@@ -206,6 +233,14 @@ fn traffic_shows_in_usage_and_the_suggestion_narrows_it() {
     let mut unused = strings(&s["unused_grants"]);
     unused.sort();
     assert_eq!(unused, ["damages:read", "vehicles:write"]);
+    // A window shorter than the hour so far still sees this hour's use.
+    let s = get_json(
+        &server,
+        &format!("/v1/keys/{id}/suggestion?window=1s"),
+        &admin,
+    )
+    .json();
+    assert_eq!(s["verdict"], "narrow", "{s}");
     // An unused key.
     let (idle, _) = kw.key(&["--name", "idle", "--scope", "vehicles:read"]);
     let s = get_json(&server, &format!("/v1/keys/{idle}/suggestion"), &admin).json();
@@ -252,8 +287,23 @@ fn traffic_shows_in_usage_and_the_suggestion_narrows_it() {
     let json: Value =
         serde_json::from_str(&kw.cli_ok(&["keys", "suggest", &id, "--json"])).unwrap();
     assert_eq!(json["verdict"], "narrow");
-    let refused = kw.cli(&["keys", "usage", &id, "--since", "whenever"]);
-    assert!(!refused.status.success());
+    for args in [
+        &["keys", "usage", &id, "--since", "whenever"][..],
+        &[
+            "keys",
+            "usage",
+            &id,
+            "--since",
+            "32d",
+            "--granularity",
+            "hour",
+        ][..],
+        &["keys", "suggest", &id, "--window", "0s"][..],
+        &["keys", "suggest", &id, "--window", "401d"][..],
+    ] {
+        let refused = kw.cli(args);
+        assert!(!refused.status.success(), "{args:?}");
+    }
 }
 
 #[test]
