@@ -299,6 +299,19 @@ pub struct SuggestedGrants {
     pub permission_sets: Vec<String>,
 }
 
+/// A time as a usage range gives it, from the API's query or the CLI's
+/// flag: a duration back from `now` (`30d`), or an RFC 3339 time.
+#[must_use]
+pub fn point_in_time(text: &str, now: i64) -> Option<i64> {
+    match keyward_core::parse_duration_ms(text) {
+        Ok(ms) => Some(now.saturating_sub(ms)),
+        Err(_) => text
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(jiff::Timestamp::as_millisecond),
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }

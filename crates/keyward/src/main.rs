@@ -509,17 +509,11 @@ async fn keys(
             json,
         } => {
             let now = app.now();
-            let since_ms = match parse_duration_ms(&since) {
-                Ok(ms) => now.saturating_sub(ms),
-                Err(_) => since
-                    .parse::<jiff::Timestamp>()
-                    .map(|t| t.as_millisecond())
-                    .map_err(|_| {
-                        CliError::refused(format!(
-                            "--since `{since}`: neither a duration such as `30d` nor an RFC 3339 time"
-                        ))
-                    })?,
-            };
+            let since_ms = keyward_app::usage::point_in_time(&since, now).ok_or_else(|| {
+                CliError::refused(format!(
+                    "--since `{since}`: neither a duration such as `30d` nor an RFC 3339 time"
+                ))
+            })?;
             let day = match granularity.as_str() {
                 "day" => true,
                 "hour" => false,

@@ -1,7 +1,7 @@
 //! What a key really does (SPEC §9): its usage by hour or day and by
 //! route, and the least-privilege suggestion drawn from it.
 
-use super::common::{Authorized, Shared, parse_time};
+use super::common::{Authorized, Shared};
 use super::docs::ErrorDoc;
 use crate::auth::KeysRead;
 use crate::error::ApiError;
@@ -37,15 +37,12 @@ struct UsageQuery {
 
 /// A time as a query gives it: RFC 3339, or a duration back from `now`.
 fn when(field: &'static str, text: &str, now: i64) -> Result<i64, ApiError> {
-    match keyward_core::parse_duration_ms(text) {
-        Ok(ms) => Ok(now.saturating_sub(ms)),
-        Err(_) => parse_time(field, text).map_err(|_| {
-            ApiError::validation(
-                field,
-                format!("`{text}` is neither an RFC 3339 time nor a duration such as `30d`"),
-            )
-        }),
-    }
+    keyward_app::usage::point_in_time(text, now).ok_or_else(|| {
+        ApiError::validation(
+            field,
+            format!("`{text}` is neither an RFC 3339 time nor a duration such as `30d`"),
+        )
+    })
 }
 
 /// One key's requests by hour or day, and by route (allowed and denied),

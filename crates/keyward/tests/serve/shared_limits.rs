@@ -23,6 +23,16 @@ fn health(node: &Server) -> Value {
     req("GET", "/healthz").send(node).json()
 }
 
+/// Waits until each node shares limits and counts two nodes.
+fn both_present(a: &Server, b: &Server) {
+    for node in [a, b] {
+        until(Duration::from_secs(5), "both nodes present", || {
+            let h = health(node);
+            h["limits"]["mode"] == "shared" && h["limits"]["nodes"] == 2
+        });
+    }
+}
+
 /// Offers `key` far more than its limit for `for_` from 6 threads, `share_a`
 /// of the requests (in tenths) to node `a`; returns the accepted count per
 /// node and how many were sent.
@@ -100,12 +110,7 @@ fn two_nodes_share_a_limit_at_50_50_and_90_10() {
     kw.cli_ok(&["migrate"]);
     let a = kw.serve(&["--upstream", &upstream_flag(&up)]);
     let b = kw.serve(&["--upstream", &upstream_flag(&up)]);
-    for node in [&a, &b] {
-        until(Duration::from_secs(5), "both nodes present", || {
-            let h = health(node);
-            h["limits"]["mode"] == "shared" && h["limits"]["nodes"] == 2
-        });
-    }
+    both_present(&a, &b);
     for (share_a, name) in [(5, "even"), (9, "uneven"), (10, "one-sided")] {
         let (_, key) = kw.key(&[
             "--name",
@@ -175,11 +180,7 @@ fn a_node_cut_off_from_the_database_keeps_enforcing_its_share() {
     let proxy = PgProxy::start(postgres_addr(&kw));
     let a = kw.serve(&["--upstream", &upstream_flag(&up)]);
     let b = kw.serve_via(&proxy.url(&kw.url()), &["--upstream", &upstream_flag(&up)]);
-    for node in [&a, &b] {
-        until(Duration::from_secs(5), "both nodes present", || {
-            health(node)["limits"]["nodes"] == 2
-        });
-    }
+    both_present(&a, &b);
     let (_, key) = kw.key(&[
         "--name",
         "cut",
@@ -229,11 +230,7 @@ fn a_burst_at_a_windows_start_waits_for_its_lease_rather_than_being_refused() {
     kw.cli_ok(&["migrate"]);
     let a = kw.serve(&["--upstream", &upstream_flag(&up)]);
     let b = kw.serve(&["--upstream", &upstream_flag(&up)]);
-    for node in [&a, &b] {
-        until(Duration::from_secs(5), "both nodes present", || {
-            health(node)["limits"]["nodes"] == 2
-        });
-    }
+    both_present(&a, &b);
     // 60 per 5 s: each node may admit 1 unasked (60 / 20 / 2); the rest
     // needs a lease, which the burst waits for.
     let (_, key) = kw.key(&[
