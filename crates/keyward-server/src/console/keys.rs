@@ -4,6 +4,7 @@ use super::page::{
     Chrome, Form, Ids, KeyRow, Shared, Signed, app_error, app_status, csrf_ok, error_page, key_row,
     redirect, render, sentence,
 };
+use super::usage::KeyUsage;
 use crate::auth::{KeysRead, KeysWrite, Need};
 use crate::state::State;
 use crate::web::{Answer, Reply as Page};
@@ -449,6 +450,7 @@ struct KeyPage {
     sets: Vec<SetChoice>,
     scopes: Vec<ScopeRow>,
     trail: Vec<TrailRow>,
+    usage: KeyUsage,
     can_write: bool,
     csrf: String,
     nonce: String,
@@ -548,6 +550,9 @@ async fn key_detail<N: Need>(
             status: r.entry.status.map(|s| s.to_string()).unwrap_or_default(),
         })
         .collect();
+    let usage = KeyUsage::load(state, org, id)
+        .await
+        .map_err(|e| app_error(chrome.clone(), e, "/console/keys"))?;
     let can_write = who.holds(KeysWrite::SCOPES, state);
     let nonce = if can_write {
         state
@@ -569,6 +574,7 @@ async fn key_detail<N: Need>(
         sets,
         scopes,
         trail,
+        usage,
         can_write,
         csrf: who.session.record.csrf.clone(),
         nonce,
@@ -619,16 +625,34 @@ pub(super) async fn roll_key(
             .await;
         }
     };
+    // The least-privilege panel's "Replace with a narrower key" posts the
+    // grants it showed; the app refuses any the old key does not cover.
+    let (sets, scopes) = (form.all("set"), form.all("scope"));
+    let narrower = (!sets.is_empty() || !scopes.is_empty()).then(|| GrantRequest {
+        scopes,
+        permission_sets: sets,
+        presets: Vec::new(),
+    });
     match state
         .app
-        .roll_key(&who.actor, &who.session.org, &id, grace_ms)
+        .roll_key_narrowing(
+            &who.actor,
+            &who.session.org,
+            &id,
+            grace_ms,
+            narrower.as_ref(),
+        )
         .await
     {
         Ok(created) => Ok(render(
             StatusCode::CREATED,
             &CreatedPage {
                 chrome: Some(who.chrome.clone()),
-                heading: "Copy the replacement key",
+                heading: if narrower.is_some() {
+                    "Copy the narrower replacement key"
+                } else {
+                    "Copy the replacement key"
+                },
                 id: created.record.id.clone(),
                 name: created.record.name.clone(),
                 key: created.key.clone(),
@@ -638,7 +662,12 @@ pub(super) async fn roll_key(
                 )),
             },
         )),
-        Err(e @ (AppError::Conflict(_) | AppError::Escalation { .. })) => {
+        Err(
+            e @ (AppError::Conflict(_)
+            | AppError::Escalation { .. }
+            | AppError::RollWouldBroaden { .. }
+            | AppError::Grants(_)),
+        ) => {
             let (status, message, _) = app_status(e);
             key_detail(&state, &who, &id, None, Some(message), status).await
         }

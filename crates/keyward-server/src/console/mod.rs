@@ -20,6 +20,7 @@ mod account;
 mod keys;
 mod page;
 mod people;
+mod usage;
 
 use crate::state::State;
 use axum::routing::{get, post};

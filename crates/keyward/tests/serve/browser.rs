@@ -144,7 +144,7 @@ fn the_console_in_a_real_browser() {
         "--group",
         "trips-view",
     ]);
-    let server = kw.serve(&["--catalog", TRANSIT]);
+    let server = kw.serve(&["--catalog", TRANSIT, "--flush-interval", "200ms"]);
     let port = free_port();
     let _driver = Driver(
         Command::new(&chromedriver)
@@ -318,6 +318,57 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
         assert!(detail.contains(needle), "{needle}: {detail}");
     }
     shot(c, &dir, "08-key-detail").await;
+
+    // Its use: the chart (drawn by the server, shown under the CSP), and
+    // the narrower key the least-privilege panel offers, shown once.
+    let detail_url = c.current_url().await.unwrap();
+    wait_for("the day's use in the chart", || async {
+        c.refresh().await.unwrap();
+        c.find(Locator::Css("svg.chart")).await.is_ok()
+    })
+    .await;
+    let chart = c.find(Locator::Css("svg.chart")).await.unwrap();
+    assert!(chart.is_displayed().await.unwrap());
+    let bars = c
+        .find_all(Locator::Css("svg.chart rect.allowed"))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 30, "a bar a day");
+    let panel = text_of(c, "#least-privilege").await;
+    assert!(
+        panel.contains("drivers-view") && panel.contains("trips:read"),
+        "{panel}"
+    );
+    c.execute(
+        "document.querySelector('svg.chart').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(c, &dir, "08b-key-usage").await;
+    click(c, "#narrow").await;
+    wait_for("the narrower key", || async {
+        text_of(c, "main")
+            .await
+            .contains("narrower replacement key")
+    })
+    .await;
+    let narrower = c
+        .find(Locator::Css("#secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    shot(c, &dir, "08c-narrower-key").await;
+    assert_eq!(gateway(server, "/trips", &narrower), 502, "still allowed");
+    assert_eq!(gateway(server, "/drivers", &narrower), 403, "narrowed");
+    c.goto(detail_url.as_str()).await.unwrap();
+    wait_for("the old key's page", || async {
+        text_of(c, "main").await.contains("Replaced by")
+    })
+    .await;
     click(c, "button.danger").await;
     c.accept_alert().await.unwrap();
     wait_for("the revocation notice", || async {

@@ -653,7 +653,7 @@ fn console_refuses_nul_in_addresses_on_both_backends() {
 
 /// The owner, signed in with a password of their own (the one-time one
 /// replaced).
-fn owner_visitor<'a>(server: &'a Server, password: &str) -> Visitor<'a> {
+pub fn owner_visitor<'a>(server: &'a Server, password: &str) -> Visitor<'a> {
     let mut v = Visitor::new(server);
     see_other(
         &v.post(

@@ -340,3 +340,132 @@ fn two_nodes_add_up_their_usage() {
         },
     );
 }
+
+/// The key page's chart, busiest routes and least-privilege panel, and the
+/// narrowing roll from it, as a browser without script sees them.
+#[test]
+fn the_console_charts_a_keys_use_and_replaces_it_with_a_narrower_key() {
+    use crate::console::{field, first_start, owner_visitor, text};
+    let kw = Kw::new();
+    let up = Upstream::start();
+    let password = first_start(&kw);
+    let (id, key) = kw.key(&[
+        "--name",
+        "broad",
+        "--scope",
+        "vehicles:write",
+        "--scope",
+        "damages:read",
+    ]);
+    let (quiet, _) = kw.key(&["--name", "quiet", "--scope", "vehicles:read"]);
+    let server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--flush-interval",
+        "200ms",
+    ]);
+    let mut v = owner_visitor(&server, &password);
+    for _ in 0..3 {
+        assert_eq!(server.get("/vehicles", &key).status, 200);
+    }
+    assert_eq!(server.get("/inspections", &key).status, 403);
+    let path = format!("/console/keys/{id}");
+    let mut page = String::new();
+    crate::harness::until(std::time::Duration::from_secs(5), "the chart", || {
+        page = text(&v.get(&path));
+        page.contains(": 3 allowed, 1 denied</title>")
+    });
+    // Drawn on the server, one bar a day, nothing the CSP would refuse.
+    assert!(page.contains("<svg class=\"chart\""), "{page}");
+    assert!(page.contains("3 allowed, 1 denied</title>"));
+    assert_eq!(page.matches("<g class=\"day\">").count(), 30);
+    assert!(!page.contains("style="), "no inline style: {page}");
+    assert!(!page.contains("<script>"), "no inline script");
+    let vehicles = page.find("<code>GET /vehicles</code>").unwrap();
+    let inspections = page.find("<code>GET /inspections</code>").unwrap();
+    assert!(vehicles < inspections, "busiest first");
+    // The panel: what went unused, and the narrower key on offer.
+    let panel = &page[page.find("id=\"least-privilege\"").unwrap()..];
+    assert!(panel.contains("Not used:"), "{panel}");
+    for grant in ["damages:read", "vehicles:write"] {
+        assert!(panel.contains(grant), "{grant}: {panel}");
+    }
+    assert!(panel.contains("name=\"scope\" value=\"vehicles:read\""));
+    assert!(panel.contains("Replace with a narrower key"));
+    let quiet_page = text(&v.get(&format!("/console/keys/{quiet}")));
+    assert!(quiet_page.contains("No request used this key in the last 30 days"));
+    assert!(quiet_page.contains("No allowed request used this key"));
+    // The keys list finds the unused one (a key never used counts from its
+    // creation), and says what is wrong with a filter it cannot read.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let unused = text(&v.get("/console/keys?unused_for=1s"));
+    assert!(unused.contains(">quiet</a>"), "{unused}");
+    assert!(!text(&v.get("/console/keys?unused_for=30d")).contains(">quiet</a>"));
+    let bad = v.get("/console/keys?unused_for=soon");
+    assert_eq!(bad.status, 422, "{}", text(&bad));
+
+    // Hostile posts of the form: broader or unknown grants are refused on
+    // the page, naming them, and nothing is created.
+    let count = || {
+        serde_json::from_str::<Value>(&kw.cli_ok(&["keys", "list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = count();
+    let roll = format!("/console/keys/{id}/roll");
+    let mut current = page.clone();
+    for (name, grant, named) in [
+        ("scope", "damages:write", "damages:write"),
+        ("set", "damages:write", "damages:write"),
+        ("scope", "vehicles:fly", "vehicles:fly"),
+    ] {
+        let r = v.post(
+            &roll,
+            &[
+                ("csrf", &field(&current, "csrf")),
+                ("nonce", &field(&current, "nonce")),
+                ("grace", "1h"),
+                (name, grant),
+            ],
+        );
+        current = text(&r);
+        assert_eq!(r.status, 422, "{name}={grant}: {current}");
+        assert!(current.contains(named), "{named}: {current}");
+    }
+    assert_eq!(count(), before, "nothing created");
+
+    // The narrowing roll the panel offers.
+    let r = v.post(
+        &roll,
+        &[
+            ("csrf", &field(&current, "csrf")),
+            ("nonce", &field(&current, "nonce")),
+            ("grace", "1h"),
+            ("scope", "vehicles:read"),
+        ],
+    );
+    let created = text(&r);
+    assert_eq!(r.status, 201, "{created}");
+    assert!(created.contains("Copy the narrower replacement key"));
+    let secret = created
+        .split("readonly value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(server.get("/vehicles", &secret).status, 200);
+    let write = req("POST", "/api/third-party/v1/vehicles")
+        .bearer(&secret)
+        .json(&json!({}))
+        .send(&server);
+    assert_eq!(write.status, 403, "the write scope is gone");
+    // The old key works out its grace; its page offers no second roll.
+    assert_eq!(server.get("/vehicles", &key).status, 200);
+    let old = text(&v.get(&path));
+    assert!(old.contains("Replaced by"), "{old}");
+    assert!(!old.contains("Replace with a narrower key"));
+    assert!(!old.contains("Roll key"));
+    assert!(old.contains("Revoke key"));
+}
