@@ -29,6 +29,8 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 pub const MAX_RANGE_MS: i64 = 400 * DAY_MS;
 /// Hourly buckets cover at most this much (about 750 buckets).
 pub const MAX_HOURLY_MS: i64 = 31 * DAY_MS;
+/// Usage rows written per transaction by [`App::flush_usage`].
+pub const FLUSH_CHUNK: usize = 2_000;
 
 /// How a counted request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,7 +101,10 @@ struct CellHasher(u64);
 
 impl Hasher for CellHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // A multiply leaves the low bits, which pick the table slot, the
+        // weakest; rotating brings the well-mixed high bits down (as
+        // rustc-hash 2 does).
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
@@ -118,12 +123,32 @@ impl Hasher for CellHasher {
     fn write_i64(&mut self, n: i64) {
         self.write_u64(n.cast_unsigned());
     }
+    fn write_isize(&mut self, n: isize) {
+        // An enum's discriminant: one round, not eight.
+        self.write_u64(n.cast_unsigned() as u64);
+    }
 }
 
 /// This node's counts since its last flush.
-#[derive(Default)]
 pub struct Usage {
     cells: papaya::HashMap<CellKey, Cell, BuildHasherDefault<CellHasher>>,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            // Blocking resizes: an incremental one leaves every later
+            // lookup walking the old table too until inserts finish moving
+            // it, and counting mostly looks up cells that exist (measured:
+            // 578 ns a count over 10 000 keys' cells, against 13 ns for a
+            // hot one; bench `usage`). A resize now costs the one insert
+            // that triggers it a copy of the cells.
+            cells: papaya::HashMap::builder()
+                .hasher(BuildHasherDefault::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Usage {
@@ -329,38 +354,43 @@ fn route_of<'c>(
 }
 
 impl<S: Store> App<S> {
-    /// Adds a node's counts to the database.
+    /// Adds a node's counts to the database, [`FLUSH_CHUNK`] rows per
+    /// transaction (so no flush holds SQLite's write lock, or PostgreSQL's
+    /// row locks, for long), removing from `rows` what each commit wrote.
     ///
     /// # Errors
-    /// Storage failures (the caller keeps the rows for the next flush).
-    pub async fn flush_usage(&self, rows: &[UsageRow]) -> Result<(), AppError> {
+    /// Storage failures: `rows` then holds exactly what was not written
+    /// (merged), for the caller to retry; nothing is counted twice.
+    pub async fn flush_usage(&self, rows: &mut Vec<UsageRow>) -> Result<(), AppError> {
         // One row per cell: a batch may repeat one (kept from a failed
         // flush, or taken twice as its hour closed), and a statement may
         // change a row only once.
         let mut merged =
-            std::collections::BTreeMap::<(&str, i64, &str, &str, &str), (u64, i64)>::new();
-        for r in rows {
+            std::collections::BTreeMap::<(String, i64, String, String, String), (u64, i64)>::new();
+        for r in rows.drain(..) {
             let m = merged
-                .entry((&r.key_id, r.hour, &r.method, &r.route, &r.outcome))
+                .entry((r.key_id, r.hour, r.method, r.route, r.outcome))
                 .or_default();
             m.0 = m.0.saturating_add(r.count);
             m.1 = m.1.max(r.last_seen);
         }
-        let rows: Vec<UsageRow> = merged
-            .into_iter()
-            .map(
-                |((key_id, hour, method, route, outcome), (count, last_seen))| UsageRow {
-                    key_id: key_id.to_owned(),
-                    hour,
-                    method: method.to_owned(),
-                    route: route.to_owned(),
-                    outcome: outcome.to_owned(),
-                    count,
-                    last_seen,
-                },
-            )
-            .collect();
-        Ok(self.store.add_usage(&rows).await?)
+        rows.extend(merged.into_iter().map(
+            |((key_id, hour, method, route, outcome), (count, last_seen))| UsageRow {
+                key_id,
+                hour,
+                method,
+                route,
+                outcome,
+                count,
+                last_seen,
+            },
+        ));
+        while !rows.is_empty() {
+            let n = rows.len().min(FLUSH_CHUNK);
+            self.store.add_usage(&rows[..n]).await?;
+            rows.drain(..n);
+        }
+        Ok(())
     }
 
     /// Forgets counts older than `retention_ms`.

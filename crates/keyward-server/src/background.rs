@@ -95,15 +95,11 @@ pub(crate) async fn flush_usage(
         return;
     }
     match state.app.flush_usage(retry).await {
-        Ok(()) => {
-            retry.clear();
-            outage.recovered();
-        }
+        Ok(()) => outage.recovered(),
         Err(e) => {
+            // `retry` holds what was not written, one row per cell; kept
+            // for the next flush within a bound.
             outage.failed(&e, retry.len());
-            // Rows of one cell may repeat across failed flushes; the
-            // database adds them up, so they are kept as they are, within
-            // a bound.
             let excess = retry.len().saturating_sub(100_000);
             retry.drain(..excess);
         }
