@@ -43,6 +43,10 @@ pub mod reserved {
     pub const USERS_WRITE: &str = "keyward-users:write";
     /// `keyward-audit:read`
     pub const AUDIT_READ: &str = "keyward-audit:read";
+    /// `keyward-settings:read`
+    pub const SETTINGS_READ: &str = "keyward-settings:read";
+    /// `keyward-settings:write`
+    pub const SETTINGS_WRITE: &str = "keyward-settings:write";
 }
 
 /// keyward's own scopes: (name, description, implies, write-capable).
@@ -85,6 +89,18 @@ const RESERVED: &[(&str, &str, &[&str], bool)] = &[
         true,
     ),
     (reserved::AUDIT_READ, "Read the audit log", &[], false),
+    (
+        reserved::SETTINGS_READ,
+        "Read the organization's key policy and webhooks",
+        &[],
+        false,
+    ),
+    (
+        reserved::SETTINGS_WRITE,
+        "Change the key policy and manage webhooks",
+        &[reserved::SETTINGS_READ],
+        true,
+    ),
 ];
 
 /// Where in the catalog text a problem is: 1-based line and column.

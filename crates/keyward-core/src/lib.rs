@@ -19,6 +19,7 @@ pub mod grant;
 pub mod key;
 pub mod limits;
 pub mod path;
+pub mod policy;
 pub mod route;
 pub mod scope;
 pub mod suggest;
