@@ -42,6 +42,18 @@ pub enum AppError {
         /// The scopes beyond the old key's.
         extra: Vec<String>,
     },
+    /// 422 `VALIDATION_FAILED`: a policy with bad fields, each named.
+    #[error("{}", .0.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
+    Policy(Vec<keyward_core::policy::PolicyProblem>),
+    /// 422 `EXPIRY_EXCEEDS_POLICY`: a key asked to live longer than the
+    /// organization's `max_key_lifetime`.
+    #[error("expires_at: the organization's policy lets a key live at most {lifetime}, so it must expire by {}", crate::views::human_time(Some(*.latest)))]
+    ExpiryExceedsPolicy {
+        /// The latest expiry allowed (unix ms).
+        latest: i64,
+        /// The policy's `max_key_lifetime`, as written.
+        lifetime: String,
+    },
     /// 404 `NOT_FOUND`.
     #[error("{what} `{id}` not found")]
     NotFound {

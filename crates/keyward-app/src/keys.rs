@@ -132,6 +132,18 @@ impl<S: Store> App<S> {
             let refusal = refused(422, Vec::new(), &error);
             return Err(self.refuse(actor, org, refusal, error).await);
         }
+        let (policy_text, policy, _) = self.read_policy(org).await?;
+        let expires_at = match policy.expiry_for(req.expires_at, now) {
+            Ok(at) => at,
+            Err(e) => {
+                let error = AppError::ExpiryExceedsPolicy {
+                    latest: e.latest,
+                    lifetime: policy_text.max_key_lifetime.unwrap_or_default(),
+                };
+                let refusal = refused(422, Vec::new(), &error);
+                return Err(self.refuse(actor, org, refusal, error).await);
+            }
+        };
         let env = req.environment.unwrap_or(Environment::Live);
         let secret = self.new_secret(env)?;
         let record = KeyRecord {
@@ -145,7 +157,7 @@ impl<S: Store> App<S> {
             legacy: false,
             created_at: now,
             created_by: actor.id.clone(),
-            expires_at: req.expires_at,
+            expires_at,
             revoked_at: None,
             rolled_to: None,
             last_used_at: None,
@@ -321,10 +333,19 @@ impl<S: Store> App<S> {
                 Some(resolved)
             }
         };
+        // The successor is a new key: it lives no longer than the policy
+        // allows from now (an old key's later expiry is cut down, never a
+        // reason to refuse the roll).
+        let policy = self.policy(org).await?;
+        let expires_at = match policy.expiry_for(None, now) {
+            Ok(Some(latest)) => Some(old.expires_at.map_or(latest, |at| at.min(latest))),
+            _ => old.expires_at,
+        };
         let env = Environment::parse(&old.environment).unwrap_or(Environment::Live);
         let secret = self.new_secret(env)?;
         let new = KeyRecord {
             id: self.random_id("key", 16)?,
+            expires_at,
             digest: self.digester.digest(secret.expose()),
             display_prefix: secret.display_prefix(),
             created_at: now,

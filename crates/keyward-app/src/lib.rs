@@ -17,6 +17,7 @@ mod keys;
 mod legacy;
 pub mod limits;
 pub mod people;
+pub mod policy;
 pub mod sessions;
 pub mod snapshot;
 pub mod usage;

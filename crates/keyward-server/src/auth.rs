@@ -47,6 +47,8 @@ need! {
     GroupKeysRead => "groups" [reserved::GROUPS_READ, reserved::API_KEYS_READ];
     GroupsWrite => "groups" [reserved::GROUPS_WRITE];
     AuditRead => "audit" [reserved::AUDIT_READ];
+    SettingsRead => "settings" [reserved::SETTINGS_READ];
+    SettingsWrite => "settings" [reserved::SETTINGS_WRITE];
 }
 
 /// Whether `effective` holds every scope named; false when the catalog

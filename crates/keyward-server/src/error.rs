@@ -186,6 +186,37 @@ impl From<AppError> for ApiError {
                 )
                 .detail("scopes", extra)
             }
+            AppError::Policy(ref problems) => {
+                let fields: Vec<serde_json::Value> = problems
+                    .iter()
+                    .map(|p| serde_json::json!({"field": p.field, "message": p.message}))
+                    .collect();
+                let first = problems.first().map_or("policy", |p| p.field);
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "VALIDATION_FAILED",
+                    e.to_string(),
+                )
+                .detail("field", first)
+                .detail("fields", fields)
+            }
+            AppError::ExpiryExceedsPolicy {
+                latest,
+                ref lifetime,
+            } => {
+                let lifetime = lifetime.clone();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "EXPIRY_EXCEEDS_POLICY",
+                    e.to_string(),
+                )
+                .detail("field", "expires_at")
+                .detail("max_key_lifetime", lifetime)
+                .detail(
+                    "latest_expires_at",
+                    keyward_app::views::human_time(Some(latest)),
+                )
+            }
             AppError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string())
             }

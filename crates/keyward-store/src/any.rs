@@ -205,6 +205,20 @@ impl Store for AnyStore {
     }
 }
 
+impl crate::Settings for AnyStore {
+    async fn get_policy(&self, org_id: &str) -> Result<Option<crate::StoredPolicy>> {
+        delegate!(self, s => s.get_policy(org_id))
+    }
+    async fn put_policy(
+        &self,
+        org_id: &str,
+        policy: &crate::StoredPolicy,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        delegate!(self, s => s.put_policy(org_id, policy, audit))
+    }
+}
+
 impl Directory for AnyStore {
     async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
         delegate!(self, s => s.create_user(user, audit))

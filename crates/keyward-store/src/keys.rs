@@ -78,6 +78,7 @@ pub(crate) const SNAPSHOT_IDS_PER_QUERY: usize = 5_000;
 macro_rules! keys_impl {
     ($store:ty, $db:ty) => {
         $crate::people::people_impl!($store, $db);
+        $crate::settings::settings_impl!($store, $db);
 
         impl $store {
             /// Reserves `n` change-log versions, in order, by one bump of

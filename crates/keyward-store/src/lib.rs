@@ -21,6 +21,7 @@ mod limits;
 mod people;
 mod postgres;
 mod rows;
+mod settings;
 mod sqlite;
 mod usage;
 pub use any::AnyStore;
@@ -29,6 +30,7 @@ pub use limits::{
     unasked_share,
 };
 pub use postgres::PgStore;
+pub use settings::StoredPolicy;
 pub use sqlite::SqliteStore;
 pub use usage::UsageRow;
 
@@ -405,7 +407,7 @@ pub enum Revoked {
 /// Persistence for keyward. Implementations must make each method atomic.
 ///
 /// Methods return `impl Future + Send` so callers can spawn them.
-pub trait Store: Directory {
+pub trait Store: Directory + Settings {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
@@ -564,6 +566,23 @@ pub trait Store: Directory {
     ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
     /// Forgets rows of hours before `before` (the retention).
     fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// An organization's settings: its key policy. Split from [`Store`] like
+/// [`Directory`] (the `settings_impl!` macro in `settings.rs`, expanded by
+/// `keys_impl!`).
+pub trait Settings: Send + Sync + 'static {
+    /// The organization's policy, if one was ever set.
+    fn get_policy(&self, org_id: &str)
+    -> impl Future<Output = Result<Option<StoredPolicy>>> + Send;
+    /// Replaces the organization's policy and appends `audit`, in one
+    /// transaction.
+    fn put_policy(
+        &self,
+        org_id: &str,
+        policy: &StoredPolicy,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The people side of storage: users, group memberships, console sessions,

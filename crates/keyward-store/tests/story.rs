@@ -13,7 +13,7 @@ use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
 use keyward_store::{
     AuditQuery, KeyFilter, KeyRecord, LeaseAnswer, LeaseAsk, Org, PgStore, Revoked, SessionRecord,
-    SnapshotKey, SqliteStore, Store, StoreError, UsageRow, UserRecord,
+    SnapshotKey, SqliteStore, Store, StoreError, StoredPolicy, UsageRow, UserRecord,
 };
 
 fn org(id: &str, slug: &str, is_default: bool) -> Org {
@@ -1019,6 +1019,45 @@ async fn usage(store: &impl Store) {
     );
 }
 
+/// The policy: none until set, replaced whole, its change audited in the
+/// same transaction, each organization its own.
+async fn policy(store: &impl Store) {
+    assert_eq!(store.get_policy("org_a").await.unwrap(), None);
+    let first = StoredPolicy {
+        text: r#"{"max_key_lifetime":"365d"}"#.into(),
+        updated_at: 7,
+        updated_by: "cli:ops".into(),
+    };
+    store
+        .put_policy("org_a", &first, &audit("org_a", "policy.updated", None))
+        .await
+        .unwrap();
+    assert_eq!(store.get_policy("org_a").await.unwrap(), Some(first));
+    let second = StoredPolicy {
+        text: r#"{"flag_unused_after":"90d"}"#.into(),
+        updated_at: 9,
+        updated_by: "user:usr_1".into(),
+    };
+    store
+        .put_policy("org_a", &second, &audit("org_a", "policy.updated", None))
+        .await
+        .unwrap();
+    assert_eq!(store.get_policy("org_a").await.unwrap(), Some(second));
+    assert_eq!(store.get_policy("org_b").await.unwrap(), None);
+    let audited = store
+        .query_audit(
+            "org_a",
+            &AuditQuery {
+                action: Some("policy.updated".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(audited.len(), 2);
+}
+
 #[tokio::test]
 async fn sqlite_story() {
     let dir = tempfile::tempdir().unwrap();
@@ -1029,6 +1068,7 @@ async fn sqlite_story() {
     people(&store).await;
     leases(&store).await;
     usage(&store).await;
+    policy(&store).await;
 }
 
 /// A message that reaches the terminal even though the test harness
@@ -1117,4 +1157,5 @@ async fn postgres_story() {
     people(&store).await;
     leases(&store).await;
     usage(&store).await;
+    policy(&store).await;
 }

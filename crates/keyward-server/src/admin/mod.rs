@@ -19,6 +19,7 @@ mod common;
 mod docs;
 mod keys;
 mod people;
+mod settings;
 mod usage;
 
 use crate::body::Body;
@@ -99,6 +100,7 @@ fn api_router() -> OpenApiRouter<Shared> {
         .merge(keys::routes())
         .merge(usage::routes())
         .merge(people::routes())
+        .merge(settings::routes())
 }
 
 /// The admin API's side of the `json_bodies` fuzz target: every JSON body
@@ -128,6 +130,11 @@ pub(crate) fn fuzz_json_bodies(data: &[u8]) {
         && let Some(grace) = body.grace.as_deref()
     {
         let _ = keyward_core::parse_duration_ms(grace);
+    }
+    if let Some(body) = check::<settings::PolicyBody>(data, &ctx)
+        && let Ok(text) = body.into_text()
+    {
+        let _ = text.check();
     }
     let _ = check::<NoFields>(data, &ctx);
 }
@@ -174,6 +181,7 @@ mod tests {
             "RollBody",
             "VerifyRouteDoc",
             "VerifyScopesDoc",
+            "PolicyBody",
         ] {
             assert_eq!(
                 spec["components"]["schemas"][name]["additionalProperties"],

@@ -1,0 +1,129 @@
+//! An organization's key policy (SPEC §10): read, set (audited), and
+//! applied where keys are made. The rules of a valid policy are the core's
+//! ([`keyward_core::policy`]).
+
+use crate::{Actor, views::human_time};
+use crate::{App, AppError, Org};
+use keyward_core::policy::{OnLeak, Policy, PolicyText};
+use keyward_store::{Store, StoreError, StoredPolicy};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+/// `GET /v1/policy`: the policy as written, and when and by whom it was set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PolicyView {
+    /// Creation without expiry gets this expiry; a longer one is refused
+    /// (`EXPIRY_EXCEEDS_POLICY`). Null: no limit.
+    pub max_key_lifetime: Option<String>,
+    /// Keys unused this long are flagged `unused`. Null: never.
+    pub flag_unused_after: Option<String>,
+    /// Keys unused this long are revoked (actor `policy`, reason `unused`).
+    /// Null: never.
+    pub revoke_unused_after: Option<String>,
+    /// How long before its expiry each `key.expiring` is sent.
+    pub expiry_warning: Vec<String>,
+    /// What a leaked-key report does: `revoke` or `flag`.
+    #[schema(value_type = String, example = "revoke")]
+    pub on_leak: OnLeak,
+    /// When the policy was last set (RFC 3339), null if never.
+    pub updated_at: Option<String>,
+    /// Who set it last, null if never.
+    pub updated_by: Option<String>,
+}
+
+impl PolicyView {
+    fn of(text: PolicyText, stored: Option<&StoredPolicy>) -> Self {
+        PolicyView {
+            max_key_lifetime: text.max_key_lifetime,
+            flag_unused_after: text.flag_unused_after,
+            revoke_unused_after: text.revoke_unused_after,
+            expiry_warning: text.expiry_warning,
+            on_leak: text.on_leak,
+            updated_at: stored.map(|s| human_time(Some(s.updated_at))),
+            updated_by: stored.map(|s| s.updated_by.clone()),
+        }
+    }
+}
+
+impl<S: Store> App<S> {
+    /// The organization's policy as stored (the default when never set),
+    /// checked.
+    pub(crate) async fn read_policy(
+        &self,
+        org: &Org,
+    ) -> Result<(PolicyText, Policy, Option<StoredPolicy>), AppError> {
+        let stored = self.store.get_policy(&org.id).await?;
+        let text = match &stored {
+            None => PolicyText::default(),
+            Some(s) => serde_json::from_str(&s.text).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "the stored policy of `{}` is unreadable: {e}",
+                    org.id
+                ))
+            })?,
+        };
+        let policy = text.check().map_err(|problems| {
+            StoreError::Corrupt(format!(
+                "the stored policy of `{}` no longer checks: {}",
+                org.id,
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
+        Ok((text, policy, stored))
+    }
+
+    /// The checked policy, for the use cases that apply it.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn policy(&self, org: &Org) -> Result<Policy, AppError> {
+        Ok(self.read_policy(org).await?.1)
+    }
+
+    /// `GET /v1/policy`, `keyward policy show`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn show_policy(&self, org: &Org) -> Result<PolicyView, AppError> {
+        let (text, _, stored) = self.read_policy(org).await?;
+        Ok(PolicyView::of(text, stored.as_ref()))
+    }
+
+    /// Replaces the organization's policy (`PUT /v1/policy`, `keyward
+    /// policy set`), audited as `policy.updated` with the old and new
+    /// policy. Existing keys are untouched.
+    ///
+    /// # Errors
+    /// [`AppError::Policy`] naming every bad field (nothing written);
+    /// storage failures.
+    pub async fn set_policy(
+        &self,
+        actor: &Actor,
+        org: &Org,
+        text: PolicyText,
+    ) -> Result<PolicyView, AppError> {
+        text.check().map_err(AppError::Policy)?;
+        let (old, _, _) = self.read_policy(org).await?;
+        let stored = StoredPolicy {
+            text: serde_json::to_string(&text).map_err(|e| {
+                StoreError::Corrupt(format!("the policy could not be encoded: {e}"))
+            })?,
+            updated_at: self.now(),
+            updated_by: actor.id.clone(),
+        };
+        let entry = self.audit(
+            actor,
+            org,
+            "policy.updated",
+            None,
+            json!({"old": old, "new": text}),
+        );
+        self.store.put_policy(&org.id, &stored, &entry).await?;
+        Ok(PolicyView::of(text, Some(&stored)))
+    }
+}

@@ -1,0 +1,65 @@
+//! An organization's settings (SPEC §10): its key policy, written once for
+//! both backends like `people.rs`. The policy is stored as the JSON text the
+//! operator wrote (durations in their own spelling); the app checks it.
+
+/// The policy an organization stored, and when and by whom it was last set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// The policy's JSON text (`keyward_core::policy::PolicyText`).
+    pub text: String,
+    /// When it was set (unix ms).
+    pub updated_at: i64,
+    /// The actor who set it.
+    pub updated_by: String,
+}
+
+/// Implements [`crate::Settings`] for one backend (expanded by `keys_impl!`).
+macro_rules! settings_impl {
+    ($store:ty, $db:ty) => {
+        impl $crate::Settings for $store {
+            async fn get_policy(
+                &self,
+                org_id: &str,
+            ) -> $crate::Result<Option<$crate::StoredPolicy>> {
+                let row: Option<(String, i64, String)> = sqlx::query_as(
+                    "SELECT policy, updated_at, updated_by FROM org_policies WHERE org_id = $1",
+                )
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(
+                    row.map(|(text, updated_at, updated_by)| $crate::StoredPolicy {
+                        text,
+                        updated_at,
+                        updated_by,
+                    }),
+                )
+            }
+
+            async fn put_policy(
+                &self,
+                org_id: &str,
+                policy: &$crate::StoredPolicy,
+                audit: &keyward_core::audit::AuditEntry,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO org_policies (org_id, policy, updated_at, updated_by) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (org_id) DO UPDATE SET policy = excluded.policy, \
+                     updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                )
+                .bind(org_id)
+                .bind(&policy.text)
+                .bind(policy.updated_at)
+                .bind(&policy.updated_by)
+                .execute(&mut *tx)
+                .await?;
+                append_audit_tx(&mut tx, &[audit]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use settings_impl;
