@@ -114,7 +114,7 @@ impl<S: Store> App<S> {
             key_id: None,
             status,
             required,
-            details: json!({"name": name, "error": error.to_string()}),
+            details: json!({"name": name, "error": refusal_text(error)}),
             ..Refusal::default()
         };
         if let Err(lacking) = check_no_escalation(actor.effective, resolved.effective) {
@@ -282,7 +282,7 @@ impl<S: Store> App<S> {
             key_id: Some(key_id),
             status,
             required,
-            details: json!({"error": error.to_string()}),
+            details: json!({"error": refusal_text(error)}),
             ..Refusal::default()
         };
         let stale = if let Some(to) = &old.rolled_to {
@@ -301,15 +301,13 @@ impl<S: Store> App<S> {
             let refusal = refused(409, Vec::new(), &error);
             return Err(self.refuse(actor, org, refusal, error).await);
         }
-        let (_, effective, _) = access_sets(&self.catalog, &old);
-        if let Err(lacking) = check_no_escalation(actor.effective, effective) {
-            let lacking = names(&self.catalog, lacking);
-            let error = AppError::Escalation {
-                lacking: lacking.clone(),
-            };
-            let refusal = refused(403, lacking, &error);
-            return Err(self.refuse(actor, org, refusal, error).await);
+        if !(0..=MAX_GRACE_MS).contains(&grace_ms) {
+            return Err(AppError::validation(
+                "grace",
+                "must be between 0s and 30d: a longer grace keeps the old key working as if never rolled",
+            ));
         }
+        let (_, effective, _) = access_sets(&self.catalog, &old);
         let narrowed = match narrower {
             None => None,
             Some(req) => {
@@ -333,6 +331,17 @@ impl<S: Store> App<S> {
                 Some(resolved)
             }
         };
+        // No one hands out a key holding more than they hold (SPEC §2): the
+        // new key's scopes, the old key's when not narrowed.
+        let new_effective = narrowed.as_ref().map_or(effective, |r| r.effective);
+        if let Err(lacking) = check_no_escalation(actor.effective, new_effective) {
+            let lacking = names(&self.catalog, lacking);
+            let error = AppError::Escalation {
+                lacking: lacking.clone(),
+            };
+            let refusal = refused(403, lacking, &error);
+            return Err(self.refuse(actor, org, refusal, error).await);
+        }
         // The successor is a new key: it lives no longer than the policy
         // allows from now (an old key's later expiry is cut down, never a
         // reason to refuse the roll).
@@ -381,8 +390,13 @@ impl<S: Store> App<S> {
         {
             Ok(()) => {}
             Err(StoreError::NotFound) => return Err(not_found_key(key_id)),
-            // Rolled by someone else meanwhile.
-            Err(StoreError::Conflict(m)) => return Err(AppError::Conflict(m)),
+            // Rolled by someone else meanwhile: refused like any other
+            // roll of a rolled key, and audited the same.
+            Err(StoreError::Conflict(m)) => {
+                let error = AppError::Conflict(m);
+                let refusal = refused(409, Vec::new(), &error);
+                return Err(self.refuse(actor, org, refusal, error).await);
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(CreatedKey {
@@ -562,4 +576,19 @@ pub fn filter_status(filter: &mut KeyFilter, status: &str, now: i64) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The longest grace a roll may give the old key.
+pub const MAX_GRACE_MS: i64 = 30 * 24 * 3_600_000;
+
+/// An error as a refusal's audit record keeps it: its first 500 characters,
+/// so a request naming thousands of unknown grants cannot grow the
+/// append-only log by its own size.
+fn refusal_text(error: &AppError) -> String {
+    const MAX: usize = 500;
+    let text = error.to_string();
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }

@@ -61,6 +61,42 @@ impl UsageOutcome {
     }
 }
 
+/// The route a row of keyward's own endpoints (the admin API, verify) is
+/// stored under: this prefix and the scopes the endpoint required, space
+/// separated (`keyward:keyward-api-keys:read`). Catalog routes start with
+/// `/`, so the two never meet.
+pub const OWN_ROUTE_PREFIX: &str = "keyward:";
+
+/// A cell's route at and above this marks one of keyward's own endpoints:
+/// the low 30 bits hold up to three scope indexes, 10 bits each, plus one
+/// (0: none).
+const OWN: u32 = 1 << 31;
+/// A cell's route when no route matched (or none was asked: verify by
+/// scopes).
+const NO_ROUTE: u32 = u32::MAX;
+
+/// The route field of an own endpoint requiring `required`.
+fn own_route(required: ScopeSet) -> u32 {
+    let mut route = OWN;
+    for (slot, id) in required.iter().take(3).enumerate() {
+        let code = u32::try_from(id.index() + 1).unwrap_or(0) & 0x3ff;
+        route |= code << (10 * slot);
+    }
+    route
+}
+
+/// The stored route text of an own-endpoint cell.
+fn own_route_text(catalog: &Catalog, route: u32) -> String {
+    let names: Vec<&str> = (0..3)
+        .map(|slot| (route >> (10 * slot)) & 0x3ff)
+        .filter(|code| *code != 0)
+        .filter_map(|code| usize::try_from(code - 1).ok())
+        .filter_map(|i| catalog.scopes().get(i))
+        .map(keyward_core::Scope::name)
+        .collect();
+    format!("{OWN_ROUTE_PREFIX}{}", names.join(" "))
+}
+
 /// Methods counted by name; any other is counted as `OTHER` (a client may
 /// send any token as a method, and must not grow the cells with them).
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -178,10 +214,28 @@ impl Usage {
         outcome: UsageOutcome,
         now: i64,
     ) {
+        let route = route.map_or(NO_ROUTE, |r| {
+            u32::try_from(r)
+                .ok()
+                .filter(|r| *r < OWN)
+                .unwrap_or(NO_ROUTE)
+        });
+        self.count_route(usage_id, key_id, route, method, outcome, now);
+    }
+
+    fn count_route(
+        &self,
+        usage_id: u64,
+        key_id: &str,
+        route: u32,
+        method: &str,
+        outcome: UsageOutcome,
+        now: i64,
+    ) {
         let key = CellKey {
             key: usage_id,
             hour: now.div_euclid(HOUR_MS) * HOUR_MS,
-            route: route.map_or(u32::MAX, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            route,
             method: method_index(method),
             outcome,
         };
@@ -198,6 +252,21 @@ impl Usage {
         cell.last_seen.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Counts one request of the key to one of keyward's own endpoints
+    /// (admin API, verify) requiring `required`: its use of keyward's own
+    /// scopes, which the suggestion must see as much as its catalog routes.
+    pub fn count_own(
+        &self,
+        usage_id: u64,
+        key_id: &str,
+        required: ScopeSet,
+        method: &str,
+        outcome: UsageOutcome,
+        now: i64,
+    ) {
+        self.count_route(usage_id, key_id, own_route(required), method, outcome, now);
+    }
+
     /// Every count since the last call, as rows to add, and the cells of
     /// hours that ended before the last one dropped.
     pub fn take(&self, catalog: &Catalog, now: i64) -> Vec<UsageRow> {
@@ -205,10 +274,16 @@ impl Usage {
             key_id: cell.key_id.to_string(),
             hour: k.hour,
             method: method_name(k.method).to_owned(),
-            route: usize::try_from(k.route)
-                .ok()
-                .and_then(|i| catalog.routes().get(i))
-                .map_or_else(String::new, |r| r.template().to_owned()),
+            route: if k.route == NO_ROUTE {
+                String::new()
+            } else if k.route & OWN != 0 {
+                own_route_text(catalog, k.route)
+            } else {
+                usize::try_from(k.route)
+                    .ok()
+                    .and_then(|i| catalog.routes().get(i))
+                    .map_or_else(String::new, |r| r.template().to_owned())
+            },
             outcome: k.outcome.as_str().to_owned(),
             count,
             last_seen: cell.last_seen.load(Ordering::Relaxed),
@@ -341,6 +416,16 @@ fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
 
+/// What a stored row's requests required: the scopes of its catalog route
+/// (if it still exists), or those an own endpoint names.
+fn required_of(catalog: &Catalog, method: &str, route: &str) -> Option<ScopeSet> {
+    if let Some(names) = route.strip_prefix(OWN_ROUTE_PREFIX) {
+        let names: Vec<&str> = names.split(' ').filter(|n| !n.is_empty()).collect();
+        return catalog.scope_set(&names);
+    }
+    route_of(catalog, method, route).map(keyward_core::catalog::Route::required)
+}
+
 /// The catalog route a stored row names, if it still exists.
 fn route_of<'c>(
     catalog: &'c Catalog,
@@ -466,10 +551,10 @@ impl<S: Store> App<S> {
         let mut routes: Vec<RouteUsage> = routes
             .into_iter()
             .map(|((method, route), (allowed, denied, last))| RouteUsage {
-                required: route_of(&self.catalog, &method, &route)
-                    .map(|r| {
+                required: required_of(&self.catalog, &method, &route)
+                    .map(|set| {
                         self.catalog
-                            .names(r.required())
+                            .names(set)
                             .into_iter()
                             .map(str::to_owned)
                             .collect()
@@ -525,12 +610,27 @@ impl<S: Store> App<S> {
         let since = (now - window_ms).div_euclid(HOUR_MS) * HOUR_MS;
         let rows = self.store.key_usage(key_id, since, now + HOUR_MS).await?;
         let requests = rows.iter().map(|r| r.count).sum();
-        let observed: Vec<ScopeSet> = rows
-            .iter()
-            .filter(|r| r.outcome == UsageOutcome::Allowed.as_str())
-            .filter_map(|r| route_of(&self.catalog, &r.method, &r.route))
-            .map(keyward_core::catalog::Route::required)
+        let allowed = || {
+            rows.iter()
+                .filter(|r| r.outcome == UsageOutcome::Allowed.as_str())
+        };
+        let mut observed: Vec<ScopeSet> = allowed()
+            .filter_map(|r| required_of(&self.catalog, &r.method, &r.route))
             .collect();
+        // Use whose scopes are not known keeps every grant: a verify by
+        // scopes (no route), or use the counts missed (last used in the
+        // window, nothing counted: counts lost to a kill -9, or made before
+        // counting began). Never suggest dropping what may be in use.
+        let unknown_use = allowed().any(|r| r.route.is_empty())
+            || (requests == 0 && key.last_used_at.is_some_and(|at| at >= since));
+        if unknown_use {
+            let (_, holds, _) = self.catalog.key_holdings(
+                key.legacy,
+                key.scopes.iter().map(String::as_str),
+                key.permission_sets.iter().map(String::as_str),
+            );
+            observed.push(holds);
+        }
         let s = self
             .catalog
             .suggest(key.legacy, &key.scopes, &key.permission_sets, observed);

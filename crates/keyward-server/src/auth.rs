@@ -418,6 +418,20 @@ pub(crate) async fn require(
         asked.now,
         &Question::Scopes(required),
     );
+    // The key's use of keyward's own scopes, counted like its requests to
+    // the catalog's routes, so the suggestion never drops them unseen.
+    state.usage.count_own(
+        caller_entry.usage_id,
+        &caller_entry.key_id,
+        required,
+        asked.method.as_str(),
+        if held.is_allowed() {
+            keyward_app::usage::UsageOutcome::Allowed
+        } else {
+            keyward_app::usage::UsageOutcome::Forbidden
+        },
+        asked.now,
+    );
     if held.is_allowed() {
         return Ok(());
     }

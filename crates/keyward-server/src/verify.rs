@@ -273,9 +273,16 @@ pub(crate) async fn verify(
             },
         };
     }
-    // Counted as the key's use, like a gateway request to the same route.
-    if let (Some(key), Question::Route(method, _)) = (entry.filter(|_| valid), &question) {
+    // The key's use, like a gateway request to the same route; asked by
+    // scopes, a use without a route (which keeps every grant in the
+    // suggestion: what it needed is not known). Its last use either way.
+    if let Some(key) = entry.filter(|_| valid) {
+        let method = match &question {
+            Question::Route(method, _) => method,
+            Question::Scopes(_) | Question::Outside => "VERIFY",
+        };
         crate::auth::count_use(state, key, &decision, method, limited.map(|(r, _)| r), now);
+        state.snapshot.record_use(key, now);
     }
     let answer = VerifyResponse {
         valid,

@@ -610,6 +610,24 @@ pub(super) async fn roll_key(
     form: Form,
 ) -> Answer {
     fresh_key_form(&state, &who, &form).await?;
+    // A field the form does not have is a mistake, not something to skip:
+    // a misspelt `scope` would otherwise roll with every grant kept.
+    if let Some((unknown, _)) = form
+        .0
+        .iter()
+        .find(|(k, _)| !["csrf", "nonce", "grace", "set", "scope"].contains(&k.as_str()))
+    {
+        let message = sentence(&format!("the roll form has no field `{unknown}`"));
+        return key_detail(
+            &state,
+            &who,
+            &id,
+            None,
+            Some(message),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    }
     let grace = form.get("grace");
     let grace_ms = match keyward_core::parse_duration_ms(grace) {
         Ok(ms) => ms,
@@ -666,6 +684,7 @@ pub(super) async fn roll_key(
             e @ (AppError::Conflict(_)
             | AppError::Escalation { .. }
             | AppError::RollWouldBroaden { .. }
+            | AppError::Validation { .. }
             | AppError::Grants(_)),
         ) => {
             let (status, message, _) = app_status(e);

@@ -165,7 +165,13 @@ fn day_of(rfc3339: &str) -> &str {
 
 fn route_row(r: &RouteUsage) -> RouteRow {
     RouteRow {
-        request: format!("{} {}", r.method, r.route),
+        request: if r.route.is_empty() {
+            format!("{} (no route)", r.method)
+        } else if let Some(scopes) = r.route.strip_prefix(keyward_app::usage::OWN_ROUTE_PREFIX) {
+            format!("{} keyward API ({scopes})", r.method)
+        } else {
+            format!("{} {}", r.method, r.route)
+        },
         required: if r.required.is_empty() {
             "—".to_owned()
         } else {

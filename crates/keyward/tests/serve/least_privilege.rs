@@ -420,6 +420,8 @@ fn the_console_charts_a_keys_use_and_replaces_it_with_a_narrower_key() {
         ("scope", "damages:write", "damages:write"),
         ("set", "damages:write", "damages:write"),
         ("scope", "vehicles:fly", "vehicles:fly"),
+        // A misspelt field would otherwise roll with every grant kept.
+        ("scopes", "vehicles:read", "no field `scopes`"),
     ] {
         let r = v.post(
             &roll,
@@ -468,4 +470,155 @@ fn the_console_charts_a_keys_use_and_replaces_it_with_a_narrower_key() {
     assert!(!old.contains("Replace with a narrower key"));
     assert!(!old.contains("Roll key"));
     assert!(old.contains("Revoke key"));
+}
+
+/// Use the catalog's routes do not show is use all the same: the admin API
+/// (keyward's own scopes, counted by the scopes each endpoint requires) and
+/// a verify by scopes (which keeps every grant), so the suggestion never
+/// drops a grant in use. Every refused roll is audited, even one that lost
+/// a race; a narrowing roll asks its caller to hold the new grants only.
+#[test]
+fn the_suggestion_sees_admin_and_verify_use_and_refused_rolls_are_audited() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (mixed_id, mixed) = kw.key(&[
+        "--name",
+        "mixed",
+        "--scope",
+        "vehicles:read",
+        "--scope",
+        "keyward-api-keys:read",
+        "--scope",
+        "damages:read",
+    ]);
+    let (checked_id, checked) = kw.key(&[
+        "--name",
+        "checked",
+        "--scope",
+        "vehicles:read",
+        "--scope",
+        "damages:read",
+    ]);
+    let (_, verifier) = kw.key(&["--name", "verifier", "--scope", "keyward-api-keys:verify"]);
+    let (_, admin) = kw.key(&[
+        "--name",
+        "admin",
+        "--scope",
+        "keyward-api-keys:write",
+        "--scope",
+        "vehicles:read",
+    ]);
+    let server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--flush-interval",
+        "200ms",
+    ]);
+    assert_eq!(server.get("/vehicles", &mixed).status, 200);
+    for _ in 0..3 {
+        assert_eq!(get_json(&server, "/v1/keys", &mixed).status, 200);
+    }
+    let v = req("POST", "/v1/verify")
+        .bearer(&verifier)
+        .json(&json!({"key": checked, "scopes": ["damages:read"]}))
+        .send(&server)
+        .json();
+    assert_eq!(v["allowed"], true, "{v}");
+
+    let mut s = Value::Null;
+    crate::harness::until(std::time::Duration::from_secs(5), "usage flushed", || {
+        s = get_json(&server, &format!("/v1/keys/{mixed_id}/suggestion"), &admin).json();
+        s["requests"] == 4
+    });
+    assert_eq!(s["verdict"], "narrow", "{s}");
+    let mut kept = strings(&s["suggested"]["scopes"]);
+    kept.sort();
+    assert_eq!(kept, ["keyward-api-keys:read", "vehicles:read"], "{s}");
+    assert_eq!(strings(&s["unused_grants"]), ["damages:read"]);
+    let report = get_json(&server, &format!("/v1/keys/{mixed_id}/usage"), &admin).json();
+    let own = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "keyward:keyward-api-keys:read")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(own["allowed"], 3);
+    assert_eq!(strings(&own["required"]), ["keyward-api-keys:read"]);
+
+    // Verified by scopes only: what it needed is not known, so every grant
+    // stays, and it counts as used.
+    let s = get_json(
+        &server,
+        &format!("/v1/keys/{checked_id}/suggestion"),
+        &admin,
+    )
+    .json();
+    assert_eq!(s["verdict"], "already_minimal", "{s}");
+    let shown: Value =
+        serde_json::from_str(&kw.cli_ok(&["keys", "show", &checked_id, "--json"])).unwrap();
+    assert!(!shown["last_used_at"].is_null(), "{shown}");
+
+    // A narrowing roll by a caller holding the new grants, not the old
+    // key's: allowed. A grace beyond 30 days: refused.
+    let roll = |id: &str, body: &Value| {
+        req("POST", &format!("/v1/keys/{id}/roll"))
+            .bearer(&admin)
+            .json(body)
+            .send(&server)
+    };
+    let long = roll(
+        &checked_id,
+        &json!({"grace": "31d", "scopes": ["vehicles:read"]}),
+    );
+    assert_eq!(
+        long.error(422, "VALIDATION_FAILED")["details"]["field"],
+        "grace"
+    );
+    let narrowed = roll(&checked_id, &json!({"scopes": ["vehicles:read"]}));
+    assert_eq!(
+        narrowed.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&narrowed.body)
+    );
+
+    // Racing rolls: one wins, and every refused one is in the audit log.
+    let (raced, _) = kw.key(&["--name", "raced", "--scope", "vehicles:read"]);
+    let refused: Vec<String> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| roll(&raced, &json!({"grace": "1h"}))))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|r| r.status == 409)
+            .map(|r| r.header("x-request-id").unwrap().to_owned())
+            .collect()
+    });
+    assert_eq!(refused.len(), 11);
+    let audit = get_json(
+        &server,
+        "/v1/audit?action=key.roll_refused&limit=500",
+        &admin,
+    );
+    assert_eq!(audit.status, 403, "the admin key lacks keyward-audit:read");
+    let log: Value = serde_json::from_str(&kw.cli_ok(&["audit", "verify", "--json"])).unwrap();
+    assert!(log["first_broken"].is_null(), "{log}");
+    let (_, auditor) = kw.key(&["--name", "auditor", "--scope", "keyward-audit:read"]);
+    let records = get_json(
+        &server,
+        "/v1/audit?action=key.roll_refused&limit=500",
+        &auditor,
+    )
+    .json();
+    let ids: Vec<&str> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    for id in &refused {
+        assert!(ids.contains(&id.as_str()), "{id} not audited: {records}");
+    }
 }
