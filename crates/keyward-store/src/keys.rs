@@ -639,7 +639,8 @@ macro_rules! keys_impl {
             ) -> $crate::Result<Vec<$crate::AuditRecord>> {
                 let rows: Vec<$crate::rows::AuditRow> = sqlx::query_as(
                     $crate::keys::select_audit!(
-                        "WHERE org_id = $1 AND key_id = $2 ORDER BY seq DESC LIMIT $3"
+                        "WHERE org_id = $1 AND key_id = $2 AND action <> 'gateway.request' \
+                         ORDER BY seq DESC LIMIT $3"
                     ),
                 )
                 .bind(org_id)

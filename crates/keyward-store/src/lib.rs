@@ -501,7 +501,9 @@ pub trait Store: Directory + Settings {
     /// The chain head: sequence number and hash of the last record appended
     /// (`(0, GENESIS)` when empty). Lets verification detect a cut-off tail.
     fn audit_head(&self) -> impl Future<Output = Result<(i64, [u8; 32])>> + Send;
-    /// Records of one organization concerning one key, newest first.
+    /// Records of one organization concerning one key, newest first: its
+    /// own trail (created, rolled, revoked, refused), not its gateway
+    /// requests (`gateway.request`, which `query_audit` finds).
     fn audit_for_key(
         &self,
         org_id: &str,

@@ -220,7 +220,8 @@ async fn people(store: &impl Store) {
         .into_iter()
         .map(|r| r.entry.action)
         .collect();
-    assert_eq!(actions, ["key.revoked", "key.created"]);
+    // Its requests too, which its trail (`audit_for_key`) leaves out.
+    assert_eq!(actions, ["gateway.request", "key.revoked", "key.created"]);
     let mut page = AuditQuery {
         limit: 3,
         ..everything.clone()
@@ -784,6 +785,11 @@ async fn story(store: &impl Store) {
         store.audit_head().await.unwrap(),
         (chain.last().unwrap().seq, chain.last().unwrap().hash)
     );
+    // Its gateway requests are not its trail (query_audit finds them).
+    store
+        .append_audit(&[audit("org_a", "gateway.request", Some("key_1"))])
+        .await
+        .unwrap();
     let for_key = store.audit_for_key("org_a", "key_1", 10).await.unwrap();
     let actions: Vec<&str> = for_key.iter().map(|r| r.entry.action.as_str()).collect();
     assert_eq!(actions, ["key.revoked", "key.created"]);

@@ -1,3 +1,7 @@
--- A key's audit trail (the console's key page, GET /v1/audit?key_id=…)
--- without walking the organization's whole log.
-CREATE INDEX audit_by_key ON audit_log (org_id, key_id, seq DESC);
+-- A key's own trail (created, rolled, revoked, refusals: the console's key
+-- page) without walking the organization's whole log. Gateway requests are
+-- left out of the index: they are most of the log, and indexing each one
+-- cost an audited POST 7.7 % more instructions (its requests show in the
+-- key's usage instead).
+CREATE INDEX audit_by_key ON audit_log (org_id, key_id, seq DESC)
+    WHERE action <> 'gateway.request';
