@@ -54,6 +54,9 @@ pub enum Command {
     /// Manage the people who administer an organization, and their groups.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Show or change the organization's key policy (SPEC §10).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Apply database migrations and create the default organization.
     Migrate,
 }
@@ -357,6 +360,38 @@ pub enum UsersCmd {
     ResetPassword {
         /// User id (`usr_…`) or email.
         user: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Show the policy in force.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the fields given (`none` clears one); the others stay.
+    Set {
+        /// Longest key lifetime, e.g. `365d` (1h to 3650d), or `none`.
+        #[arg(long, value_name = "DURATION")]
+        max_key_lifetime: Option<String>,
+        /// Flag keys unused this long, e.g. `90d`, or `none`.
+        #[arg(long, value_name = "DURATION")]
+        flag_unused_after: Option<String>,
+        /// Revoke keys unused this long (longer than the flag), or `none`.
+        #[arg(long, value_name = "DURATION")]
+        revoke_unused_after: Option<String>,
+        /// When to warn before expiry (repeatable, e.g. `14d` and `1d`);
+        /// `none` clears the list.
+        #[arg(long = "expiry-warning", value_name = "DURATION")]
+        expiry_warning: Vec<String>,
+        /// What a leaked-key report does: `revoke` or `flag`.
+        #[arg(long, value_name = "ACTION")]
+        on_leak: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

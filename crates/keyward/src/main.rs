@@ -5,7 +5,7 @@ mod cli;
 mod output;
 
 use clap::Parser;
-use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, UsersCmd};
+use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, PolicyCmd, UsersCmd};
 use keyward_app::env::{OsRng, SystemClock};
 use keyward_app::{Actor, App, AppError, CreateKey, ExplainSubject, parse_legacy_file};
 use keyward_core::{Catalog, Digester, Environment, GrantRequest, parse_duration_ms};
@@ -332,6 +332,7 @@ async fn run(cli: Cli) -> Result {
     match cli.command {
         Command::Keys(cmd) => keys(&app, &actor, &org, cmd).await,
         Command::Users(cmd) => users(&app, &actor, &org, cmd).await,
+        Command::Policy(cmd) => policy(&app, &actor, &org, cmd).await,
         Command::Explain(args) => {
             let subject = match args.key_id {
                 Some(id) => ExplainSubject::KeyId(id),
@@ -372,6 +373,56 @@ async fn orgs(app: &App<AnyStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {
             output::org_created(&org, &owner, *json);
         }
         OrgsCmd::List { json } => output::orgs(&app.list_orgs().await?, *json, false),
+    }
+    Ok(Exit::Ok)
+}
+
+async fn policy(
+    app: &App<AnyStore>,
+    actor: &Actor,
+    org: &keyward_store::Org,
+    cmd: PolicyCmd,
+) -> Result {
+    match cmd {
+        PolicyCmd::Show { json } => output::policy(&app.show_policy(org).await?, json),
+        PolicyCmd::Set {
+            max_key_lifetime,
+            flag_unused_after,
+            revoke_unused_after,
+            expiry_warning,
+            on_leak,
+            json,
+        } => {
+            // The fields given replace the current ones; `none` clears.
+            let now = app.show_policy(org).await?;
+            let pick = |given: Option<String>, current: Option<String>| match given.as_deref() {
+                None => current,
+                Some("none") => None,
+                Some(_) => given,
+            };
+            let on_leak = match on_leak.as_deref() {
+                None => now.on_leak,
+                Some("revoke") => keyward_core::policy::OnLeak::Revoke,
+                Some("flag") => keyward_core::policy::OnLeak::Flag,
+                Some(other) => {
+                    return Err(CliError::refused(format!(
+                        "on_leak: `{other}` is not `revoke` or `flag`"
+                    )));
+                }
+            };
+            let text = keyward_core::policy::PolicyText {
+                max_key_lifetime: pick(max_key_lifetime, now.max_key_lifetime),
+                flag_unused_after: pick(flag_unused_after, now.flag_unused_after),
+                revoke_unused_after: pick(revoke_unused_after, now.revoke_unused_after),
+                expiry_warning: match expiry_warning.as_slice() {
+                    [] => now.expiry_warning,
+                    [none] if none == "none" => Vec::new(),
+                    _ => expiry_warning,
+                },
+                on_leak,
+            };
+            output::policy(&app.set_policy(actor, org, text).await?, json);
+        }
     }
     Ok(Exit::Ok)
 }

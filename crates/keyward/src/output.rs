@@ -527,3 +527,20 @@ pub fn suggestion(s: &keyward_app::usage::SuggestionView, json: bool) {
         }
     }
 }
+
+/// `keyward policy show|set`: one line a field, `none` for unset.
+pub fn policy(p: &keyward_app::policy::PolicyView, json: bool) {
+    if json {
+        return print_json(p);
+    }
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".to_owned());
+    println!("max_key_lifetime     {}", or_none(&p.max_key_lifetime));
+    println!("flag_unused_after    {}", or_none(&p.flag_unused_after));
+    println!("revoke_unused_after  {}", or_none(&p.revoke_unused_after));
+    println!("expiry_warning       {}", list_or_none(&p.expiry_warning));
+    println!("on_leak              {}", p.on_leak.as_str());
+    match (&p.updated_at, &p.updated_by) {
+        (Some(at), Some(by)) => println!("(set {at} by {by})"),
+        _ => println!("(never set: the defaults)"),
+    }
+}

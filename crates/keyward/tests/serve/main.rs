@@ -16,6 +16,7 @@ mod hostile;
 mod isolation;
 mod least_privilege;
 mod limits;
+mod policy;
 mod schemathesis;
 mod shared_limits;
 

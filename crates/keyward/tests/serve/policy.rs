@@ -1,0 +1,192 @@
+//! The key policy (SPEC §10, issue 19) over a real socket and through the
+//! CLI: read, set (every bad field named, nothing written), audited, and
+//! honoured by key creation and rolls.
+
+use crate::harness::{Kw, req};
+use crate::strings;
+use serde_json::{Value, json};
+
+#[test]
+fn the_policy_is_read_set_and_honoured_by_creation() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, settings) = kw.key(&[
+        "--name",
+        "settings",
+        "--scope",
+        "keyward-settings:write",
+        "--scope",
+        "keyward-api-keys:write",
+        "--scope",
+        "vehicles:read",
+        "--scope",
+        "keyward-audit:read",
+    ]);
+    let (_, reader) = kw.key(&["--name", "reader", "--scope", "keyward-settings:read"]);
+    let (_, keys_only) = kw.key(&["--name", "keys", "--scope", "keyward-api-keys:write"]);
+    let server = kw.serve(&[]);
+    let put = |key: &str, body: &Value| {
+        req("PUT", "/v1/policy")
+            .bearer(key)
+            .json(body)
+            .send(&server)
+    };
+
+    // The default, to whoever may read settings, and to no one else.
+    let p = req("GET", "/v1/policy")
+        .bearer(&reader)
+        .send(&server)
+        .json();
+    assert_eq!(p["max_key_lifetime"], Value::Null, "{p}");
+    assert_eq!(p["on_leak"], "revoke");
+    assert_eq!(p["updated_at"], Value::Null);
+    req("GET", "/v1/policy")
+        .bearer(&keys_only)
+        .send(&server)
+        .error(403, "FORBIDDEN");
+    put(&reader, &json!({"max_key_lifetime": "30d"})).error(403, "FORBIDDEN");
+
+    // Bad policies: 422 naming every bad field; nothing written.
+    for (body, fields) in [
+        (
+            json!({"max_key_lifetime": "forever"}),
+            vec!["max_key_lifetime"],
+        ),
+        (json!({"max_key_lifetime": "5m"}), vec!["max_key_lifetime"]),
+        (
+            json!({"flag_unused_after": "90d", "revoke_unused_after": "30d"}),
+            vec!["revoke_unused_after"],
+        ),
+        (
+            json!({"revoke_unused_after": "30d"}),
+            vec!["revoke_unused_after"],
+        ),
+        (
+            json!({"expiry_warning": ["1d", "24h"]}),
+            vec!["expiry_warning"],
+        ),
+        (
+            json!({"max_key_lifetime": "x", "flag_unused_after": "1h", "expiry_warning": ["0s"]}),
+            vec!["max_key_lifetime", "flag_unused_after", "expiry_warning"],
+        ),
+        (json!({"on_leak": "ignore"}), vec!["on_leak"]),
+    ] {
+        let e = put(&settings, &body).error(422, "VALIDATION_FAILED");
+        let named: Vec<String> = match e["details"]["fields"].as_array() {
+            Some(all) => all
+                .iter()
+                .map(|f| f["field"].as_str().unwrap().to_owned())
+                .collect(),
+            None => vec![e["details"]["field"].as_str().unwrap().to_owned()],
+        };
+        assert_eq!(named, fields, "{body}: {e}");
+    }
+    put(&settings, &json!({"max_lifetime": "30d"})).error(422, "VALIDATION_FAILED");
+    let p = req("GET", "/v1/policy")
+        .bearer(&reader)
+        .send(&server)
+        .json();
+    assert_eq!(p["updated_at"], Value::Null, "nothing written: {p}");
+
+    // A good one: answered as now in force, audited with old and new.
+    let r = put(
+        &settings,
+        &json!({"max_key_lifetime": "30d", "flag_unused_after": "90d",
+                "revoke_unused_after": "180d", "expiry_warning": ["1d", "14d"],
+                "on_leak": "flag"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let p = r.json();
+    assert_eq!(p["max_key_lifetime"], "30d");
+    assert_eq!(strings(&p["expiry_warning"]), ["1d", "14d"]);
+    assert_eq!(p["on_leak"], "flag");
+    assert!(p["updated_by"].as_str().unwrap().starts_with("key:"), "{p}");
+    let audit = req("GET", "/v1/audit?action=policy.updated")
+        .bearer(&settings)
+        .send(&server)
+        .json();
+    let details = &audit["data"][0]["details"];
+    assert_eq!(details["old"]["max_key_lifetime"], Value::Null, "{details}");
+    assert_eq!(details["new"]["max_key_lifetime"], "30d");
+
+    // Creation: no expiry gets the lifetime; a longer one is refused.
+    let create = |body: &Value| {
+        req("POST", "/v1/keys")
+            .bearer(&settings)
+            .json(body)
+            .send(&server)
+    };
+    let made = create(&json!({"name": "short", "scopes": ["vehicles:read"]}));
+    assert_eq!(made.status, 201);
+    let expires = made.json()["expires_at"].as_str().unwrap().to_owned();
+    let at: jiff::Timestamp = expires.parse().unwrap();
+    let lifetime = at.as_millisecond() - jiff::Timestamp::now().as_millisecond();
+    let day = 86_400_000;
+    assert!((29 * day..=30 * day).contains(&lifetime), "{expires}");
+    let far = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(31 * 24))
+        .unwrap();
+    let e = create(&json!({"name": "long", "scopes": ["vehicles:read"],
+                           "expires_at": far.to_string()}))
+    .error(422, "EXPIRY_EXCEEDS_POLICY");
+    assert_eq!(e["details"]["field"], "expires_at");
+    assert_eq!(e["details"]["max_key_lifetime"], "30d");
+    // The CLI too, in words.
+    let refused = kw.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "cli-long",
+        "--scope",
+        "vehicles:read",
+        "--expires-in",
+        "60d",
+    ]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("at most 30d"), "{said}");
+}
+
+#[test]
+fn the_cli_shows_and_sets_the_policy() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let shown = kw.cli_ok(&["policy", "show"]);
+    assert!(shown.contains("never set"), "{shown}");
+    let set: Value = serde_json::from_str(&kw.cli_ok(&[
+        "policy",
+        "set",
+        "--max-key-lifetime",
+        "365d",
+        "--expiry-warning",
+        "14d",
+        "--expiry-warning",
+        "1d",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(set["max_key_lifetime"], "365d");
+    assert_eq!(strings(&set["expiry_warning"]), ["14d", "1d"]);
+    // Fields not given stay; `none` clears.
+    let set: Value = serde_json::from_str(&kw.cli_ok(&[
+        "policy",
+        "set",
+        "--flag-unused-after",
+        "90d",
+        "--max-key-lifetime",
+        "none",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(set["max_key_lifetime"], Value::Null, "{set}");
+    assert_eq!(set["flag_unused_after"], "90d");
+    assert_eq!(strings(&set["expiry_warning"]), ["14d", "1d"]);
+    // Refused in words, naming the field; nothing changed.
+    let bad = kw.cli(&["policy", "set", "--revoke-unused-after", "30d"]);
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("revoke_unused_after"), "{said}");
+    let shown = kw.cli_ok(&["policy", "show"]);
+    assert!(shown.contains("flag_unused_after    90d"), "{shown}");
+    assert!(shown.contains("revoke_unused_after  none"), "{shown}");
+}
