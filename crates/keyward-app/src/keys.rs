@@ -228,8 +228,20 @@ impl<S: Store> App<S> {
         org: &Org,
         key_id: &str,
     ) -> Result<(KeyView, Revoked), AppError> {
+        self.revoke_key_because(actor, org, key_id, json!({})).await
+    }
+
+    /// [`App::revoke_key`], its audit record carrying `details` (the
+    /// policy's `{"reason": "unused"}`).
+    pub(crate) async fn revoke_key_because(
+        &self,
+        actor: &Actor,
+        org: &Org,
+        key_id: &str,
+        details: serde_json::Value,
+    ) -> Result<(KeyView, Revoked), AppError> {
         let now = self.now();
-        let entry = self.audit(actor, org, "key.revoked", Some(key_id), json!({}));
+        let entry = self.audit(actor, org, "key.revoked", Some(key_id), details);
         let outcome = match self.store.revoke_key(&org.id, key_id, now, &entry).await {
             Ok(o) => o,
             Err(StoreError::NotFound) => return Err(not_found_key(key_id)),

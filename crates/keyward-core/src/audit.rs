@@ -14,6 +14,10 @@ pub mod actor {
     /// Nobody authenticated.
     pub const ANONYMOUS: &str = "anonymous";
 
+    /// The organization's key policy, applied by a server or `keyward
+    /// policy run` (SPEC §10).
+    pub const POLICY: &str = "policy";
+
     /// A request authenticated by the key with this id.
     pub fn key(key_id: &str) -> String {
         ["key:", key_id].concat()

@@ -374,6 +374,16 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the policy now: list keys unused for `flag_unused_after`,
+    /// revoke those unused for `revoke_unused_after` (actor `policy`).
+    Run {
+        /// Change nothing; print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change the fields given (`none` clears one); the others stay.
     Set {
         /// Longest key lifetime, e.g. `365d` (1h to 3650d), or `none`.

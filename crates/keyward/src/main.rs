@@ -385,6 +385,9 @@ async fn policy(
 ) -> Result {
     match cmd {
         PolicyCmd::Show { json } => output::policy(&app.show_policy(org).await?, json),
+        PolicyCmd::Run { dry_run, json } => {
+            output::policy_run(&app.run_policy(org, dry_run).await?, json);
+        }
         PolicyCmd::Set {
             max_key_lifetime,
             flag_unused_after,

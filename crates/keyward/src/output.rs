@@ -544,3 +544,26 @@ pub fn policy(p: &keyward_app::policy::PolicyView, json: bool) {
         _ => println!("(never set: the defaults)"),
     }
 }
+
+/// `keyward policy run`: what was (or would be) flagged and revoked.
+pub fn policy_run(r: &keyward_app::policy::PolicyRun, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    let (flag, revoke) = if r.dry_run {
+        ("Would flag as unused", "Would revoke as unused")
+    } else {
+        ("Flagged as unused", "Revoked as unused")
+    };
+    for (heading, keys) in [(flag, &r.flagged), (revoke, &r.revoked)] {
+        println!("{heading}: {}", keys.len());
+        for k in keys {
+            println!(
+                "  {}  {}  last used {}",
+                k.key_id,
+                k.name,
+                k.last_used_at.as_deref().unwrap_or("never")
+            );
+        }
+    }
+}

@@ -189,4 +189,13 @@ fn the_cli_shows_and_sets_the_policy() {
     let shown = kw.cli_ok(&["policy", "show"]);
     assert!(shown.contains("flag_unused_after    90d"), "{shown}");
     assert!(shown.contains("revoke_unused_after  none"), "{shown}");
+    // A run now: a fresh key is not unused for 90 days.
+    kw.key(&["--name", "fresh", "--scope", "vehicles:read"]);
+    let run: Value =
+        serde_json::from_str(&kw.cli_ok(&["policy", "run", "--dry-run", "--json"])).unwrap();
+    assert_eq!(run["dry_run"], true, "{run}");
+    assert_eq!(run["flagged"], json!([]));
+    assert_eq!(run["revoked"], json!([]));
+    let said = kw.cli_ok(&["policy", "run"]);
+    assert!(said.contains("Flagged as unused: 0"), "{said}");
 }
