@@ -152,6 +152,9 @@ pub struct PolicyRun {
     pub revoked: Vec<PolicyAction>,
 }
 
+/// The duty of applying the policy, held by one node at a time.
+pub const POLICY_DUTY: &str = "policy";
+
 /// Keys read per page while a run looks for unused keys.
 const RUN_PAGE: u32 = 500;
 
@@ -221,5 +224,32 @@ impl<S: Store> App<S> {
             }
         }
         Ok(run)
+    }
+
+    /// A server's periodic application of every organization's policy:
+    /// only the node holding the policy duty (for `hold_ms`, renewed on
+    /// each of its runs) applies it, so several nodes never race to revoke.
+    /// `None` when another node holds the duty.
+    ///
+    /// # Errors
+    /// Storage failures (what was done before stays done).
+    pub async fn apply_policies(
+        &self,
+        node: &str,
+        hold_ms: i64,
+    ) -> Result<Option<Vec<(Org, PolicyRun)>>, AppError> {
+        if !self
+            .store
+            .claim_duty(POLICY_DUTY, node, self.now(), hold_ms)
+            .await?
+        {
+            return Ok(None);
+        }
+        let mut runs = Vec::new();
+        for org in self.list_orgs().await? {
+            let run = self.run_policy(&org, false).await?;
+            runs.push((org, run));
+        }
+        Ok(Some(runs))
     }
 }

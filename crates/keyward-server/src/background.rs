@@ -323,3 +323,35 @@ pub(crate) async fn flush_anonymous(
         }
     }
 }
+
+/// Applies every organization's key policy each `--policy-interval`, when
+/// this node holds the policy duty (one node at a time; held for two
+/// intervals, so a node that stops is replaced within them), until aborted.
+pub(crate) async fn policy_loop(state: Arc<State>) {
+    let mut tick = tokio::time::interval(state.config.policy_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hold = i64::try_from(state.config.policy_interval.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .saturating_mul(2);
+    let outage = Outage::new("applying the key policy", "it is applied again next time");
+    loop {
+        tick.tick().await;
+        match state.app.apply_policies(&state.node, hold).await {
+            Ok(None) => outage.recovered(),
+            Ok(Some(runs)) => {
+                outage.recovered();
+                for (org, run) in runs {
+                    if !run.revoked.is_empty() || !run.flagged.is_empty() {
+                        tracing::info!(
+                            org = %org.id,
+                            flagged = run.flagged.len(),
+                            revoked = run.revoked.len(),
+                            "key policy applied"
+                        );
+                    }
+                }
+            }
+            Err(e) => outage.failed(&e, 0),
+        }
+    }
+}

@@ -42,6 +42,9 @@ pub struct Config {
     pub limit_exchange_interval: Duration,
     /// How long each key's usage counts are kept (`--usage-retention`).
     pub usage_retention: Duration,
+    /// How often the node holding the policy duty applies every
+    /// organization's key policy (`--policy-interval`, SPEC §10: a minute).
+    pub policy_interval: Duration,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limit_exchange_interval: Duration::from_millis(100),
             usage_retention: Duration::from_secs(90 * 86_400),
+            policy_interval: Duration::from_secs(60),
         }
     }
 }

@@ -194,6 +194,7 @@ impl Server {
             tokio::spawn(background::sync_loop(state.clone())),
             tokio::spawn(background::flush_loop(state.clone())),
             tokio::spawn(background::limits_loop(state.clone())),
+            tokio::spawn(background::policy_loop(state.clone())),
         ];
         let admin = Arc::new(own::Routes::new(&state));
         let graceful = GracefulShutdown::new();

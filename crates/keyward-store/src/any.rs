@@ -209,6 +209,9 @@ impl crate::Settings for AnyStore {
     async fn get_policy(&self, org_id: &str) -> Result<Option<crate::StoredPolicy>> {
         delegate!(self, s => s.get_policy(org_id))
     }
+    async fn claim_duty(&self, name: &str, holder: &str, now: i64, hold_ms: i64) -> Result<bool> {
+        delegate!(self, s => s.claim_duty(name, holder, now, hold_ms))
+    }
     async fn put_policy(
         &self,
         org_id: &str,

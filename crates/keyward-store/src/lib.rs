@@ -570,13 +570,24 @@ pub trait Store: Directory + Settings {
     fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
-/// An organization's settings: its key policy. Split from [`Store`] like
+/// An organization's settings: its key policy; and the duties one node of
+/// several does at a time (applying it). Split from [`Store`] like
 /// [`Directory`] (the `settings_impl!` macro in `settings.rs`, expanded by
 /// `keys_impl!`).
 pub trait Settings: Send + Sync + 'static {
     /// The organization's policy, if one was ever set.
     fn get_policy(&self, org_id: &str)
     -> impl Future<Output = Result<Option<StoredPolicy>>> + Send;
+    /// Takes the duty `name` (work one node does at a time) for `hold_ms`
+    /// from `now` if it is free, expired or already `holder`'s; whether
+    /// `holder` now holds it.
+    fn claim_duty(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        hold_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Replaces the organization's policy and appends `audit`, in one
     /// transaction.
     fn put_policy(

@@ -36,6 +36,31 @@ macro_rules! settings_impl {
                 )
             }
 
+            async fn claim_duty(
+                &self,
+                name: &str,
+                holder: &str,
+                now: i64,
+                hold_ms: i64,
+            ) -> $crate::Result<bool> {
+                // One statement: taken when free, expired, or already ours.
+                // Two nodes racing for it are ordered by the row's lock;
+                // the second sees the first's `until` and changes nothing.
+                let done = sqlx::query(
+                    "INSERT INTO duties (name, holder, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     until = excluded.until \
+                     WHERE duties.until <= $4 OR duties.holder = excluded.holder",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now.saturating_add(hold_ms))
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn put_policy(
                 &self,
                 org_id: &str,

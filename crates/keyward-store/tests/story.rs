@@ -1062,6 +1062,51 @@ async fn policy(store: &impl Store) {
         .await
         .unwrap();
     assert_eq!(audited.len(), 2);
+
+    // A duty: one holder at a time, renewed by its holder, taken by
+    // another once it has run out.
+    assert!(
+        store
+            .claim_duty("policy", "node-a", 1_000, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_duty("policy", "node-b", 1_050, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_duty("policy", "node-a", 1_060, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_duty("policy", "node-b", 1_159, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_duty("policy", "node-b", 1_160, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_duty("policy", "node-a", 1_200, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_duty("other", "node-a", 1_200, 100)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]

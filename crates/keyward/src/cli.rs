@@ -112,6 +112,9 @@ pub struct ServeArgs {
     /// How long each key's usage counts are kept.
     #[arg(long, default_value = "90d")]
     pub usage_retention: String,
+    /// How often the key policy is applied (by one node at a time).
+    #[arg(long, default_value = "1m")]
+    pub policy_interval: String,
 }
 
 #[derive(Debug, Subcommand)]

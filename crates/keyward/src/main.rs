@@ -185,6 +185,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
             .map_err(|e| CliError::refused(e.to_string()))?,
         limit_exchange_interval: nonzero("limit-exchange-interval", &args.limit_exchange_interval)?,
         usage_retention: nonzero("usage-retention", &args.usage_retention)?,
+        policy_interval: nonzero("policy-interval", &args.policy_interval)?,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(

@@ -463,6 +463,23 @@ where
     })
 }
 
+/// Runs one statement against a test's database (either backend), as an
+/// operator with a SQL shell would: for states no command makes, such as a
+/// key created long ago.
+pub fn execute(kw: &Kw, sql: &'static str) {
+    block_on(async {
+        if kw.postgres.is_some() {
+            let pool = sqlx::PgPool::connect(&kw.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::SqlitePool::connect(&kw.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    });
+}
+
 /// Rows of one query against a test's PostgreSQL database.
 pub fn pg_rows<T>(kw: &Kw, sql: &'static str) -> Vec<T>
 where

@@ -2,9 +2,10 @@
 //! CLI: read, set (every bad field named, nothing written), audited, and
 //! honoured by key creation and rolls.
 
-use crate::harness::{Kw, req};
-use crate::strings;
+use crate::harness::{Kw, Upstream, execute, pg_rows, req, until};
+use crate::{strings, upstream_flag};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 #[test]
 fn the_policy_is_read_set_and_honoured_by_creation() {
@@ -198,4 +199,63 @@ fn the_cli_shows_and_sets_the_policy() {
     assert_eq!(run["revoked"], json!([]));
     let said = kw.cli_ok(&["policy", "run"]);
     assert!(said.contains("Flagged as unused: 0"), "{said}");
+}
+
+/// Servers apply the policy on their own, one node at a time: a key unused
+/// past the revocation is revoked once, by actor `policy`, and the nodes
+/// stop accepting it.
+#[test]
+fn servers_apply_the_policy_one_node_at_a_time() {
+    let _heavy = crate::harness::heavy();
+    let Some(kw) = Kw::postgres("policy_nodes") else {
+        return;
+    };
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (old_id, old) = kw.key(&["--name", "old", "--scope", "vehicles:read"]);
+    let (_, fresh) = kw.key(&["--name", "fresh", "--scope", "vehicles:read"]);
+    kw.cli_ok(&[
+        "policy",
+        "set",
+        "--flag-unused-after",
+        "1d",
+        "--revoke-unused-after",
+        "2d",
+    ]);
+    // `old` was created three days ago and never used.
+    execute(
+        &kw,
+        "UPDATE keys SET created_at = created_at - 259200000 WHERE name = 'old'",
+    );
+    let flags = [
+        "--upstream",
+        &upstream_flag(&up),
+        "--policy-interval",
+        "200ms",
+    ];
+    let a = kw.serve(&flags);
+    let b = kw.serve(&flags);
+    until(Duration::from_secs(10), "the policy's revocation", || {
+        !pg_rows::<(String,)>(
+            &kw,
+            "SELECT actor FROM audit_log WHERE action = 'key.revoked'",
+        )
+        .is_empty()
+    });
+    until(Duration::from_secs(5), "both nodes refuse it", || {
+        a.get("/vehicles", &old).status == 401 && b.get("/vehicles", &old).status == 401
+    });
+    assert_eq!(a.get("/vehicles", &fresh).status, 200);
+    assert_eq!(b.get("/vehicles", &fresh).status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    let revoked: Vec<(String, Option<String>, String)> = pg_rows(
+        &kw,
+        "SELECT actor, key_id, details FROM audit_log WHERE action = 'key.revoked'",
+    );
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0].0, "policy");
+    assert_eq!(revoked[0].1.as_deref(), Some(old_id.as_str()));
+    assert!(revoked[0].2.contains("unused"), "{revoked:?}");
+    let holders: Vec<(String,)> = pg_rows(&kw, "SELECT holder FROM duties WHERE name = 'policy'");
+    assert_eq!(holders.len(), 1, "one node holds the duty");
 }
