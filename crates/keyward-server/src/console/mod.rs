@@ -20,6 +20,7 @@ mod account;
 mod keys;
 mod page;
 mod people;
+mod settings;
 mod usage;
 
 use crate::state::State;
@@ -65,6 +66,10 @@ pub(crate) fn router() -> axum::Router<Arc<State>> {
             post(people::remove_member),
         )
         .route("/console/audit", get(people::audit_page))
+        .route(
+            "/console/settings",
+            get(settings::policy_page).post(settings::set_policy),
+        )
         // Every page, whatever it reads: a NUL in the address is refused
         // before any handler runs, a `POST` included.
         .layer(axum::middleware::from_fn(page::refuse_nul))

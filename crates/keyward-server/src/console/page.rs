@@ -361,6 +361,7 @@ pub(super) struct Chrome {
     pub(super) can_keys: bool,
     pub(super) can_groups: bool,
     pub(super) can_audit: bool,
+    pub(super) can_settings: bool,
 }
 
 /// A signed-in user holding the scopes of `N`; otherwise a redirect to the
@@ -413,6 +414,7 @@ impl<N: Need> FromRequestParts<Shared> for Signed<N> {
             can_keys: holds(KeysRead::SCOPES),
             can_groups: holds(GroupsRead::SCOPES),
             can_audit: holds(AuditRead::SCOPES),
+            can_settings: holds(crate::auth::SettingsRead::SCOPES),
         };
         let exempt = matches!(parts.uri.path(), "/console/password" | "/console/sign-out");
         if session.user.must_change_password && !exempt {

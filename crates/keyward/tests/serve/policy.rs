@@ -259,3 +259,105 @@ fn servers_apply_the_policy_one_node_at_a_time() {
     let holders: Vec<(String,)> = pg_rows(&kw, "SELECT holder FROM duties WHERE name = 'policy'");
     assert_eq!(holders.len(), 1, "one node holds the duty");
 }
+
+/// The console's key policy page: shown to whoever may read settings,
+/// changed by whoever may write them, refusals naming each field.
+#[test]
+fn the_console_shows_and_sets_the_policy() {
+    use crate::console::{Visitor, field, first_start, owner_visitor, text};
+    let kw = Kw::new();
+    let password = first_start(&kw);
+    let out = kw.cli_ok(&[
+        "users",
+        "create",
+        "--email",
+        "rita@example.com",
+        "--group",
+        "keyward-settings:read",
+    ]);
+    let rita_password = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("one-time password: "))
+        .map(str::to_owned);
+    let server = kw.serve(&[]);
+    let mut v = owner_visitor(&server, &password);
+    let page = text(&v.get("/console/settings"));
+    assert!(
+        page.contains("Key policy") && page.contains("Save policy"),
+        "{page}"
+    );
+    assert!(page.contains("href=\"/console/settings\" aria-current=\"page\""));
+    let csrf = field(&page, "csrf");
+
+    // Refused: each bad field named, the form kept, nothing saved.
+    let r = v.post(
+        "/console/settings",
+        &[
+            ("csrf", &csrf),
+            ("max_key_lifetime", "forever"),
+            ("flag_unused_after", "90d"),
+            ("revoke_unused_after", "30d"),
+            ("expiry_warning", ""),
+            ("on_leak", "revoke"),
+        ],
+    );
+    let refused = text(&r);
+    assert_eq!(r.status, 422, "{refused}");
+    assert!(refused.contains("max_key_lifetime:") && refused.contains("revoke_unused_after:"));
+    assert!(refused.contains("value=\"forever\""), "the form as sent");
+    assert!(kw.cli_ok(&["policy", "show"]).contains("never set"));
+    // Without the CSRF token: refused.
+    let r = v.post("/console/settings", &[("max_key_lifetime", "30d")]);
+    assert_eq!(r.status, 403);
+
+    // Saved, and shown back.
+    let r = v.post(
+        "/console/settings",
+        &[
+            ("csrf", &csrf),
+            ("max_key_lifetime", "365d"),
+            ("flag_unused_after", "90d"),
+            ("revoke_unused_after", ""),
+            ("expiry_warning", "14d, 1d"),
+            ("on_leak", "flag"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let page = text(&v.get("/console/settings?done=saved"));
+    assert!(page.contains("The policy was saved"));
+    assert!(page.contains("value=\"365d\"") && page.contains("value=\"14d, 1d\""));
+    assert!(page.contains("<option value=\"flag\" selected>"));
+    let shown: Value = serde_json::from_str(&kw.cli_ok(&["policy", "show", "--json"])).unwrap();
+    assert_eq!(shown["max_key_lifetime"], "365d");
+    assert_eq!(strings(&shown["expiry_warning"]), ["14d", "1d"]);
+    assert!(shown["updated_by"].as_str().unwrap().starts_with("user:"));
+
+    // A reader sees it, cannot change it.
+    if let Some(pw) = rita_password {
+        let mut rita = Visitor::new(&server);
+        rita.post(
+            "/console/sign-in",
+            &[("email", "rita@example.com"), ("password", &pw)],
+        );
+        let csrf = field(&text(&rita.get("/console/password")), "csrf");
+        rita.post(
+            "/console/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", &pw),
+                ("new_password", "rita's long new password"),
+            ],
+        );
+        let page = text(&rita.get("/console/settings"));
+        assert!(page.contains("value=\"365d\""), "{page}");
+        assert!(!page.contains("Save policy"));
+        let csrf = field(&page, "csrf");
+        let r = rita.post(
+            "/console/settings",
+            &[("csrf", &csrf), ("max_key_lifetime", "1d")],
+        );
+        assert_eq!(r.status, 403, "{}", text(&r));
+    } else {
+        panic!("no one-time password for rita in {out}");
+    }
+}
