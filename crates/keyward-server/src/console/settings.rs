@@ -8,7 +8,6 @@ use askama::Template;
 use http::StatusCode;
 use http::request::Parts;
 use keyward_app::AppError;
-use keyward_app::policy::PolicyView;
 use keyward_core::policy::{OnLeak, PolicyText};
 
 #[derive(Template)]
@@ -28,22 +27,26 @@ struct PolicyPage {
 }
 
 impl PolicyPage {
-    fn of<N: Need>(who: &Signed<N>, can_write: bool, p: &PolicyView) -> Self {
+    /// The page showing `text` (the policy in force, or a refused form as
+    /// sent), to a reader or a writer.
+    fn of<N: Need>(
+        who: &Signed<N>,
+        can_write: bool,
+        text: PolicyText,
+        updated: Option<String>,
+    ) -> Self {
         PolicyPage {
             chrome: Some(who.chrome.clone()),
             csrf: who.session.record.csrf.clone(),
             can_write,
             saved: false,
             errors: Vec::new(),
-            max_key_lifetime: p.max_key_lifetime.clone().unwrap_or_default(),
-            flag_unused_after: p.flag_unused_after.clone().unwrap_or_default(),
-            revoke_unused_after: p.revoke_unused_after.clone().unwrap_or_default(),
-            expiry_warning: p.expiry_warning.join(", "),
-            on_leak: p.on_leak.as_str(),
-            updated: match (&p.updated_at, &p.updated_by) {
-                (Some(at), Some(by)) => Some(format!("{at} by {by}")),
-                _ => None,
-            },
+            max_key_lifetime: text.max_key_lifetime.unwrap_or_default(),
+            flag_unused_after: text.flag_unused_after.unwrap_or_default(),
+            revoke_unused_after: text.revoke_unused_after.unwrap_or_default(),
+            expiry_warning: text.expiry_warning.join(", "),
+            on_leak: text.on_leak.as_str(),
+            updated,
         }
     }
 }
@@ -58,7 +61,23 @@ pub(super) async fn policy_page(
         .show_policy(&who.session.org)
         .await
         .map_err(|e| app_error(Some(who.chrome.clone()), e, "/console"))?;
-    let mut page = PolicyPage::of(&who, who.holds(SettingsWrite::SCOPES, &state), &view);
+    let updated = match (&view.updated_at, &view.updated_by) {
+        (Some(at), Some(by)) => Some(format!("{at} by {by}")),
+        _ => None,
+    };
+    let text = PolicyText {
+        max_key_lifetime: view.max_key_lifetime,
+        flag_unused_after: view.flag_unused_after,
+        revoke_unused_after: view.revoke_unused_after,
+        expiry_warning: view.expiry_warning,
+        on_leak: view.on_leak,
+    };
+    let mut page = PolicyPage::of(
+        &who,
+        who.holds(SettingsWrite::SCOPES, &state),
+        text,
+        updated,
+    );
     page.saved = Form::query(&parts)?.get("done") == "saved";
     Ok(render(StatusCode::OK, &page))
 }
@@ -101,22 +120,11 @@ pub(super) async fn set_policy(
         Ok(_) => Ok(redirect("/console/settings?done=saved")),
         Err(AppError::Policy(problems)) => {
             // The form as sent, with what is wrong with it.
-            let page = PolicyPage {
-                chrome: Some(who.chrome.clone()),
-                csrf: who.session.record.csrf.clone(),
-                can_write: true,
-                saved: false,
-                errors: problems
-                    .iter()
-                    .map(|p| format!("{}: {}", p.field, p.message))
-                    .collect(),
-                max_key_lifetime: text.max_key_lifetime.unwrap_or_default(),
-                flag_unused_after: text.flag_unused_after.unwrap_or_default(),
-                revoke_unused_after: text.revoke_unused_after.unwrap_or_default(),
-                expiry_warning: text.expiry_warning.join(", "),
-                on_leak: on_leak.as_str(),
-                updated: None,
-            };
+            let mut page = PolicyPage::of(&who, true, text, None);
+            page.errors = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect();
             Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
         }
         Err(e) => Err(app_error(Some(who.chrome.clone()), e, "/console/settings")),
