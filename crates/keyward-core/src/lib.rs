@@ -24,6 +24,7 @@ pub mod route;
 pub mod scope;
 pub mod suggest;
 pub mod text;
+pub mod webhook;
 
 pub use catalog::{
     Catalog, CatalogError, CatalogErrors, Location, PermissionSet, Preset, Route, Scope,

@@ -222,6 +222,60 @@ impl crate::Settings for AnyStore {
     }
 }
 
+impl crate::Webhooks for AnyStore {
+    async fn create_webhook(&self, hook: &crate::WebhookRecord, audit: &AuditEntry) -> Result<()> {
+        delegate!(self, s => s.create_webhook(hook, audit))
+    }
+    async fn list_webhooks(&self, org_id: &str) -> Result<Vec<crate::WebhookRecord>> {
+        delegate!(self, s => s.list_webhooks(org_id))
+    }
+    async fn get_webhook(&self, org_id: &str, id: &str) -> Result<Option<crate::WebhookRecord>> {
+        delegate!(self, s => s.get_webhook(org_id, id))
+    }
+    async fn delete_webhook(&self, org_id: &str, id: &str, audit: &AuditEntry) -> Result<bool> {
+        delegate!(self, s => s.delete_webhook(org_id, id, audit))
+    }
+    async fn claim_webhook(
+        &self,
+        node: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<crate::WebhookRecord>> {
+        delegate!(self, s => s.claim_webhook(node, now, lease_ms))
+    }
+    async fn pending_events(
+        &self,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::PendingEvent>> {
+        delegate!(self, s => s.pending_events(webhook_id, limit))
+    }
+    async fn record_attempt(
+        &self,
+        node: &str,
+        webhook_id: &str,
+        attempt: &crate::Attempt,
+        state: &crate::EndpointState,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool> {
+        delegate!(self, s => s.record_attempt(node, webhook_id, attempt, state, audit))
+    }
+    async fn release_webhook(&self, node: &str, webhook_id: &str) -> Result<()> {
+        delegate!(self, s => s.release_webhook(node, webhook_id))
+    }
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<crate::DeliveryRecord>> {
+        delegate!(self, s => s.deliveries(webhook_id, before, limit))
+    }
+    async fn prune_deliveries(&self, before: i64) -> Result<u64> {
+        delegate!(self, s => s.prune_deliveries(before))
+    }
+}
+
 impl Directory for AnyStore {
     async fn create_user(&self, user: &UserRecord, audit: &AuditEntry) -> Result<()> {
         delegate!(self, s => s.create_user(user, audit))

@@ -20,6 +20,7 @@
 //! | `self.claim_leases_now` | one `UPDATE` per ask | two `UNNEST` statements |
 //! | `self.add_usage_now` | one upsert per row | one `UNNEST` upsert |
 //! | `self.notifier` | none (the poll carries changes) | a `PgListener` |
+//! | `CLAIM_WEBHOOK` | the lease statement | the same, `FOR UPDATE SKIP LOCKED` |
 //!
 //! So a backend file is its dialect and its migrations; everything a
 //! client can observe is decided here, once.
@@ -79,6 +80,7 @@ macro_rules! keys_impl {
     ($store:ty, $db:ty) => {
         $crate::people::people_impl!($store, $db);
         $crate::settings::settings_impl!($store, $db);
+        $crate::webhooks::webhooks_impl!($store, $db);
 
         impl $store {
             /// Reserves `n` change-log versions, in order, by one bump of
@@ -183,7 +185,7 @@ macro_rules! keys_impl {
                     Self::insert_user_tx(&mut tx, owner).await?;
                 }
                 let audits: Vec<&keyward_core::audit::AuditEntry> = audits.iter().collect();
-                append_audit_tx(&mut tx, &audits).await?;
+                Self::append_audited_tx(&mut tx, &audits).await?;
                 tx.commit().await?;
                 Ok(org.clone())
             }
@@ -251,7 +253,7 @@ macro_rules! keys_impl {
                     .zip(audits)
                     .filter_map(|(d, a)| d.then_some(a))
                     .collect();
-                append_audit_tx(&mut tx, &to_audit).await?;
+                Self::append_audited_tx(&mut tx, &to_audit).await?;
                 tx.commit().await?;
                 Ok(done)
             }
@@ -295,7 +297,7 @@ macro_rules! keys_impl {
                     at,
                 };
                 log_changes(&mut tx, &[revoked]).await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
+                Self::append_audited_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok($crate::Revoked::Now)
             }
@@ -351,7 +353,7 @@ macro_rules! keys_impl {
                 };
                 log_changes(&mut tx, &[rolled, $crate::rows::NewChange::created(new_key)])
                     .await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
+                Self::append_audited_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok(())
             }

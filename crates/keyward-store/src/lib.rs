@@ -24,15 +24,19 @@ mod rows;
 mod settings;
 mod sqlite;
 mod usage;
+mod webhooks;
 pub use any::AnyStore;
 pub use limits::{
     LeaseAnswer, LeaseAsk, UNASKED_DIVISOR, cidrs_text, limits_text, parse_cidrs, parse_limits,
     unasked_share,
 };
 pub use postgres::PgStore;
-pub use settings::StoredPolicy;
+pub use settings::{Settings, StoredPolicy};
 pub use sqlite::SqliteStore;
 pub use usage::UsageRow;
+pub use webhooks::{
+    Attempt, AttemptRecord, DeliveryRecord, EndpointState, PendingEvent, WebhookRecord, Webhooks,
+};
 
 /// What went wrong in storage. The app layer maps each variant once.
 #[derive(Debug, Error)]
@@ -407,7 +411,7 @@ pub enum Revoked {
 /// Persistence for keyward. Implementations must make each method atomic.
 ///
 /// Methods return `impl Future + Send` so callers can spawn them.
-pub trait Store: Directory + Settings {
+pub trait Store: Directory + Settings + Webhooks {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
@@ -568,34 +572,6 @@ pub trait Store: Directory + Settings {
     ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
     /// Forgets rows of hours before `before` (the retention).
     fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
-}
-
-/// An organization's settings: its key policy; and the duties one node of
-/// several does at a time (applying it). Split from [`Store`] like
-/// [`Directory`] (the `settings_impl!` macro in `settings.rs`, expanded by
-/// `keys_impl!`).
-pub trait Settings: Send + Sync + 'static {
-    /// The organization's policy, if one was ever set.
-    fn get_policy(&self, org_id: &str)
-    -> impl Future<Output = Result<Option<StoredPolicy>>> + Send;
-    /// Takes the duty `name` (work one node does at a time) for `hold_ms`
-    /// from `now` if it is free, expired or already `holder`'s; whether
-    /// `holder` now holds it.
-    fn claim_duty(
-        &self,
-        name: &str,
-        holder: &str,
-        now: i64,
-        hold_ms: i64,
-    ) -> impl Future<Output = Result<bool>> + Send;
-    /// Replaces the organization's policy and appends `audit`, in one
-    /// transaction.
-    fn put_policy(
-        &self,
-        org_id: &str,
-        policy: &StoredPolicy,
-        audit: &AuditEntry,
-    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The people side of storage: users, group memberships, console sessions,

@@ -126,7 +126,7 @@ macro_rules! people_impl {
             ) -> $crate::Result<()> {
                 let mut tx = self.write_tx().await?;
                 Self::insert_user_tx(&mut tx, user).await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
+                Self::append_audited_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -223,7 +223,7 @@ macro_rules! people_impl {
                         > 0
                 };
                 if changed {
-                    append_audit_tx(&mut tx, &[audit]).await?;
+                    Self::append_audited_tx(&mut tx, &[audit]).await?;
                 }
                 tx.commit().await?;
                 Ok(changed)
@@ -263,7 +263,7 @@ macro_rules! people_impl {
                 .execute(&mut *tx)
                 .await?;
                 if let Some(audit) = audit {
-                    append_audit_tx(&mut tx, &[audit]).await?;
+                    Self::append_audited_tx(&mut tx, &[audit]).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -300,7 +300,7 @@ macro_rules! people_impl {
                 .execute(&mut *tx)
                 .await
                 .map_err($crate::rows::conflict_or)?;
-                append_audit_tx(&mut tx, &[audit]).await?;
+                Self::append_audited_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -339,7 +339,7 @@ macro_rules! people_impl {
                     .execute(&mut *tx)
                     .await?;
                 if let Some(audit) = audit.filter(|_| done.rows_affected() > 0) {
-                    append_audit_tx(&mut tx, &[audit]).await?;
+                    Self::append_audited_tx(&mut tx, &[audit]).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -2,6 +2,38 @@
 //! both backends like `people.rs`. The policy is stored as the JSON text the
 //! operator wrote (durations in their own spelling); the app checks it.
 
+use crate::Result;
+use keyward_core::audit::AuditEntry;
+use std::future::Future;
+
+/// An organization's settings: its key policy; and the duties one node of
+/// several does at a time (applying it). Split from [`Store`] like
+/// [`Directory`] (the `settings_impl!` macro in `settings.rs`, expanded by
+/// `keys_impl!`).
+pub trait Settings: Send + Sync + 'static {
+    /// The organization's policy, if one was ever set.
+    fn get_policy(&self, org_id: &str)
+    -> impl Future<Output = Result<Option<StoredPolicy>>> + Send;
+    /// Takes the duty `name` (work one node does at a time) for `hold_ms`
+    /// from `now` if it is free, expired or already `holder`'s; whether
+    /// `holder` now holds it.
+    fn claim_duty(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        hold_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Replaces the organization's policy and appends `audit`, in one
+    /// transaction.
+    fn put_policy(
+        &self,
+        org_id: &str,
+        policy: &StoredPolicy,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
 /// The policy an organization stored, and when and by whom it was last set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredPolicy {
@@ -80,7 +112,7 @@ macro_rules! settings_impl {
                 .bind(&policy.updated_by)
                 .execute(&mut *tx)
                 .await?;
-                append_audit_tx(&mut tx, &[audit]).await?;
+                Self::append_audited_tx(&mut tx, &[audit]).await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -11,6 +11,7 @@
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
+use keyward_store::{Attempt, EndpointState, WebhookRecord};
 use keyward_store::{
     AuditQuery, KeyFilter, KeyRecord, LeaseAnswer, LeaseAsk, Org, PgStore, Revoked, SessionRecord,
     SnapshotKey, SqliteStore, Store, StoreError, StoredPolicy, UsageRow, UserRecord,
@@ -1109,6 +1110,255 @@ async fn policy(store: &impl Store) {
     );
 }
 
+fn webhook(id: &str, org_id: &str, events: &[&str]) -> WebhookRecord {
+    WebhookRecord {
+        id: id.into(),
+        org_id: org_id.into(),
+        url: format!("https://hooks.example.com/{id}"),
+        description: String::new(),
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
+        secret: "whsec_c2VjcmV0".into(),
+        created_at: 5,
+        created_by: "cli:test".into(),
+        disabled_at: None,
+        failures: 0,
+        failing_since: None,
+        next_attempt_at: 0,
+        pending: 0,
+    }
+}
+
+fn attempt(audit_seq: i64, at: i64, status: u16) -> Attempt {
+    Attempt {
+        audit_seq,
+        at,
+        status: Some(status),
+        error: None,
+        duration_ms: 3,
+        delivered: (200..300).contains(&status),
+    }
+}
+
+fn state(lease_until: i64) -> EndpointState {
+    EndpointState {
+        failures: 0,
+        failing_since: None,
+        next_attempt_at: 0,
+        disabled_at: None,
+        lease_until,
+    }
+}
+
+/// Webhooks: events are queued with the change that causes them, for the
+/// endpoints subscribed to them; one node at a time holds an endpoint; each
+/// attempt is recorded while the lease holds; deleting forgets the queue.
+async fn webhooks(store: &impl Store) {
+    let created = audit("org_a", "webhook.created", None);
+    store
+        .create_webhook(
+            &webhook("wh_1", "org_a", &["key.created", "key.revoked"]),
+            &created,
+        )
+        .await
+        .unwrap();
+    store
+        .create_webhook(&webhook("wh_2", "org_a", &["key.rolled"]), &created)
+        .await
+        .unwrap();
+    store
+        .create_webhook(&webhook("wh_3", "org_b", &["key.created"]), &created)
+        .await
+        .unwrap();
+    let listed = store.list_webhooks("org_a").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        ["wh_1", "wh_2"]
+    );
+    assert_eq!(listed[0].events, ["key.created", "key.revoked"]);
+    assert_eq!(store.get_webhook("org_b", "wh_1").await.unwrap(), None);
+
+    // Nothing is queued until something happens.
+    assert_eq!(store.claim_webhook("node-a", 100, 50).await.unwrap(), None);
+    let k = key("key_wh", "org_a", "secret-wh", 20);
+    store
+        .insert_keys(
+            "org_a",
+            &[k],
+            &[audit("org_a", "key.created", Some("key_wh"))],
+            false,
+        )
+        .await
+        .unwrap();
+    store
+        .revoke_key(
+            "org_a",
+            "key_wh",
+            30,
+            &audit("org_a", "key.revoked", Some("key_wh")),
+        )
+        .await
+        .unwrap();
+    let pending = store.pending_events("wh_1", 10).await.unwrap();
+    let actions: Vec<&str> = pending.iter().map(|p| p.entry.action.as_str()).collect();
+    assert_eq!(actions, ["key.created", "key.revoked"]);
+    assert!(pending[0].audit_seq < pending[1].audit_seq);
+    assert_eq!(pending[0].entry.key_id.as_deref(), Some("key_wh"));
+    assert!(store.pending_events("wh_2", 10).await.unwrap().is_empty());
+    assert!(store.pending_events("wh_3", 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get_webhook("org_a", "wh_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .pending,
+        2
+    );
+
+    // One holder at a time; a lease lost records nothing.
+    let held = store
+        .claim_webhook("node-a", 100, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.id, "wh_1");
+    assert_eq!(held.secret, "whsec_c2VjcmV0");
+    assert_eq!(store.claim_webhook("node-b", 120, 50).await.unwrap(), None);
+    let first = pending[0].audit_seq;
+    assert!(
+        !store
+            .record_attempt(
+                "node-b",
+                "wh_1",
+                &attempt(first, 121, 200),
+                &state(200),
+                None
+            )
+            .await
+            .unwrap()
+    );
+    let failing = EndpointState {
+        failures: 1,
+        failing_since: Some(122),
+        next_attempt_at: 130,
+        ..state(180)
+    };
+    assert!(
+        store
+            .record_attempt("node-a", "wh_1", &attempt(first, 122, 503), &failing, None)
+            .await
+            .unwrap()
+    );
+    store.release_webhook("node-a", "wh_1").await.unwrap();
+    // The back-off holds it back from every node until it ends.
+    assert_eq!(store.claim_webhook("node-b", 129, 50).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_webhook("node-b", 130, 50)
+            .await
+            .unwrap()
+            .unwrap()
+            .failures,
+        1
+    );
+    assert!(
+        store
+            .record_attempt(
+                "node-b",
+                "wh_1",
+                &attempt(first, 131, 204),
+                &state(200),
+                None
+            )
+            .await
+            .unwrap()
+    );
+    let left = store.pending_events("wh_1", 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].attempts, 0);
+    // A node killed while holding it: the lease runs out, another takes it.
+    assert_eq!(store.claim_webhook("node-a", 199, 50).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_webhook("node-a", 200, 50)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "wh_1"
+    );
+
+    let history = store.deliveries("wh_1", None, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].event, "key.revoked");
+    assert_eq!(history[0].delivered_at, None);
+    assert_eq!(history[1].event, "key.created");
+    assert_eq!(history[1].delivered_at, Some(134));
+    let tries: Vec<(i64, &str, Option<u16>)> = history[1]
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.node.as_str(), a.status))
+        .collect();
+    assert_eq!(tries, [(1, "node-a", Some(503)), (2, "node-b", Some(204))]);
+    let older = store
+        .deliveries("wh_1", Some(history[0].audit_seq), 10)
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 1);
+
+    // A disabled endpoint gets nothing new.
+    let disabled = EndpointState {
+        disabled_at: Some(201),
+        ..state(250)
+    };
+    assert!(
+        store
+            .record_attempt(
+                "node-a",
+                "wh_1",
+                &attempt(history[0].audit_seq, 201, 500),
+                &disabled,
+                Some(&audit("org_a", "webhook.disabled", None)),
+            )
+            .await
+            .unwrap()
+    );
+    let k2 = key("key_wh2", "org_a", "secret-wh2", 40);
+    store
+        .insert_keys(
+            "org_a",
+            &[k2],
+            &[audit("org_a", "key.created", Some("key_wh2"))],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.pending_events("wh_1", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.claim_webhook("node-a", 1_000, 50).await.unwrap(),
+        None
+    );
+
+    // Retention forgets delivered events only; deleting forgets everything.
+    assert_eq!(store.prune_deliveries(135).await.unwrap(), 1);
+    assert_eq!(store.deliveries("wh_1", None, 10).await.unwrap().len(), 1);
+    let deleted = audit("org_a", "webhook.deleted", None);
+    assert!(
+        !store
+            .delete_webhook("org_b", "wh_1", &deleted)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_webhook("org_a", "wh_1", &deleted)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_webhook("org_a", "wh_1").await.unwrap(), None);
+    assert!(store.deliveries("wh_1", None, 10).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn sqlite_story() {
     let dir = tempfile::tempdir().unwrap();
@@ -1120,6 +1370,7 @@ async fn sqlite_story() {
     leases(&store).await;
     usage(&store).await;
     policy(&store).await;
+    webhooks(&store).await;
 }
 
 /// A message that reaches the terminal even though the test harness
@@ -1209,4 +1460,5 @@ async fn postgres_story() {
     leases(&store).await;
     usage(&store).await;
     policy(&store).await;
+    webhooks(&store).await;
 }
