@@ -22,6 +22,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod usage;
 pub mod views;
+pub mod webhooks;
 
 pub use audit::{
     BrokenLink, ChainReport, Refusal, RequestFacts, audit_resumed_entry, push_json_str,
@@ -40,8 +41,8 @@ use keyward_store::Store;
 /// alone and never reach around it into storage (`keyward-server` has no
 /// dependency on `keyward-store`).
 pub use keyward_store::{
-    AnyStore, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, Revoked, StoreError,
-    UsageRow,
+    AnyStore, Attempt, AuditQuery, AuditRecord, ChangeNotifier, KeyFilter, Org, PendingEvent,
+    Revoked, StoreError, UsageRow, WebhookRecord,
 };
 pub use limits::{Exchanged, KeyLimits, Sharing};
 use serde_json::json;

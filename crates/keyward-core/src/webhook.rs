@@ -310,6 +310,25 @@ pub fn sign(key: &[u8], id: &str, timestamp_s: i64, body: &[u8]) -> String {
     ["v1,", &STANDARD.encode(mac.finalize().into_bytes())].concat()
 }
 
+/// The first retry's delay; each further failure doubles it.
+pub const FIRST_RETRY_MS: i64 = 5_000;
+
+/// The longest delay between attempts.
+pub const MAX_RETRY_MS: i64 = 3_600_000;
+
+/// An endpoint failing this long is disabled.
+pub const DISABLE_AFTER_MS: i64 = 24 * 3_600_000;
+
+/// Delay before the next attempt after `failures` consecutive failures
+/// (from 1): 5 s, 10 s, 20 s, … up to an hour, so an endpoint failing for
+/// a day is tried about thirty times before it is disabled.
+pub fn retry_delay_ms(failures: i64) -> i64 {
+    let doublings = u32::try_from(failures.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    FIRST_RETRY_MS
+        .saturating_mul(1_i64 << doublings)
+        .min(MAX_RETRY_MS)
+}
+
 /// The `webhook-id` of the event an audit record is: stable across retries
 /// and unique in the deployment, as receivers deduplicate on it.
 pub fn message_id(audit_seq: i64) -> String {

@@ -45,6 +45,13 @@ pub struct Config {
     /// How often the node holding the policy duty applies every
     /// organization's key policy (`--policy-interval`, SPEC §10: a minute).
     pub policy_interval: Duration,
+    /// Longest one webhook attempt may take, connection and answer
+    /// included (`--webhook-timeout`); past it the attempt failed.
+    pub webhook_timeout: Duration,
+    /// Deliver to loopback and private addresses too
+    /// (`--allow-private-webhooks`): for tests and private networks only,
+    /// since a webhook URL is otherwise a way into them.
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for Config {
@@ -64,6 +71,8 @@ impl Default for Config {
             limit_exchange_interval: Duration::from_millis(100),
             usage_retention: Duration::from_secs(90 * 86_400),
             policy_interval: Duration::from_secs(60),
+            webhook_timeout: Duration::from_secs(10),
+            allow_private_webhooks: false,
         }
     }
 }

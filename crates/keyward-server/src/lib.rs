@@ -27,6 +27,7 @@ mod state;
 mod telemetry;
 mod verify;
 mod web;
+mod webhooks;
 
 pub use admin::openapi;
 pub use config::{Config, MAX_REQUEST_TARGET, STORE_DEADLINE};
@@ -195,6 +196,7 @@ impl Server {
             tokio::spawn(background::flush_loop(state.clone())),
             tokio::spawn(background::limits_loop(state.clone())),
             tokio::spawn(background::policy_loop(state.clone())),
+            tokio::spawn(webhooks::webhook_loop(state.clone())),
         ];
         let admin = Arc::new(own::Routes::new(&state));
         let graceful = GracefulShutdown::new();

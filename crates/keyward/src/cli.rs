@@ -57,6 +57,9 @@ pub enum Command {
     /// Show or change the organization's key policy (SPEC §10).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Send the organization's events to HTTP endpoints (SPEC §10).
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
     /// Apply database migrations and create the default organization.
     Migrate,
 }
@@ -115,6 +118,14 @@ pub struct ServeArgs {
     /// How often the key policy is applied (by one node at a time).
     #[arg(long, default_value = "1m")]
     pub policy_interval: String,
+    /// Longest one webhook attempt may take, connecting included; past it
+    /// the attempt failed and is retried with back-off.
+    #[arg(long, default_value = "10s")]
+    pub webhook_timeout: String,
+    /// Deliver webhooks to loopback and private addresses too (tests,
+    /// private networks): otherwise a webhook URL is a way into them.
+    #[arg(long)]
+    pub allow_private_webhooks: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,6 +416,63 @@ pub enum PolicyCmd {
         /// What a leaked-key report does: `revoke` or `flag`.
         #[arg(long, value_name = "ACTION")]
         on_leak: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    /// Add an endpoint; prints its signing secret, shown only this once.
+    Create {
+        /// Where events are POSTed (`https://…`).
+        url: String,
+        /// An event to send (repeatable or comma-separated): key.created,
+        /// key.rolled, key.revoked, key.expiring, key.expired, key.unused,
+        /// key.leaked, catalog.published, catalog.scope_available.
+        #[arg(
+            long = "event",
+            value_name = "EVENT",
+            value_delimiter = ',',
+            required = true
+        )]
+        events: Vec<String>,
+        /// A note for people.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Accept a loopback or private address (the servers must run with
+        /// --allow-private-webhooks to deliver there).
+        #[arg(long)]
+        allow_private: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The organization's endpoints and their state.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an endpoint with its undelivered events and history.
+    Delete {
+        /// Webhook id (`wh_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An endpoint's events, newest first, with every attempt.
+    Deliveries {
+        /// Webhook id (`wh_…`).
+        id: String,
+        /// How many events (1 to 200).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only events before this one (`next_before` of a page).
+        #[arg(long)]
+        before: Option<i64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

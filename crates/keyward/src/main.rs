@@ -5,7 +5,7 @@ mod cli;
 mod output;
 
 use clap::Parser;
-use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, PolicyCmd, UsersCmd};
+use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, PolicyCmd, UsersCmd, WebhooksCmd};
 use keyward_app::env::{OsRng, SystemClock};
 use keyward_app::{Actor, App, AppError, CreateKey, ExplainSubject, parse_legacy_file};
 use keyward_core::{Catalog, Digester, Environment, GrantRequest, parse_duration_ms};
@@ -186,6 +186,8 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
         limit_exchange_interval: nonzero("limit-exchange-interval", &args.limit_exchange_interval)?,
         usage_retention: nonzero("usage-retention", &args.usage_retention)?,
         policy_interval: nonzero("policy-interval", &args.policy_interval)?,
+        webhook_timeout: nonzero("webhook-timeout", &args.webhook_timeout)?,
+        allow_private_webhooks: args.allow_private_webhooks,
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(
@@ -334,6 +336,7 @@ async fn run(cli: Cli) -> Result {
         Command::Keys(cmd) => keys(&app, &actor, &org, cmd).await,
         Command::Users(cmd) => users(&app, &actor, &org, cmd).await,
         Command::Policy(cmd) => policy(&app, &actor, &org, cmd).await,
+        Command::Webhooks(cmd) => webhooks(&app, &actor, &org, cmd).await,
         Command::Explain(args) => {
             let subject = match args.key_id {
                 Some(id) => ExplainSubject::KeyId(id),
@@ -426,6 +429,49 @@ async fn policy(
                 on_leak,
             };
             output::policy(&app.set_policy(actor, org, text).await?, json);
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn webhooks(
+    app: &App<AnyStore>,
+    actor: &Actor,
+    org: &keyward_store::Org,
+    cmd: WebhooksCmd,
+) -> Result {
+    match cmd {
+        WebhooksCmd::Create {
+            url,
+            events,
+            description,
+            allow_private,
+            json,
+        } => {
+            let req = keyward_app::webhooks::NewWebhook {
+                url,
+                events,
+                description,
+            };
+            let created = app.create_webhook(actor, org, req, allow_private).await?;
+            output::webhook_created(&created, json);
+        }
+        WebhooksCmd::List { json } => output::webhooks(&app.list_webhooks(org).await?, json),
+        WebhooksCmd::Delete { id, json } => {
+            app.delete_webhook(actor, org, &id).await?;
+            output::webhook_deleted(&id, json);
+        }
+        WebhooksCmd::Deliveries {
+            id,
+            limit,
+            before,
+            json,
+        } => {
+            if !(1..=200).contains(&limit) {
+                return Err(CliError::refused("--limit: must be 1 to 200"));
+            }
+            let page = app.webhook_deliveries(org, &id, before, limit).await?;
+            output::deliveries(&page, json);
         }
     }
     Ok(Exit::Ok)

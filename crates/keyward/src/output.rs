@@ -567,3 +567,78 @@ pub fn policy_run(r: &keyward_app::policy::PolicyRun, json: bool) {
         }
     }
 }
+
+/// `keyward webhooks create`: the endpoint and its secret, once.
+pub fn webhook_created(w: &keyward_app::webhooks::CreatedWebhook, json: bool) {
+    if json {
+        return print_json(w);
+    }
+    println!("Created webhook {} -> {}", w.webhook.id, w.webhook.url);
+    println!("Events: {}", w.webhook.events.join(", "));
+    println!();
+    println!("Signing secret (shown only now; verify `webhook-signature` with it):");
+    println!("  {}", w.secret);
+}
+
+/// `keyward webhooks list`: one line an endpoint.
+pub fn webhooks(list: &[keyward_app::webhooks::WebhookView], json: bool) {
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No webhooks.");
+        return;
+    }
+    for w in list {
+        println!(
+            "{}  {:<8}  {} pending  {}  [{}]",
+            w.id,
+            w.status,
+            w.pending,
+            w.url,
+            w.events.join(", ")
+        );
+    }
+}
+
+/// `keyward webhooks delete`.
+pub fn webhook_deleted(id: &str, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({"id": id, "deleted": true}));
+    }
+    println!("Deleted webhook {id}.");
+}
+
+/// `keyward webhooks deliveries`: each event, then its attempts.
+pub fn deliveries(page: &keyward_app::webhooks::DeliveriesPage, json: bool) {
+    if json {
+        return print_json(page);
+    }
+    if page.deliveries.is_empty() {
+        println!("No deliveries.");
+    }
+    for d in &page.deliveries {
+        println!(
+            "{}  {:<9}  {}  {}  queued {}",
+            d.id,
+            d.status,
+            d.event,
+            d.key_id.as_deref().unwrap_or("-"),
+            d.created_at
+        );
+        for a in &d.attempts {
+            let outcome = match (a.status_code, &a.error) {
+                (Some(s), None) => format!("{s}"),
+                (_, Some(e)) => e.clone(),
+                (None, None) => "?".to_owned(),
+            };
+            println!(
+                "    #{} {} by {} in {} ms: {outcome}",
+                a.attempt, a.at, a.node, a.duration_ms
+            );
+        }
+    }
+    if let Some(before) = page.next_before {
+        println!("More: --before {before}");
+    }
+}

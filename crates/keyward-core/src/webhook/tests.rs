@@ -168,3 +168,19 @@ fn only_public_addresses_are_public() {
         assert!(is_public(ip.parse().expect(ip)), "{ip} counted as private");
     }
 }
+
+#[test]
+fn retries_back_off_to_an_hour() {
+    let delays: Vec<i64> = (1..=12).map(retry_delay_ms).collect();
+    assert_eq!(&delays[..4], [5_000, 10_000, 20_000, 40_000]);
+    assert_eq!(delays[11], MAX_RETRY_MS);
+    assert_eq!(retry_delay_ms(0), FIRST_RETRY_MS);
+    assert_eq!(retry_delay_ms(i64::MAX), MAX_RETRY_MS);
+    // About thirty attempts in the day before an endpoint is disabled.
+    let (mut t, mut n) = (0, 0);
+    while t < DISABLE_AFTER_MS {
+        n += 1;
+        t += retry_delay_ms(n);
+    }
+    assert!((25..40).contains(&n), "{n}");
+}

@@ -21,6 +21,7 @@ mod keys;
 mod people;
 mod settings;
 mod usage;
+mod webhooks;
 
 use crate::body::Body;
 use crate::web::{Ctx, reply};
@@ -101,6 +102,7 @@ fn api_router() -> OpenApiRouter<Shared> {
         .merge(usage::routes())
         .merge(people::routes())
         .merge(settings::routes())
+        .merge(webhooks::routes())
 }
 
 /// The admin API's side of the `json_bodies` fuzz target: every JSON body
@@ -136,6 +138,7 @@ pub(crate) fn fuzz_json_bodies(data: &[u8]) {
     {
         let _ = text.check();
     }
+    let _ = check::<keyward_app::webhooks::NewWebhook>(data, &ctx);
     let _ = check::<NoFields>(data, &ctx);
 }
 
