@@ -25,7 +25,7 @@ use keyward_app::{Attempt, PendingEvent, WebhookRecord};
 use keyward_core::webhook::{self, WebhookUrl};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
@@ -212,7 +212,7 @@ pub(crate) async fn webhook_loop(state: Arc<State>) {
         "finding webhook deliveries",
         "events wait in the database until it answers",
     );
-    let mut pruned = Instant::now();
+    let mut pruned = state.app.now();
     loop {
         // Lease endpoints while there are free slots and endpoints due.
         loop {
@@ -238,8 +238,8 @@ pub(crate) async fn webhook_loop(state: Arc<State>) {
                 }
             }
         }
-        if pruned.elapsed() > Duration::from_secs(3_600) {
-            pruned = Instant::now();
+        if state.app.now().saturating_sub(pruned) > 3_600_000 {
+            pruned = state.app.now();
             if let Err(e) = state.app.prune_deliveries(HISTORY_MS).await {
                 tracing::warn!(error = %e, "could not prune the webhook history; trying again in an hour");
             }
@@ -333,7 +333,7 @@ async fn attempt(
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
     ];
-    let started = Instant::now();
+    let started = crate::telemetry::monotonic();
     let result = tokio::time::timeout(dialer.timeout, post(dialer, conn, url, headers, body))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", dialer.timeout)));

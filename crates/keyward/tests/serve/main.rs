@@ -19,6 +19,7 @@ mod limits;
 mod policy;
 mod schemathesis;
 mod shared_limits;
+mod webhooks;
 
 use harness::{Kw, PREFIX, Upstream, raw, req, until};
 use serde_json::{Value, json};
