@@ -161,6 +161,7 @@ impl<S: Store> App<S> {
             revoked_at: None,
             rolled_to: None,
             last_used_at: None,
+            flagged_unused_at: None,
             scopes: resolved.scopes.clone(),
             permission_sets: resolved.permission_sets.clone(),
             limits: req.limits.clone(),
@@ -374,6 +375,7 @@ impl<S: Store> App<S> {
             revoked_at: None,
             rolled_to: None,
             last_used_at: None,
+            flagged_unused_at: None,
             ..old.clone()
         };
         let new = match &narrowed {
@@ -454,6 +456,7 @@ impl<S: Store> App<S> {
                     revoked_at: None,
                     rolled_to: None,
                     last_used_at: None,
+                    flagged_unused_at: None,
                     scopes: Vec::new(),
                     permission_sets: Vec::new(),
                     limits: Vec::new(),

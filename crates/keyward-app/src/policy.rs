@@ -4,8 +4,9 @@
 
 use crate::{Actor, views::human_time};
 use crate::{App, AppError, Org};
+use keyward_core::audit::AuditEntry;
 use keyward_core::policy::{OnLeak, Policy, PolicyText};
-use keyward_store::{KeyFilter, Store, StoreError, StoredPolicy};
+use keyward_store::{KeyFilter, KeyNotice, Store, StoreError, StoredPolicy};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -150,6 +151,10 @@ pub struct PolicyRun {
     pub flagged: Vec<PolicyAction>,
     /// Keys revoked for being unused for `revoke_unused_after`.
     pub revoked: Vec<PolicyAction>,
+    /// Keys warned of now that they expire within an `expiry_warning`.
+    pub expiring: Vec<PolicyAction>,
+    /// Keys announced as expired now.
+    pub expired: Vec<PolicyAction>,
 }
 
 /// The duty of applying the policy, held by one node at a time.
@@ -159,36 +164,134 @@ pub const POLICY_DUTY: &str = "policy";
 const RUN_PAGE: u32 = 500;
 
 impl<S: Store> App<S> {
-    /// Applies the policy now (SPEC §10): lists the active keys unused for
-    /// `flag_unused_after` (never used counts from creation) and revokes
-    /// those unused for `revoke_unused_after`, each revocation audited
-    /// with actor `policy` and reason `unused`. With `dry_run`, changes
+    /// Applies the policy now (SPEC §10): flags the active keys unused for
+    /// `flag_unused_after` (never used counts from creation; each newly
+    /// flagged key sends `key.unused`, once per flag), revokes those unused
+    /// for `revoke_unused_after` (actor `policy`, reason `unused`), and
+    /// announces expiries: `key.expiring` once per `expiry_warning`
+    /// threshold crossed (only the nearest, when several are crossed at
+    /// once) and `key.expired` once. Keys rolled or revoked are not
+    /// announced: their change already was. With `dry_run`, changes
     /// nothing and says what it would do.
     ///
     /// # Errors
-    /// Storage failures (what was revoked before stays revoked).
+    /// Storage failures (what was done before stays done).
     pub async fn run_policy(&self, org: &Org, dry_run: bool) -> Result<PolicyRun, AppError> {
-        let policy = self.policy(org).await?;
+        let (text, policy, _) = self.read_policy(org).await?;
         let now = self.now();
         let mut run = PolicyRun {
             dry_run,
             at: human_time(Some(now)),
             flagged: Vec::new(),
             revoked: Vec::new(),
+            expiring: Vec::new(),
+            expired: Vec::new(),
         };
-        let Some(flag_ms) = policy.flag_unused_after_ms else {
-            return Ok(run);
-        };
-        let revoke_before = policy.revoke_unused_after_ms.map(|ms| now - ms);
         let actor = Actor {
             id: keyward_core::audit::actor::POLICY.to_owned(),
             effective: self.catalog.available_scopes(),
             client: None,
             request_id: None,
         };
+        let mut notes: Vec<(KeyNotice, AuditEntry)> = Vec::new();
+        if let Some(flag_ms) = policy.flag_unused_after_ms {
+            if !dry_run {
+                self.store
+                    .clear_unused_flags(&org.id, Some(now - flag_ms))
+                    .await?;
+            }
+            self.unused_keys(org, &actor, &text, &policy, dry_run, &mut run, &mut notes)
+                .await?;
+        } else if !dry_run {
+            self.store.clear_unused_flags(&org.id, None).await?;
+        }
+        let horizon = now.saturating_add(policy.expiry_warning_ms.first().copied().unwrap_or(0));
+        for k in self.store.keys_expiring(&org.id, horizon).await? {
+            let action = PolicyAction {
+                key_id: k.id.clone(),
+                name: k.name.clone(),
+                last_used_at: None,
+            };
+            let expires_at = human_time(Some(k.expires_at));
+            if k.expires_at <= now {
+                let entry = self.audit(
+                    &actor,
+                    org,
+                    "key.expired",
+                    Some(&k.id),
+                    json!({"name": k.name, "expires_at": expires_at}),
+                );
+                notes.push((KeyNotice::Expired { key_id: k.id }, entry));
+                run.expired.push(action);
+                continue;
+            }
+            // The nearest threshold crossed (thresholds are longest first),
+            // named as the policy spells it.
+            let left = k.expires_at - now;
+            let Some(&threshold_ms) = policy
+                .expiry_warning_ms
+                .iter()
+                .rev()
+                .find(|ms| left <= **ms)
+            else {
+                continue;
+            };
+            let threshold = text
+                .expiry_warning
+                .iter()
+                .find(|t| keyward_core::parse_duration_ms(t) == Ok(threshold_ms))
+                .cloned()
+                .unwrap_or_else(|| format!("{threshold_ms}ms"));
+            if k.warned_ms.is_some_and(|w| w <= threshold_ms) {
+                continue;
+            }
+            let entry = self.audit(
+                &actor,
+                org,
+                "key.expiring",
+                Some(&k.id),
+                json!({"name": k.name, "expires_at": expires_at, "threshold": threshold}),
+            );
+            notes.push((
+                KeyNotice::Expiring {
+                    key_id: k.id,
+                    threshold_ms,
+                },
+                entry,
+            ));
+            run.expiring.push(action);
+        }
+        if !dry_run {
+            for chunk in notes.chunks(RUN_PAGE as usize) {
+                self.store.note_keys(chunk).await?;
+            }
+        }
+        Ok(run)
+    }
+
+    /// The keys unused for the flag: revoked when unused for the
+    /// revocation too, else listed, and noted as flagged when they were
+    /// not yet.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one run's state, split for length"
+    )]
+    async fn unused_keys(
+        &self,
+        org: &Org,
+        actor: &Actor,
+        text: &PolicyText,
+        policy: &Policy,
+        dry_run: bool,
+        run: &mut PolicyRun,
+        notes: &mut Vec<(KeyNotice, AuditEntry)>,
+    ) -> Result<(), AppError> {
+        let now = self.now();
+        let flag_ms = policy.flag_unused_after_ms.unwrap_or(i64::MAX);
+        let revoke_before = policy.revoke_unused_after_ms.map(|ms| now - ms);
         let mut filter = KeyFilter {
             active_at: Some(now),
-            unused_since: Some(now - flag_ms),
+            unused_since: Some(now.saturating_sub(flag_ms)),
             limit: Some(RUN_PAGE),
             ..KeyFilter::default()
         };
@@ -204,7 +307,7 @@ impl<S: Store> App<S> {
                 if revoke_before.is_some_and(|before| idle_since < before) {
                     if !dry_run {
                         self.revoke_key_because(
-                            &actor,
+                            actor,
                             org,
                             &k.id,
                             json!({"reason": "unused", "idle_since": human_time(Some(idle_since))}),
@@ -212,9 +315,29 @@ impl<S: Store> App<S> {
                         .await?;
                     }
                     run.revoked.push(action);
-                } else {
-                    run.flagged.push(action);
+                    continue;
                 }
+                if k.flags.is_empty() {
+                    let entry = self.audit(
+                        actor,
+                        org,
+                        "key.unused",
+                        Some(&k.id),
+                        json!({
+                            "name": k.name,
+                            "idle_since": human_time(Some(idle_since)),
+                            "flag_unused_after": text.flag_unused_after,
+                        }),
+                    );
+                    notes.push((
+                        KeyNotice::Unused {
+                            key_id: k.id.clone(),
+                            at: now,
+                        },
+                        entry,
+                    ));
+                }
+                run.flagged.push(action);
             }
             match page.last() {
                 Some(last) if page.len() == RUN_PAGE as usize => {
@@ -223,7 +346,7 @@ impl<S: Store> App<S> {
                 _ => break,
             }
         }
-        Ok(run)
+        Ok(())
     }
 
     /// A server's periodic application of every organization's policy:

@@ -108,6 +108,9 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub limits: Vec<LimitView>,
+    /// What the key policy says of it: `unused` while flagged as unused
+    /// for `flag_unused_after` (cleared when it is used again).
+    pub flags: Vec<String>,
     /// Networks the key may be used from, when restricted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
@@ -169,6 +172,10 @@ impl KeyView {
             permission_sets: r.permission_sets,
             limits: r.limits.iter().map(LimitView::of).collect(),
             allowed_cidrs: r.allowed_cidrs.iter().map(ToString::to_string).collect(),
+            flags: r
+                .flagged_unused_at
+                .map(|_| vec!["unused".to_owned()])
+                .unwrap_or_default(),
         }
     }
 }

@@ -9,7 +9,7 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use keyward_app::env::{ManualClock, OsRng};
+use keyward_app::env::{Clock as _, ManualClock, OsRng};
 use keyward_app::{Actor, App, AuditQuery, CreateKey};
 use keyward_core::policy::PolicyText;
 use keyward_core::{Catalog, Digester, GrantRequest};
@@ -99,4 +99,177 @@ async fn unused_keys_are_flagged_then_revoked_by_the_policy() {
     let again = app.run_policy(&org, false).await.unwrap();
     assert!(again.revoked.is_empty());
     assert_eq!(ids(&again.flagged), [busy.record.id.as_str()]);
+}
+
+/// Notices are told once each, on a moved clock: `key.expiring` per
+/// threshold crossed, `key.expired`, `key.unused` per flag (cleared by use,
+/// told again when the key idles again); a dry run tells nothing; each is
+/// queued for the webhook subscribed to it, in the order it happened.
+#[tokio::test]
+async fn notices_are_told_once_each_and_queued_for_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let catalog = Arc::new(Catalog::fleet().unwrap());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let t0 = 1_700_000_000_000;
+    let clock = Arc::new(ManualClock::new(t0));
+    let app = App::new(
+        store,
+        catalog.clone(),
+        Digester::sha256(),
+        clock.clone(),
+        Arc::new(OsRng),
+    );
+    let actor = Actor::operator("cli:test", &catalog);
+    let (org, _) = app.bootstrap(&actor).await.unwrap();
+    let hook = app
+        .create_webhook(
+            &actor,
+            &org,
+            keyward_app::webhooks::NewWebhook {
+                url: "http://127.0.0.1:9/hooks".into(),
+                events: vec![
+                    "key.unused".into(),
+                    "key.expiring".into(),
+                    "key.expired".into(),
+                ],
+                description: String::new(),
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let events = || async {
+        let page = app
+            .webhook_deliveries(&org, &hook.webhook.id, None, 50)
+            .await
+            .unwrap();
+        page.deliveries
+            .into_iter()
+            .rev()
+            .map(|d| d.event)
+            .collect::<Vec<_>>()
+    };
+    let create = |name: &str, expires_at: Option<i64>| CreateKey {
+        name: name.into(),
+        grants: GrantRequest {
+            scopes: vec!["vehicles:read".into()],
+            ..GrantRequest::default()
+        },
+        expires_at,
+        ..CreateKey::default()
+    };
+    let short = app
+        .create_key(&actor, &org, create("short", Some(t0 + 20 * DAY)))
+        .await
+        .unwrap();
+    let idle = app
+        .create_key(&actor, &org, create("idle", None))
+        .await
+        .unwrap();
+    let policy = PolicyText {
+        flag_unused_after: Some("30d".into()),
+        expiry_warning: vec!["1d".into(), "14d".into()],
+        ..PolicyText::default()
+    };
+    app.set_policy(&actor, &org, policy).await.unwrap();
+    let ids = |v: &[keyward_app::policy::PolicyAction]| -> Vec<String> {
+        v.iter().map(|a| a.key_id.clone()).collect()
+    };
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert!(run.expiring.is_empty() && run.expired.is_empty() && run.flagged.is_empty());
+
+    // 13 days left: the 14-day warning, once; a dry run before it tells
+    // nothing.
+    clock.advance(7 * DAY);
+    let dry = app.run_policy(&org, true).await.unwrap();
+    assert_eq!(ids(&dry.expiring), [short.record.id.as_str()]);
+    assert!(events().await.is_empty(), "a dry run tells nothing");
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&run.expiring), [short.record.id.as_str()]);
+    assert!(
+        app.run_policy(&org, false)
+            .await
+            .unwrap()
+            .expiring
+            .is_empty()
+    );
+    assert_eq!(events().await, ["key.expiring"]);
+
+    // 23 hours left: the one-day warning; then the expiry, once.
+    clock.advance(12 * DAY + 3_600_000);
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&run.expiring), [short.record.id.as_str()]);
+    clock.advance(2 * DAY);
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&run.expired), [short.record.id.as_str()]);
+    assert!(run.expiring.is_empty());
+    assert!(
+        app.run_policy(&org, false)
+            .await
+            .unwrap()
+            .expired
+            .is_empty()
+    );
+
+    // Unused for 30 days: flagged, told once, shown in the key.
+    clock.advance(10 * DAY);
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&run.flagged), [idle.record.id.as_str()]);
+    app.run_policy(&org, false).await.unwrap();
+    let shown = app.show_key(&org, &idle.record.id).await.unwrap();
+    assert_eq!(shown.flags, ["unused"]);
+    assert_eq!(
+        events().await,
+        ["key.expiring", "key.expiring", "key.expired", "key.unused"]
+    );
+
+    // Used again: the flag goes; idle 30 days more: flagged and told again.
+    clock.advance(3_600_000);
+    app.flush_uses(&[(idle.record.id.clone(), clock.now_ms())])
+        .await
+        .unwrap();
+    let run = app.run_policy(&org, false).await.unwrap();
+    assert!(run.flagged.is_empty());
+    assert!(
+        app.show_key(&org, &idle.record.id)
+            .await
+            .unwrap()
+            .flags
+            .is_empty()
+    );
+    clock.advance(31 * DAY);
+    app.run_policy(&org, false).await.unwrap();
+    assert_eq!(
+        app.show_key(&org, &idle.record.id).await.unwrap().flags,
+        ["unused"]
+    );
+    assert_eq!(
+        events().await,
+        [
+            "key.expiring",
+            "key.expiring",
+            "key.expired",
+            "key.unused",
+            "key.unused"
+        ]
+    );
+    let (audit, _) = app
+        .query_audit(
+            &org,
+            &AuditQuery {
+                action: Some("key.expiring".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let thresholds: Vec<&str> = audit
+        .iter()
+        .map(|r| r.details["threshold"].as_str().unwrap())
+        .collect();
+    assert_eq!(thresholds, ["1d", "14d"]);
+    assert!(audit.iter().all(|r| r.actor == "policy"));
 }

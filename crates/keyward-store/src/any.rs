@@ -206,6 +206,15 @@ impl Store for AnyStore {
 }
 
 impl crate::Settings for AnyStore {
+    async fn keys_expiring(&self, org_id: &str, until: i64) -> Result<Vec<crate::ExpiringKey>> {
+        delegate!(self, s => s.keys_expiring(org_id, until))
+    }
+    async fn note_keys(&self, notes: &[(crate::KeyNotice, AuditEntry)]) -> Result<usize> {
+        delegate!(self, s => s.note_keys(notes))
+    }
+    async fn clear_unused_flags(&self, org_id: &str, active_since: Option<i64>) -> Result<u64> {
+        delegate!(self, s => s.clear_unused_flags(org_id, active_since))
+    }
     async fn get_policy(&self, org_id: &str) -> Result<Option<crate::StoredPolicy>> {
         delegate!(self, s => s.get_policy(org_id))
     }

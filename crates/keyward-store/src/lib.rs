@@ -31,7 +31,7 @@ pub use limits::{
     unasked_share,
 };
 pub use postgres::PgStore;
-pub use settings::{Settings, StoredPolicy};
+pub use settings::{ExpiringKey, KeyNotice, Settings, StoredPolicy};
 pub use sqlite::SqliteStore;
 pub use usage::UsageRow;
 pub use webhooks::{
@@ -163,6 +163,9 @@ pub struct KeyRecord {
     pub rolled_to: Option<String>,
     /// Unix milliseconds, flushed in batches.
     pub last_used_at: Option<i64>,
+    /// When the key policy flagged it unused (cleared once it is used
+    /// again): each flag sends one `key.unused`.
+    pub flagged_unused_at: Option<i64>,
     /// Scope names granted directly.
     pub scopes: Vec<String>,
     /// Permission set ids granted.

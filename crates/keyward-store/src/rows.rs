@@ -63,6 +63,7 @@ pub(crate) struct KeyRow {
     pub(crate) last_used_at: Option<i64>,
     pub(crate) limits: String,
     pub(crate) allowed_cidrs: String,
+    pub(crate) flagged_unused_at: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -119,6 +120,7 @@ impl KeyRow {
             revoked_at: self.revoked_at,
             rolled_to: self.rolled_to,
             last_used_at: self.last_used_at,
+            flagged_unused_at: self.flagged_unused_at,
             scopes: Vec::new(),
             permission_sets: Vec::new(),
             limits,

@@ -24,6 +24,29 @@ pub trait Settings: Send + Sync + 'static {
         now: i64,
         hold_ms: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Active keys of the organization, neither revoked nor rolled, that
+    /// expire by `until` and whose expiry was not announced yet.
+    fn keys_expiring(
+        &self,
+        org_id: &str,
+        until: i64,
+    ) -> impl Future<Output = Result<Vec<ExpiringKey>>> + Send;
+    /// Records each notice not recorded before (by another run) with its
+    /// audit record, all in one transaction; how many were new. The audit
+    /// records are events (`key.unused`, `key.expiring`, `key.expired`),
+    /// so the outbox gets them in the same transaction.
+    fn note_keys(
+        &self,
+        notes: &[(KeyNotice, AuditEntry)],
+    ) -> impl Future<Output = Result<usize>> + Send;
+    /// Clears the `unused` flag of the organization's keys used since they
+    /// were flagged, or used at or after `active_since` (the flag's window
+    /// under the policy now; `None`: no flag in the policy, clear all).
+    fn clear_unused_flags(
+        &self,
+        org_id: &str,
+        active_since: Option<i64>,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Replaces the organization's policy and appends `audit`, in one
     /// transaction.
     fn put_policy(
@@ -43,6 +66,43 @@ pub struct StoredPolicy {
     pub updated_at: i64,
     /// The actor who set it.
     pub updated_by: String,
+}
+
+/// A key close to (or past) its expiry, for the policy's notices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiringKey {
+    /// `key_…`
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// The smallest `expiry_warning` threshold already announced.
+    pub warned_ms: Option<i64>,
+}
+
+/// Something the key policy tells once about a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyNotice {
+    /// Flagged unused now (at unix ms).
+    Unused {
+        /// The key.
+        key_id: String,
+        /// Unix ms.
+        at: i64,
+    },
+    /// Warned that it expires within `threshold_ms`.
+    Expiring {
+        /// The key.
+        key_id: String,
+        /// The threshold crossed.
+        threshold_ms: i64,
+    },
+    /// Announced as expired.
+    Expired {
+        /// The key.
+        key_id: String,
+    },
 }
 
 /// Implements [`crate::Settings`] for one backend (expanded by `keys_impl!`).
@@ -91,6 +151,100 @@ macro_rules! settings_impl {
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn keys_expiring(
+                &self,
+                org_id: &str,
+                until: i64,
+            ) -> $crate::Result<Vec<$crate::ExpiringKey>> {
+                let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT id, name, expires_at, expiry_warned_ms FROM keys \
+                     WHERE org_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2 \
+                     AND expired_noticed = $3 AND revoked_at IS NULL AND rolled_to IS NULL \
+                     ORDER BY expires_at, id",
+                )
+                .bind(org_id)
+                .bind(until)
+                .bind(false)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, name, expires_at, warned_ms)| $crate::ExpiringKey {
+                        id,
+                        name,
+                        expires_at,
+                        warned_ms,
+                    })
+                    .collect())
+            }
+
+            async fn note_keys(
+                &self,
+                notes: &[($crate::KeyNotice, keyward_core::audit::AuditEntry)],
+            ) -> $crate::Result<usize> {
+                if notes.is_empty() {
+                    return Ok(0);
+                }
+                let mut tx = self.write_tx().await?;
+                let mut new = Vec::with_capacity(notes.len());
+                for (notice, audit) in notes {
+                    // Each update changes the row only the first time: a
+                    // notice is told once whoever runs the policy.
+                    let done = match notice {
+                        $crate::KeyNotice::Unused { key_id, at } => sqlx::query(
+                            "UPDATE keys SET flagged_unused_at = $1 WHERE id = $2 \
+                             AND flagged_unused_at IS NULL AND revoked_at IS NULL",
+                        )
+                        .bind(*at)
+                        .bind(key_id),
+                        $crate::KeyNotice::Expiring {
+                            key_id,
+                            threshold_ms,
+                        } => sqlx::query(
+                            "UPDATE keys SET expiry_warned_ms = $1 WHERE id = $2 \
+                             AND (expiry_warned_ms IS NULL OR expiry_warned_ms > $1)",
+                        )
+                        .bind(*threshold_ms)
+                        .bind(key_id),
+                        $crate::KeyNotice::Expired { key_id } => sqlx::query(
+                            "UPDATE keys SET expired_noticed = $1 WHERE id = $2 \
+                             AND expired_noticed = $3",
+                        )
+                        .bind(true)
+                        .bind(key_id)
+                        .bind(false),
+                    }
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() > 0 {
+                        new.push(audit);
+                    }
+                }
+                Self::append_audited_tx(&mut tx, &new).await?;
+                tx.commit().await?;
+                Ok(new.len())
+            }
+
+            async fn clear_unused_flags(
+                &self,
+                org_id: &str,
+                active_since: Option<i64>,
+            ) -> $crate::Result<u64> {
+                let mut tx = self.write_tx().await?;
+                let done = sqlx::query(
+                    "UPDATE keys SET flagged_unused_at = NULL WHERE org_id = $1 \
+                     AND flagged_unused_at IS NOT NULL \
+                     AND (last_used_at > flagged_unused_at \
+                     OR COALESCE(last_used_at, created_at) >= $2)",
+                )
+                .bind(org_id)
+                .bind(active_since.unwrap_or(i64::MIN))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
             }
 
             async fn put_policy(

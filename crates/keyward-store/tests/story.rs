@@ -11,7 +11,7 @@
 use keyward_core::audit::{AuditEntry, GENESIS, chain_link};
 use keyward_core::limits::{Limit, Network};
 use keyward_core::{Digester, KeyDigest};
-use keyward_store::{Attempt, EndpointState, WebhookRecord};
+use keyward_store::{Attempt, EndpointState, KeyNotice, WebhookRecord};
 use keyward_store::{
     AuditQuery, KeyFilter, KeyRecord, LeaseAnswer, LeaseAsk, Org, PgStore, Revoked, SessionRecord,
     SnapshotKey, SqliteStore, Store, StoreError, StoredPolicy, UsageRow, UserRecord,
@@ -55,6 +55,7 @@ fn key(id: &str, org_id: &str, secret: &str, created_at: i64) -> KeyRecord {
         revoked_at: None,
         rolled_to: None,
         last_used_at: None,
+        flagged_unused_at: None,
         scopes: vec!["vehicles:read".into()],
         permission_sets: vec!["inspections:write".into()],
         limits: Vec::new(),
@@ -1063,6 +1064,128 @@ async fn policy(store: &impl Store) {
         .await
         .unwrap();
     assert_eq!(audited.len(), 2);
+
+    // Notices: each recorded once, whoever records it; flags cleared by use.
+    let mut k = key("key_note", "org_a", "secret-note", 1_000);
+    k.expires_at = Some(5_000);
+    store
+        .insert_keys(
+            "org_a",
+            &[k],
+            &[audit("org_a", "key.created", Some("key_note"))],
+            false,
+        )
+        .await
+        .unwrap();
+    let near = store.keys_expiring("org_a", 6_000).await.unwrap();
+    assert_eq!(
+        near.iter()
+            .map(|k| (k.id.as_str(), k.expires_at, k.warned_ms))
+            .collect::<Vec<_>>(),
+        [("key_note", 5_000, None)]
+    );
+    assert!(
+        store
+            .keys_expiring("org_a", 4_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let warn = |ms: i64| {
+        (
+            KeyNotice::Expiring {
+                key_id: "key_note".into(),
+                threshold_ms: ms,
+            },
+            audit("org_a", "key.expiring", Some("key_note")),
+        )
+    };
+    assert_eq!(store.note_keys(&[warn(2_000)]).await.unwrap(), 1);
+    assert_eq!(
+        store.note_keys(&[warn(2_000), warn(3_000)]).await.unwrap(),
+        0
+    );
+    assert_eq!(store.note_keys(&[warn(1_000)]).await.unwrap(), 1);
+    assert_eq!(
+        store.keys_expiring("org_a", 6_000).await.unwrap()[0].warned_ms,
+        Some(1_000)
+    );
+    let expired = (
+        KeyNotice::Expired {
+            key_id: "key_note".into(),
+        },
+        audit("org_a", "key.expired", Some("key_note")),
+    );
+    assert_eq!(
+        store
+            .note_keys(std::slice::from_ref(&expired))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.note_keys(&[expired]).await.unwrap(), 0);
+    assert!(
+        store
+            .keys_expiring("org_a", 6_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let unused = (
+        KeyNotice::Unused {
+            key_id: "key_note".into(),
+            at: 7_000,
+        },
+        audit("org_a", "key.unused", Some("key_note")),
+    );
+    assert_eq!(
+        store
+            .note_keys(std::slice::from_ref(&unused))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .note_keys(std::slice::from_ref(&unused))
+            .await
+            .unwrap(),
+        0
+    );
+    let flagged = |s: &str| {
+        let s = s.to_owned();
+        async move {
+            store
+                .get_key("org_a", &s)
+                .await
+                .unwrap()
+                .unwrap()
+                .flagged_unused_at
+        }
+    };
+    assert_eq!(flagged("key_note").await, Some(7_000));
+    // Not used since, and idle for the window: kept.
+    assert_eq!(
+        store
+            .clear_unused_flags("org_a", Some(2_000))
+            .await
+            .unwrap(),
+        0
+    );
+    store
+        .touch_keys(&[("key_note".into(), 7_500)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .clear_unused_flags("org_a", Some(2_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(flagged("key_note").await, None);
+    assert_eq!(store.note_keys(&[unused]).await.unwrap(), 1);
+    assert_eq!(store.clear_unused_flags("org_a", None).await.unwrap(), 1);
 
     // A duty: one holder at a time, renewed by its holder, taken by
     // another once it has run out.

@@ -79,8 +79,8 @@ pub fn key_list(keys: &[KeyView], json: bool) {
         return;
     }
     println!(
-        "{:<21} {:<30} {:<22} {:<8} {:<20} {:<20} GRANTS",
-        "ID", "NAME", "PREFIX", "STATUS", "LAST USED", "EXPIRES"
+        "{:<21} {:<30} {:<22} {:<8} {:<7} {:<20} {:<20} GRANTS",
+        "ID", "NAME", "PREFIX", "STATUS", "FLAGS", "LAST USED", "EXPIRES"
     );
     for k in keys {
         let mut grants: Vec<String> = k.permission_sets.iter().chain(&k.scopes).cloned().collect();
@@ -89,11 +89,16 @@ pub fn key_list(keys: &[KeyView], json: bool) {
         }
         let name: String = k.name.chars().take(30).collect();
         println!(
-            "{:<21} {:<30} {:<22} {:<8} {:<20} {:<20} {}",
+            "{:<21} {:<30} {:<22} {:<8} {:<7} {:<20} {:<20} {}",
             k.id,
             name,
             format!("{}…", k.display_prefix),
             k.status.as_str(),
+            if k.flags.is_empty() {
+                "-".to_owned()
+            } else {
+                k.flags.join(",")
+            },
             human_time(k.last_used_at),
             human_time(k.expires_at),
             list(&grants)
@@ -115,6 +120,9 @@ pub fn key_detail(catalog: &Catalog, k: &KeyView, trail: &[AuditRecord], json: b
     println!("  display prefix:   {}…", k.display_prefix);
     println!("  environment:      {}", k.environment);
     println!("  status:           {}", k.status.as_str());
+    if !k.flags.is_empty() {
+        println!("  flagged:          {} (key policy)", k.flags.join(", "));
+    }
     println!(
         "  created:          {} by {}",
         human_time(Some(k.created_at)),
@@ -550,12 +558,27 @@ pub fn policy_run(r: &keyward_app::policy::PolicyRun, json: bool) {
     if json {
         return print_json(r);
     }
-    let (flag, revoke) = if r.dry_run {
-        ("Would flag as unused", "Would revoke as unused")
+    let (flag, revoke, expiring, expired) = if r.dry_run {
+        (
+            "Would flag as unused",
+            "Would revoke as unused",
+            "Would warn of expiry",
+            "Would announce as expired",
+        )
     } else {
-        ("Flagged as unused", "Revoked as unused")
+        (
+            "Flagged as unused",
+            "Revoked as unused",
+            "Warned of expiry",
+            "Announced as expired",
+        )
     };
-    for (heading, keys) in [(flag, &r.flagged), (revoke, &r.revoked)] {
+    for (heading, keys) in [
+        (flag, &r.flagged),
+        (revoke, &r.revoked),
+        (expiring, &r.expiring),
+        (expired, &r.expired),
+    ] {
         println!("{heading}: {}", keys.len());
         for k in keys {
             println!(

@@ -523,6 +523,8 @@ pub(super) struct KeyRow {
     pub(super) name: String,
     pub(super) display_prefix: String,
     pub(super) legacy: bool,
+    /// Flagged `unused` by the key policy.
+    pub(super) unused: bool,
     pub(super) sets: String,
     pub(super) scopes: String,
     pub(super) created: String,
@@ -539,6 +541,7 @@ pub(super) fn key_row(k: &KeyView) -> KeyRow {
         name: k.name.clone(),
         display_prefix: k.display_prefix.clone(),
         legacy: k.legacy,
+        unused: k.flags.iter().any(|f| f == "unused"),
         sets: sets.join(", "),
         scopes: k.effective_scopes.join(", "),
         created: human_time(Some(k.created_at)),
