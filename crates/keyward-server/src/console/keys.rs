@@ -612,11 +612,7 @@ pub(super) async fn roll_key(
     fresh_key_form(&state, &who, &form).await?;
     // A field the form does not have is a mistake, not something to skip:
     // a misspelt `scope` would otherwise roll with every grant kept.
-    if let Some((unknown, _)) = form
-        .0
-        .iter()
-        .find(|(k, _)| !["csrf", "nonce", "grace", "set", "scope"].contains(&k.as_str()))
-    {
+    if let Some(unknown) = form.unknown_field(&["csrf", "nonce", "grace", "set", "scope"]) {
         let message = sentence(&format!("the roll form has no field `{unknown}`"));
         return key_detail(
             &state,

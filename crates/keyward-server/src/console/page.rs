@@ -231,6 +231,16 @@ pub(super) fn same_site(headers: &HeaderMap) -> Result<(), Page> {
 pub(super) struct Form(pub(super) Vec<(String, String)>);
 
 impl Form {
+    /// The first field not among `known`: a field the form does not have
+    /// is a mistake to report, not something to skip (a misspelt field
+    /// would otherwise silently keep or clear a setting).
+    pub(super) fn unknown_field(&self, known: &[&str]) -> Option<&str> {
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !known.contains(k))
+    }
+
     /// Fields of a URL-encoded text (a body, or a page's query string).
     pub(super) fn parse(text: &[u8]) -> Self {
         Form(

@@ -94,10 +94,24 @@ pub(super) async fn set_policy(
     form: Form,
 ) -> Answer {
     csrf_ok(&state, &who, &form).await?;
-    let on_leak = if form.get("on_leak") == "flag" {
-        OnLeak::Flag
-    } else {
-        OnLeak::Revoke
+    let mut errors = Vec::new();
+    if let Some(unknown) = form.unknown_field(&[
+        "csrf",
+        "max_key_lifetime",
+        "flag_unused_after",
+        "revoke_unused_after",
+        "expiry_warning",
+        "on_leak",
+    ]) {
+        errors.push(format!("the policy form has no field `{unknown}`"));
+    }
+    let on_leak = match form.get("on_leak") {
+        "" | "revoke" => OnLeak::Revoke,
+        "flag" => OnLeak::Flag,
+        other => {
+            errors.push(format!("on_leak: `{other}` is not `revoke` or `flag`"));
+            OnLeak::Revoke
+        }
     };
     let text = PolicyText {
         max_key_lifetime: optional(&form, "max_key_lifetime"),
@@ -112,6 +126,11 @@ pub(super) async fn set_policy(
             .collect(),
         on_leak,
     };
+    if !errors.is_empty() {
+        let mut page = PolicyPage::of(&who, true, text, None);
+        page.errors = errors;
+        return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page));
+    }
     match state
         .app
         .set_policy(&who.actor, &who.session.org, text.clone())

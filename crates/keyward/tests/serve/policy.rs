@@ -306,6 +306,21 @@ fn the_console_shows_and_sets_the_policy() {
     assert!(refused.contains("max_key_lifetime:") && refused.contains("revoke_unused_after:"));
     assert!(refused.contains("value=\"forever\""), "the form as sent");
     assert!(kw.cli_ok(&["policy", "show"]).contains("never set"));
+    // A field the form does not have, or an action it does not know, is a
+    // mistake to report, not something to read as the default.
+    for (extra, named) in [
+        (("on_leak", "ignore"), "on_leak: `ignore`"),
+        (("on_leek", "flag"), "no field `on_leek`"),
+        (("max_key_lifetme", "30d"), "no field `max_key_lifetme`"),
+    ] {
+        let mut fields = vec![("csrf", csrf.as_str()), ("max_key_lifetime", "30d")];
+        fields.push(extra);
+        let r = v.post("/console/settings", &fields);
+        let refused = text(&r);
+        assert_eq!(r.status, 422, "{refused}");
+        assert!(refused.contains(named), "{named}: {refused}");
+    }
+    assert!(kw.cli_ok(&["policy", "show"]).contains("never set"));
     // Without the CSRF token: refused.
     let r = v.post("/console/settings", &[("max_key_lifetime", "30d")]);
     assert_eq!(r.status, 403);
