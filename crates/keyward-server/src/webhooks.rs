@@ -153,31 +153,35 @@ async fn post(
     headers: [(&'static str, String); 3],
     body: Bytes,
 ) -> Result<u16, String> {
-    let mut sender = match conn.take() {
-        Some(s) if s.is_ready() => s,
-        _ => dialer.connect(url).await?,
-    };
     let host = match (url.https, url.port) {
         (true, 443) | (false, 80) => url.host.clone(),
         (_, port) => format!("{}:{port}", url.host),
     };
-    let mut request = Request::post(url.path_and_query.as_str())
-        .header(header::HOST, host)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("keyward/", env!("CARGO_PKG_VERSION")),
-        );
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|e| format!("building the request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("sending: {e}"))?;
+    let request = || {
+        let mut request = Request::post(url.path_and_query.as_str())
+            .header(header::HOST, host.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("keyward/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in &headers {
+            request = request.header(*name, value.as_str());
+        }
+        request
+            .body(Full::new(body.clone()))
+            .map_err(|e| format!("building the request: {e}"))
+    };
+    let kept = conn.take().filter(SendRequest::is_ready);
+    let (mut sender, response) = match kept {
+        Some(mut s) => match s.send_request(request()?).await {
+            Ok(r) => (s, r),
+            // The receiver closed the kept connection meanwhile: once more
+            // on a new one (the event may then arrive twice: at least once).
+            Err(_) => fresh(dialer, url, request()?).await?,
+        },
+        None => fresh(dialer, url, request()?).await?,
+    };
     let status = response.status().as_u16();
     // Read what the receiver sent (bounded) so the connection can carry the
     // next event; an answer too long just closes it.
@@ -185,6 +189,7 @@ async fn post(
         .collect()
         .await
         .is_ok()
+        && sender.ready().await.is_ok()
     {
         *conn = Some(sender);
     }
@@ -192,6 +197,26 @@ async fn post(
         return Err(format!("answered {status}; redirects are not followed"));
     }
     Ok(status)
+}
+
+/// Sends `request` on a new connection.
+async fn fresh(
+    dialer: &Dialer,
+    url: &WebhookUrl,
+    request: Request<Full<Bytes>>,
+) -> Result<
+    (
+        SendRequest<Full<Bytes>>,
+        http::Response<hyper::body::Incoming>,
+    ),
+    String,
+> {
+    let mut sender = dialer.connect(url).await?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    Ok((sender, response))
 }
 
 /// Delivers, until aborted: polls for endpoints due and delivers to up to

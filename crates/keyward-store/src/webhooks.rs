@@ -422,6 +422,20 @@ macro_rules! webhooks_impl {
                 now: i64,
                 lease_ms: i64,
             ) -> $crate::Result<Option<$crate::WebhookRecord>> {
+                // Most polls find nothing: a read says so without taking
+                // the write lock (SQLite) or a transaction (PostgreSQL).
+                let due: Option<(i32,)> = sqlx::query_as(
+                    "SELECT 1 FROM webhooks w WHERE w.disabled_at IS NULL \
+                     AND w.next_attempt_at <= $1 AND w.lease_until <= $1 \
+                     AND EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.webhook_id = w.id \
+                     AND o.delivered_at IS NULL) LIMIT 1",
+                )
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                if due.is_none() {
+                    return Ok(None);
+                }
                 let mut tx = self.write_tx().await?;
                 let id: Option<(String,)> = sqlx::query_as(CLAIM_WEBHOOK)
                     .bind(node)
