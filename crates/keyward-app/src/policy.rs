@@ -147,13 +147,17 @@ pub struct PolicyRun {
     pub dry_run: bool,
     /// When it ran (RFC 3339).
     pub at: String,
-    /// Active keys unused for `flag_unused_after` (and not revoked now).
+    /// Active keys unused for `flag_unused_after` (and not revoked now):
+    /// every key flagged, whether now or before.
     pub flagged: Vec<PolicyAction>,
+    /// Those of them flagged by this run (each told once, as `key.unused`).
+    pub newly_flagged: Vec<PolicyAction>,
     /// Keys revoked for being unused for `revoke_unused_after`.
     pub revoked: Vec<PolicyAction>,
-    /// Keys warned of now that they expire within an `expiry_warning`.
+    /// Keys warned by this run that they expire within an
+    /// `expiry_warning` (`key.expiring`).
     pub expiring: Vec<PolicyAction>,
-    /// Keys announced as expired now.
+    /// Keys announced as expired by this run (`key.expired`).
     pub expired: Vec<PolicyAction>,
 }
 
@@ -183,6 +187,7 @@ impl<S: Store> App<S> {
             dry_run,
             at: human_time(Some(now)),
             flagged: Vec::new(),
+            newly_flagged: Vec::new(),
             revoked: Vec::new(),
             expiring: Vec::new(),
             expired: Vec::new(),
@@ -193,15 +198,19 @@ impl<S: Store> App<S> {
             client: None,
             request_id: None,
         };
+        // Each notice, and the key as the run reports it.
         let mut notes: Vec<(KeyNotice, AuditEntry)> = Vec::new();
+        let mut about: Vec<PolicyAction> = Vec::new();
         if let Some(flag_ms) = policy.flag_unused_after_ms {
             if !dry_run {
                 self.store
                     .clear_unused_flags(&org.id, Some(now - flag_ms))
                     .await?;
             }
-            self.unused_keys(org, &actor, &text, &policy, dry_run, &mut run, &mut notes)
-                .await?;
+            self.unused_keys(
+                org, &actor, &text, &policy, dry_run, &mut run, &mut notes, &mut about,
+            )
+            .await?;
         } else if !dry_run {
             self.store.clear_unused_flags(&org.id, None).await?;
         }
@@ -222,7 +231,7 @@ impl<S: Store> App<S> {
                     json!({"name": k.name, "expires_at": expires_at}),
                 );
                 notes.push((KeyNotice::Expired { key_id: k.id }, entry));
-                run.expired.push(action);
+                about.push(action);
                 continue;
             }
             // The nearest threshold crossed (thresholds are longest first),
@@ -259,11 +268,25 @@ impl<S: Store> App<S> {
                 },
                 entry,
             ));
-            run.expiring.push(action);
+            about.push(action);
         }
-        if !dry_run {
-            for chunk in notes.chunks(RUN_PAGE as usize) {
-                self.store.note_keys(chunk).await?;
+        // A dry run reports every notice it would tell; a run only those it
+        // told (another run may have told one first).
+        let mut told = Vec::with_capacity(notes.len());
+        for chunk in notes.chunks(RUN_PAGE as usize) {
+            if dry_run {
+                told.extend(std::iter::repeat_n(true, chunk.len()));
+            } else {
+                told.extend(self.store.note_keys(chunk).await?);
+            }
+        }
+        for (((notice, _), action), told) in notes.iter().zip(about).zip(told) {
+            if told {
+                match notice {
+                    KeyNotice::Unused { .. } => run.newly_flagged.push(action),
+                    KeyNotice::Expiring { .. } => run.expiring.push(action),
+                    KeyNotice::Expired { .. } => run.expired.push(action),
+                }
             }
         }
         Ok(run)
@@ -285,6 +308,7 @@ impl<S: Store> App<S> {
         dry_run: bool,
         run: &mut PolicyRun,
         notes: &mut Vec<(KeyNotice, AuditEntry)>,
+        about: &mut Vec<PolicyAction>,
     ) -> Result<(), AppError> {
         let now = self.now();
         let flag_ms = policy.flag_unused_after_ms.unwrap_or(i64::MAX);
@@ -336,6 +360,7 @@ impl<S: Store> App<S> {
                         },
                         entry,
                     ));
+                    about.push(action.clone());
                 }
                 run.flagged.push(action);
             }

@@ -217,7 +217,10 @@ async fn notices_are_told_once_each_and_queued_for_webhooks() {
     clock.advance(10 * DAY);
     let run = app.run_policy(&org, false).await.unwrap();
     assert_eq!(ids(&run.flagged), [idle.record.id.as_str()]);
-    app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&run.newly_flagged), [idle.record.id.as_str()]);
+    let again = app.run_policy(&org, false).await.unwrap();
+    assert_eq!(ids(&again.flagged), [idle.record.id.as_str()]);
+    assert!(again.newly_flagged.is_empty(), "told once");
     let shown = app.show_key(&org, &idle.record.id).await.unwrap();
     assert_eq!(shown.flags, ["unused"]);
     assert_eq!(

@@ -261,25 +261,24 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
-    // ::a.b.c.d (deprecated compatible form), and :: and ::1 themselves.
-    if s[..6] == [0; 6] {
-        return s[6] != 0 && is_public_v4(embedded_v4(s[6], s[7]));
-    }
-    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
-    if s[0] == 0x64 && s[1] == 0xff9b {
-        return s[2] == 0 && is_public_v4(embedded_v4(s[6], s[7]));
+    // NAT64 well-known prefix 64:ff9b::/96 reaches the IPv4 address it
+    // carries (the local-use 64:ff9b:1::/48 is not public).
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(embedded_v4(s[6], s[7]));
     }
     // 6to4 2002::/16 carries an IPv4 address in its next 32 bits.
     if s[0] == 0x2002 {
         return is_public_v4(embedded_v4(s[1], s[2]));
     }
-    !((s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-        || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
-        || (s[0] & 0xff00) == 0xff00 // multicast
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x2001 && s[1] < 0x0200) // Teredo, ORCHID, benchmarking
-        || s[0] == 0x0100) // discard-only 100::/64
+    // Only global unicast (2000::/3) is public; everything else (::,
+    // ::1, the IPv4-compatible and translated forms, unique local,
+    // link-local, site-local, multicast, SRv6 5f00::/16, …) is not. Within
+    // it: documentation (2001:db8::/32, 3fff::/20) and the IETF protocol
+    // assignments 2001::/23 (Teredo, ORCHID, benchmarking).
+    (s[0] & 0xe000) == 0x2000
+        && !(s[0] == 0x2001 && s[1] == 0x0db8)
+        && !(s[0] == 0x2001 && s[1] < 0x0200)
+        && (s[0] & 0xfff0) != 0x3ff0
 }
 
 /// The secret's text prefix, as Standard Webhooks libraries expect it.

@@ -32,8 +32,9 @@ use tokio_rustls::rustls;
 /// How often an idle node looks for events due.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Endpoints one node delivers to at once.
-const PARALLEL: usize = 8;
+/// Endpoints one node delivers to at once (an organization holds at most
+/// `keyward_store`'s `LEASES_PER_ORG` of them, over all nodes).
+const PARALLEL: usize = 16;
 
 /// Events read per batch.
 const BATCH: u32 = 100;

@@ -209,7 +209,7 @@ impl crate::Settings for AnyStore {
     async fn keys_expiring(&self, org_id: &str, until: i64) -> Result<Vec<crate::ExpiringKey>> {
         delegate!(self, s => s.keys_expiring(org_id, until))
     }
-    async fn note_keys(&self, notes: &[(crate::KeyNotice, AuditEntry)]) -> Result<usize> {
+    async fn note_keys(&self, notes: &[(crate::KeyNotice, AuditEntry)]) -> Result<Vec<bool>> {
         delegate!(self, s => s.note_keys(notes))
     }
     async fn clear_unused_flags(&self, org_id: &str, active_since: Option<i64>) -> Result<u64> {

@@ -35,7 +35,8 @@ pub use settings::{ExpiringKey, KeyNotice, Settings, StoredPolicy};
 pub use sqlite::SqliteStore;
 pub use usage::UsageRow;
 pub use webhooks::{
-    Attempt, AttemptRecord, DeliveryRecord, EndpointState, PendingEvent, WebhookRecord, Webhooks,
+    Attempt, AttemptRecord, DeliveryRecord, EndpointState, LEASES_PER_ORG, PendingEvent,
+    WebhookRecord, Webhooks,
 };
 
 /// What went wrong in storage. The app layer maps each variant once.

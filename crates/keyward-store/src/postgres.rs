@@ -131,17 +131,15 @@ impl PgStore {
     }
 }
 
-/// Leases the endpoint due longest ago that has events waiting
-/// (`crate::webhooks`): `$1` node, `$2` lease end, `$3` now. `SKIP LOCKED`
-/// sends nodes polling at once to different endpoints; the outer condition,
+/// Leases an endpoint with events due (`crate::webhooks`, which says in
+/// which order): `$1` node, `$2` lease end, `$3` now. `SKIP LOCKED` sends
+/// nodes polling at once to different endpoints; the outer condition,
 /// re-checked on the locked row, makes a lease taken meanwhile a miss.
-const CLAIM_WEBHOOK: &str = "UPDATE webhooks SET lease_holder = $1, lease_until = $2 \
-     WHERE lease_until <= $3 AND id = (SELECT w.id FROM webhooks w \
-     WHERE w.disabled_at IS NULL AND w.next_attempt_at <= $3 AND w.lease_until <= $3 \
-     AND EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.webhook_id = w.id \
-     AND o.delivered_at IS NULL) ORDER BY w.next_attempt_at, w.id LIMIT 1 \
-     FOR UPDATE OF w SKIP LOCKED) \
-     RETURNING id";
+const CLAIM_WEBHOOK: &str = concat!(
+    "UPDATE webhooks SET lease_holder = $1, lease_until = $2 WHERE lease_until <= $3 AND id = (",
+    crate::webhooks::due_webhook!(" FOR UPDATE OF w SKIP LOCKED"),
+    ") RETURNING id"
+);
 
 /// Inserts `keys` and their grants in two statements; returns the ids
 /// inserted (all of them, or with `skip_existing` those whose digest was

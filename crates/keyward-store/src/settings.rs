@@ -32,13 +32,13 @@ pub trait Settings: Send + Sync + 'static {
         until: i64,
     ) -> impl Future<Output = Result<Vec<ExpiringKey>>> + Send;
     /// Records each notice not recorded before (by another run) with its
-    /// audit record, all in one transaction; how many were new. The audit
+    /// audit record, all in one transaction; which were new. The audit
     /// records are events (`key.unused`, `key.expiring`, `key.expired`),
     /// so the outbox gets them in the same transaction.
     fn note_keys(
         &self,
         notes: &[(KeyNotice, AuditEntry)],
-    ) -> impl Future<Output = Result<usize>> + Send;
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// Clears the `unused` flag of the organization's keys used since they
     /// were flagged, or used at or after `active_since` (the flag's window
     /// under the policy now; `None`: no flag in the policy, clear all).
@@ -183,12 +183,13 @@ macro_rules! settings_impl {
             async fn note_keys(
                 &self,
                 notes: &[($crate::KeyNotice, keyward_core::audit::AuditEntry)],
-            ) -> $crate::Result<usize> {
+            ) -> $crate::Result<Vec<bool>> {
                 if notes.is_empty() {
-                    return Ok(0);
+                    return Ok(Vec::new());
                 }
                 let mut tx = self.write_tx().await?;
                 let mut new = Vec::with_capacity(notes.len());
+                let mut told = Vec::with_capacity(notes.len());
                 for (notice, audit) in notes {
                     // Each update changes the row only the first time: a
                     // notice is told once whoever runs the policy.
@@ -218,13 +219,14 @@ macro_rules! settings_impl {
                     }
                     .execute(&mut *tx)
                     .await?;
+                    told.push(done.rows_affected() > 0);
                     if done.rows_affected() > 0 {
                         new.push(audit);
                     }
                 }
                 Self::append_audited_tx(&mut tx, &new).await?;
                 tx.commit().await?;
-                Ok(new.len())
+                Ok(told)
             }
 
             async fn clear_unused_flags(

@@ -109,15 +109,14 @@ impl SqliteStore {
     }
 }
 
-/// Leases the endpoint due longest ago that has events waiting
-/// (`crate::webhooks`): `$1` node, `$2` lease end, `$3` now. One writer at
-/// a time, so no two processes take the same endpoint.
-const CLAIM_WEBHOOK: &str = "UPDATE webhooks SET lease_holder = $1, lease_until = $2 \
-     WHERE id = (SELECT w.id FROM webhooks w WHERE w.disabled_at IS NULL \
-     AND w.next_attempt_at <= $3 AND w.lease_until <= $3 \
-     AND EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.webhook_id = w.id \
-     AND o.delivered_at IS NULL) ORDER BY w.next_attempt_at, w.id LIMIT 1) \
-     RETURNING id";
+/// Leases an endpoint with events due (`crate::webhooks`, which says in
+/// which order): `$1` node, `$2` lease end, `$3` now. One writer at a
+/// time, so no two processes take the same endpoint.
+const CLAIM_WEBHOOK: &str = concat!(
+    "UPDATE webhooks SET lease_holder = $1, lease_until = $2 WHERE id = (",
+    crate::webhooks::due_webhook!(""),
+    ") RETURNING id"
+);
 
 /// Audit rows per `INSERT` (15 parameters each; SQLite allows 32 766).
 const AUDIT_ROWS_PER_INSERT: usize = 500;

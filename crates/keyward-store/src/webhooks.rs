@@ -201,6 +201,35 @@ pub trait Webhooks: Send + Sync + 'static {
     fn prune_deliveries(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 }
 
+/// Endpoints of one organization delivered to at once, over all nodes
+/// (about: two nodes may both take the last place). One organization's
+/// slow or hanging receivers then hold a few delivery slots, never all of
+/// them: the other organizations' events keep flowing.
+pub const LEASES_PER_ORG: i64 = 3;
+
+/// `SELECT` of the one endpoint to lease next, `$3` being now, then
+/// `$tail` (the backend's locking clause): enabled, past its back-off, not
+/// leased, with events waiting, its organization holding fewer than
+/// [`LEASES_PER_ORG`] leases; the one whose oldest waiting event is oldest
+/// first, so endpoints are served in the order their events happened
+/// (no endpoint waits behind others that sort before it).
+macro_rules! due_webhook {
+    ($tail:literal) => {
+        concat!(
+            "SELECT w.id FROM webhooks w WHERE w.disabled_at IS NULL ",
+            "AND w.next_attempt_at <= $3 AND w.lease_until <= $3 ",
+            "AND EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.webhook_id = w.id ",
+            "AND o.delivered_at IS NULL) ",
+            "AND (SELECT COUNT(*) FROM webhooks x WHERE x.org_id = w.org_id ",
+            "AND x.lease_until > $3) < 3 ",
+            "ORDER BY (SELECT MIN(o.audit_seq) FROM webhook_outbox o WHERE o.webhook_id = w.id ",
+            "AND o.delivered_at IS NULL), w.id LIMIT 1",
+            $tail
+        )
+    };
+}
+pub(crate) use due_webhook;
+
 /// Outbox rows per `INSERT` (3 parameters each).
 pub(crate) const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
 
@@ -639,3 +668,15 @@ macro_rules! webhooks_impl {
     };
 }
 pub(crate) use webhooks_impl;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_claim_caps_each_organization_at_its_leases() {
+        let sql = due_webhook!("");
+        assert!(
+            sql.contains(&format!("< {} ", super::LEASES_PER_ORG)),
+            "{sql}"
+        );
+    }
+}

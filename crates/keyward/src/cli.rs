@@ -4,9 +4,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Scoped API keys for SaaS platforms.
-///
-/// Deliberately not `Debug`: it holds the database URL, which may carry a
-/// password.
+// Deliberately not `Debug`: it holds the database URL, which may carry a
+// password. (A plain comment: doc comments become `--help` text.)
 #[derive(Parser)]
 #[command(name = "keyward", version, about, propagate_version = true)]
 pub struct Cli {

@@ -560,21 +560,22 @@ pub fn policy_run(r: &keyward_app::policy::PolicyRun, json: bool) {
     }
     let (flag, revoke, expiring, expired) = if r.dry_run {
         (
-            "Would flag as unused",
+            "Would flag as unused now",
             "Would revoke as unused",
             "Would warn of expiry",
             "Would announce as expired",
         )
     } else {
         (
-            "Flagged as unused",
+            "Flagged as unused now",
             "Revoked as unused",
             "Warned of expiry",
             "Announced as expired",
         )
     };
     for (heading, keys) in [
-        (flag, &r.flagged),
+        ("Unused past the flag", &r.flagged),
+        (flag, &r.newly_flagged),
         (revoke, &r.revoked),
         (expiring, &r.expiring),
         (expired, &r.expired),

@@ -144,6 +144,15 @@ async fn webhook_deliveries(
             ctx,
         ));
     }
+    if q.before.is_some_and(|b| b < 1) {
+        return Err(fail(
+            crate::error::ApiError::validation(
+                "before",
+                "not a `next_before` this API returned: start over without it",
+            ),
+            ctx,
+        ));
+    }
     let page = state
         .app
         .webhook_deliveries(&who.org, &id, q.before, q.limit.unwrap_or(50))

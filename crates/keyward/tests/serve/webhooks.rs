@@ -703,3 +703,66 @@ fn two_postgres_nodes_never_both_deliver_and_survive_a_kill() {
         );
     }
 }
+
+#[test]
+fn one_organizations_hanging_receivers_do_not_hold_up_another() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    kw.cli_ok(&["orgs", "create", "Other"]);
+    let hanging = Receiver::start();
+    let healthy = Receiver::start();
+    hanging.set(HOLD);
+    for _ in 0..6 {
+        kw.cli_ok(&[
+            "webhooks",
+            "create",
+            &hanging.url,
+            "--event",
+            "key.created",
+            "--allow-private",
+        ]);
+    }
+    kw.cli_ok(&[
+        "--org",
+        "other",
+        "webhooks",
+        "create",
+        &healthy.url,
+        "--event",
+        "key.created",
+        "--allow-private",
+    ]);
+    let _server = kw.serve(&["--allow-private-webhooks", "--webhook-timeout", "30s"]);
+    kw.key(&["--name", "noisy", "--scope", "vehicles:read"]);
+    until(
+        Duration::from_secs(10),
+        "the hanging receivers hold deliveries",
+        || hanging.held.load(Ordering::SeqCst) >= 3,
+    );
+    let other = kw
+        .key(&[
+            "--org",
+            "other",
+            "--name",
+            "quiet",
+            "--scope",
+            "vehicles:read",
+        ])
+        .0;
+    until(
+        Duration::from_secs(10),
+        "the other organization's event",
+        || {
+            healthy
+                .got()
+                .iter()
+                .any(|g| g.doc()["data"]["key_id"] == other.as_str())
+        },
+    );
+    // Still held: the other organization did not wait for them.
+    assert!(hanging.held.load(Ordering::SeqCst) >= 3);
+    // And one organization holds at most three deliveries at once.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hanging.held.load(Ordering::SeqCst), 3);
+    hanging.set(UP);
+}
