@@ -9,6 +9,10 @@
 #   2. Events delivered per second to a local receiver: a backlog of the
 #      keys created above is marked undelivered, a server is started, and
 #      the time until the outbox is empty is measured.
+#   3. The same three servers' user-space instructions per creation
+#      (callgrind; the figure the machine's noise does not move), when
+#      valgrind is installed. With a webhook, this includes delivering the
+#      event.
 #
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p keyward)
 #   R=5 D=5 bash bench/webhooks.sh /tmp/old-target/release/keyward [NEW_BIN]
@@ -94,3 +98,31 @@ serve $NEW $C_URL 19304 --allow-private-webhooks
 until [ "$(pending)" = 0 ]; do sleep 0.05; done
 end=$(date +%s.%N)
 python3 -c "n=$N; t=$end-$start; print(f'{n} events in {t:.2f} s (server start included) = {n/t:.0f} events/s')"
+
+command -v valgrind >/dev/null || { echo "(no valgrind: skipping instructions)"; exit 0; }
+echo "== 3. instructions per POST /v1/keys (callgrind, ${DURATION:-5} s each)"
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+for case in old new new+webhook; do
+  bin=$NEW; [ $case = old ] && bin=$OLD
+  url="sqlite://$W/cg-$case.db"
+  key=$(admin $bin $url)
+  flags=()
+  if [ $case = new+webhook ]; then
+    KEYWARD_DATABASE_URL=$url $NEW webhooks create http://127.0.0.1:19301/hook \
+      --event key.created --allow-private >/dev/null
+    flags=(--allow-private-webhooks)
+  fi
+  out="$W/cg-$case.out"
+  KEYWARD_DATABASE_URL=$url KEYWARD_LOG=warn taskset -c 1 valgrind --tool=callgrind \
+    --callgrind-out-file="$out" $bin serve --listen 127.0.0.1:19305 "${flags[@]}" >/dev/null 2>&1 &
+  pid=$!; PIDS+=($pid)
+  for _ in $(seq 1 240); do curl -s -o /dev/null http://127.0.0.1:19305/healthz && break; sleep 0.5; done
+  callgrind_control -z $pid >/dev/null 2>&1
+  n=$(taskset -c 0 wrk -t1 -c8 -d${DURATION:-5}s -s $W/create.lua -H "Authorization: Bearer $key" \
+    http://127.0.0.1:19305/v1/keys | awk '/requests in/ {print $1}')
+  # Let the deliveries of the keys just made finish inside the count.
+  sleep 2
+  callgrind_control -d $pid >/dev/null 2>&1; sleep 1
+  echo "$case: $(( $(total "$out.1") / n )) instructions per creation ($n created)"
+  kill $pid; wait $pid 2>/dev/null || true
+done

@@ -276,3 +276,118 @@ async fn notices_are_told_once_each_and_queued_for_webhooks() {
     assert_eq!(thresholds, ["1d", "14d"]);
     assert!(audit.iter().all(|r| r.actor == "policy"));
 }
+
+/// An endpoint failing for 24 hours is disabled, audited as
+/// `webhook.disabled`; its events stay queued, and no new ones are queued
+/// for it. Driven by a moved clock, through the same calls a server makes.
+#[tokio::test]
+async fn an_endpoint_failing_for_a_day_is_disabled_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let catalog = Arc::new(Catalog::fleet().unwrap());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let app = App::new(
+        store,
+        catalog.clone(),
+        Digester::sha256(),
+        clock.clone(),
+        Arc::new(OsRng),
+    );
+    let actor = Actor::operator("cli:test", &catalog);
+    let (org, _) = app.bootstrap(&actor).await.unwrap();
+    let hook = app
+        .create_webhook(
+            &actor,
+            &org,
+            keyward_app::webhooks::NewWebhook {
+                url: "http://127.0.0.1:9/hooks".into(),
+                events: vec!["key.created".into()],
+                description: String::new(),
+            },
+            true,
+        )
+        .await
+        .unwrap()
+        .webhook;
+    let create = |name: &str| CreateKey {
+        name: name.into(),
+        grants: GrantRequest {
+            scopes: vec!["vehicles:read".into()],
+            ..GrantRequest::default()
+        },
+        ..CreateKey::default()
+    };
+    app.create_key(&actor, &org, create("first")).await.unwrap();
+    let hour = 3_600_000;
+    let mut attempts = 0;
+    let mut delays = Vec::new();
+    let mut last = clock.now_ms();
+    // Fail every attempt, each as soon as the back-off allows.
+    let disabled = loop {
+        let mut held = app
+            .claim_webhook("node-a", 30_000)
+            .await
+            .unwrap()
+            .expect("due once its back-off has passed");
+        let event = app.pending_events(&held.id, 1).await.unwrap().remove(0);
+        let now = clock.now_ms();
+        delays.push(now - last);
+        last = now;
+        attempts += 1;
+        let failed = keyward_app::Attempt {
+            audit_seq: event.audit_seq,
+            at: now,
+            status: Some(503),
+            error: Some("answered 503".into()),
+            duration_ms: 1,
+            delivered: false,
+        };
+        assert!(
+            app.record_attempt("node-a", &mut held, &failed, 30_000)
+                .await
+                .unwrap()
+        );
+        app.release_webhook("node-a", &held.id).await.unwrap();
+        if held.disabled_at.is_some() {
+            break app.list_webhooks(&org).await.unwrap().remove(0);
+        }
+        // Not due a moment before the back-off ends; due at its end.
+        clock.advance(held.next_attempt_at - now - 1);
+        assert!(app.claim_webhook("node-a", 30_000).await.unwrap().is_none());
+        clock.advance(1);
+        assert!(attempts < 100, "never disabled");
+    };
+    assert_eq!(disabled.id, hook.id);
+    assert_eq!(disabled.status, "disabled");
+    assert_eq!(disabled.pending, 1, "its event stays queued");
+    // Backed off exponentially: 5 s, 10 s, 20 s, … then hourly.
+    assert_eq!(&delays[1..4], [5_000, 10_000, 20_000], "{delays:?}");
+    assert!(
+        delays.iter().rev().take(3).all(|d| *d >= hour),
+        "{delays:?}"
+    );
+    assert!((25..40).contains(&attempts), "{attempts}");
+    let (audit, _) = app
+        .query_audit(
+            &org,
+            &AuditQuery {
+                action: Some("webhook.disabled".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].details["webhook_id"], hook.id.as_str());
+    assert!(audit[0].actor.starts_with("node:"), "{}", audit[0].actor);
+    // Disabled: nothing new is queued, nothing is leased.
+    app.create_key(&actor, &org, create("second"))
+        .await
+        .unwrap();
+    clock.advance(10 * hour);
+    assert!(app.claim_webhook("node-a", 30_000).await.unwrap().is_none());
+    assert_eq!(app.list_webhooks(&org).await.unwrap()[0].pending, 1);
+}

@@ -14,6 +14,11 @@ use std::time::Duration;
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const HOLD: u8 = 2;
+/// Answers 307, sending the sender to [`REDIRECT_TO`].
+const REDIRECT: u8 = 3;
+
+/// Where a receiver in [`REDIRECT`] mode points.
+static REDIRECT_TO: Mutex<String> = Mutex::new(String::new());
 
 /// One request the receiver answered 2xx.
 #[derive(Clone, Debug)]
@@ -125,8 +130,11 @@ async fn serve(
                             }
                             held.fetch_sub(1, Ordering::SeqCst);
                         }
-                        let status = if mode.load(Ordering::SeqCst) == DOWN {
+                        let now = mode.load(Ordering::SeqCst);
+                        let status = if now == DOWN {
                             503
+                        } else if now == REDIRECT {
+                            307
                         } else {
                             got.lock().unwrap().push(Got {
                                 id,
@@ -139,6 +147,10 @@ async fn serve(
                         let mut res =
                             hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
                         *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        if status == 307 {
+                            let to = REDIRECT_TO.lock().unwrap().clone();
+                            res.headers_mut().insert("location", to.parse().unwrap());
+                        }
                         Ok::<_, std::convert::Infallible>(res)
                     }
                 });
@@ -765,4 +777,53 @@ fn one_organizations_hanging_receivers_do_not_hold_up_another() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hanging.held.load(Ordering::SeqCst), 3);
     hanging.set(UP);
+}
+
+#[test]
+fn redirects_are_not_followed() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let first = Receiver::start();
+    let elsewhere = Receiver::start();
+    *REDIRECT_TO.lock().unwrap() = elsewhere.url.clone();
+    first.set(REDIRECT);
+    let out = kw.cli_ok(&[
+        "webhooks",
+        "create",
+        &first.url,
+        "--event",
+        "key.created",
+        "--allow-private",
+        "--json",
+    ]);
+    let hook = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _server = kw.serve(&["--allow-private-webhooks", "--webhook-timeout", "2s"]);
+    kw.key(&["--name", "k", "--scope", "vehicles:read"]);
+    let page = || -> Value {
+        serde_json::from_str(&kw.cli_ok(&["webhooks", "deliveries", &hook, "--json"])).unwrap()
+    };
+    until(
+        Duration::from_secs(10),
+        "a redirected attempt recorded",
+        || page()["deliveries"][0]["attempts"][0].is_object(),
+    );
+    let page = page();
+    let attempt = &page["deliveries"][0]["attempts"][0];
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{page}"
+    );
+    assert_eq!(page["deliveries"][0]["status"], "pending");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        elsewhere.seen.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
 }
