@@ -18,14 +18,17 @@ use std::sync::Arc;
 
 const DAY: i64 = 86_400_000;
 
-#[tokio::test]
-async fn unused_keys_are_flagged_then_revoked_by_the_policy() {
-    let dir = tempfile::tempdir().unwrap();
+/// An app on a fresh SQLite file with a manual clock at `t0`, its operator
+/// and default organization.
+async fn app_at(
+    dir: &tempfile::TempDir,
+    t0: i64,
+) -> (App<SqliteStore>, Arc<ManualClock>, Actor, keyward_app::Org) {
     let url = format!("sqlite://{}", dir.path().join("p.db").display());
     let catalog = Arc::new(Catalog::fleet().unwrap());
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let clock = Arc::new(ManualClock::new(t0));
     let app = App::new(
         store,
         catalog.clone(),
@@ -35,6 +38,13 @@ async fn unused_keys_are_flagged_then_revoked_by_the_policy() {
     );
     let actor = Actor::operator("cli:test", &catalog);
     let (org, _) = app.bootstrap(&actor).await.unwrap();
+    (app, clock, actor, org)
+}
+
+#[tokio::test]
+async fn unused_keys_are_flagged_then_revoked_by_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, clock, actor, org) = app_at(&dir, 1_700_000_000_000).await;
     let create = |name: &str| CreateKey {
         name: name.into(),
         grants: GrantRequest {
@@ -108,21 +118,8 @@ async fn unused_keys_are_flagged_then_revoked_by_the_policy() {
 #[tokio::test]
 async fn notices_are_told_once_each_and_queued_for_webhooks() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("n.db").display());
-    let catalog = Arc::new(Catalog::fleet().unwrap());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
     let t0 = 1_700_000_000_000;
-    let clock = Arc::new(ManualClock::new(t0));
-    let app = App::new(
-        store,
-        catalog.clone(),
-        Digester::sha256(),
-        clock.clone(),
-        Arc::new(OsRng),
-    );
-    let actor = Actor::operator("cli:test", &catalog);
-    let (org, _) = app.bootstrap(&actor).await.unwrap();
+    let (app, clock, actor, org) = app_at(&dir, t0).await;
     let hook = app
         .create_webhook(
             &actor,
@@ -283,20 +280,7 @@ async fn notices_are_told_once_each_and_queued_for_webhooks() {
 #[tokio::test]
 async fn an_endpoint_failing_for_a_day_is_disabled_and_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let catalog = Arc::new(Catalog::fleet().unwrap());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let app = App::new(
-        store,
-        catalog.clone(),
-        Digester::sha256(),
-        clock.clone(),
-        Arc::new(OsRng),
-    );
-    let actor = Actor::operator("cli:test", &catalog);
-    let (org, _) = app.bootstrap(&actor).await.unwrap();
+    let (app, clock, actor, org) = app_at(&dir, 1_700_000_000_000).await;
     let hook = app
         .create_webhook(
             &actor,

@@ -232,6 +232,21 @@ fn audited(server: &Server, key: &str, action: &str) -> String {
     String::from_utf8(r.body).unwrap()
 }
 
+/// `keyward webhooks create URL --event EVENTS --allow-private --json`
+/// (the CLI, as an operator would), its answer.
+fn hook_via_cli(kw: &Kw, url: &str, events: &str) -> Value {
+    let out = kw.cli_ok(&[
+        "webhooks",
+        "create",
+        url,
+        "--event",
+        events,
+        "--allow-private",
+        "--json",
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
 fn create(server: &Server, key: &str, body: &Value) -> crate::harness::Resp {
     req("POST", "/v1/webhooks")
         .bearer(key)
@@ -571,16 +586,7 @@ fn a_node_killed_mid_delivery_loses_nothing() {
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let receiver = Receiver::start();
-    let out = kw.cli_ok(&[
-        "webhooks",
-        "create",
-        &receiver.url,
-        "--event",
-        "key.created",
-        "--allow-private",
-        "--json",
-    ]);
-    let secret = serde_json::from_str::<Value>(&out).unwrap()["secret"]
+    let secret = hook_via_cli(&kw, &receiver.url, "key.created")["secret"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -626,16 +632,7 @@ fn two_postgres_nodes_never_both_deliver_and_survive_a_kill() {
     };
     kw.cli_ok(&["migrate"]);
     let receiver = Receiver::start();
-    let out = kw.cli_ok(&[
-        "webhooks",
-        "create",
-        &receiver.url,
-        "--event",
-        "key.created,key.revoked",
-        "--allow-private",
-        "--json",
-    ]);
-    let hook = serde_json::from_str::<Value>(&out).unwrap()["id"]
+    let hook = hook_via_cli(&kw, &receiver.url, "key.created,key.revoked")["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -787,16 +784,7 @@ fn redirects_are_not_followed() {
     let elsewhere = Receiver::start();
     *REDIRECT_TO.lock().unwrap() = elsewhere.url.clone();
     first.set(REDIRECT);
-    let out = kw.cli_ok(&[
-        "webhooks",
-        "create",
-        &first.url,
-        "--event",
-        "key.created",
-        "--allow-private",
-        "--json",
-    ]);
-    let hook = serde_json::from_str::<Value>(&out).unwrap()["id"]
+    let hook = hook_via_cli(&kw, &first.url, "key.created")["id"]
         .as_str()
         .unwrap()
         .to_owned();
