@@ -334,6 +334,9 @@ pub(crate) async fn policy_loop(state: Arc<State>) {
         .unwrap_or(i64::MAX / 4)
         .saturating_mul(2);
     let outage = Outage::new("applying the key policy", "it is applied again next time");
+    // The first run one interval after start, not during it: a starting
+    // node has its snapshot to load and its first requests to audit.
+    tick.tick().await;
     loop {
         tick.tick().await;
         match state.app.apply_policies(&state.node, hold).await {

@@ -234,6 +234,17 @@ macro_rules! settings_impl {
                 org_id: &str,
                 active_since: Option<i64>,
             ) -> $crate::Result<u64> {
+                // Most runs find nothing to clear: a read says so without
+                // taking the write lock, which the audit writer needs.
+                let any: Option<(i32,)> = sqlx::query_as(
+                    "SELECT 1 FROM keys WHERE org_id = $1 AND flagged_unused_at IS NOT NULL LIMIT 1",
+                )
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                if any.is_none() {
+                    return Ok(0);
+                }
                 let mut tx = self.write_tx().await?;
                 let done = sqlx::query(
                     "UPDATE keys SET flagged_unused_at = NULL WHERE org_id = $1 \

@@ -9,3 +9,5 @@ UPDATE keys SET expired_noticed = TRUE
     WHERE expires_at IS NOT NULL AND expires_at <= (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT;
 CREATE INDEX keys_by_expiry ON keys (org_id, expires_at)
     WHERE expires_at IS NOT NULL AND NOT expired_noticed;
+-- The flagged keys, for the run that clears flags of keys used again.
+CREATE INDEX keys_flagged_unused ON keys (org_id) WHERE flagged_unused_at IS NOT NULL;

@@ -9,3 +9,5 @@ UPDATE keys SET expired_noticed = 1
     WHERE expires_at IS NOT NULL AND expires_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
 CREATE INDEX keys_by_expiry ON keys (org_id, expires_at)
     WHERE expires_at IS NOT NULL AND expired_noticed = 0;
+-- The flagged keys, for the run that clears flags of keys used again.
+CREATE INDEX keys_flagged_unused ON keys (org_id) WHERE flagged_unused_at IS NOT NULL;

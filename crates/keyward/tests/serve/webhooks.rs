@@ -396,6 +396,8 @@ fn bad_webhooks_are_refused_by_class_and_name_the_field() {
 
 #[test]
 fn events_are_signed_delivered_in_order_and_retried_after_an_outage() {
+    // Several servers and timed waits: kept apart from the timing tests.
+    let _heavy = crate::harness::heavy();
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let key = settings_key(&kw);
@@ -583,6 +585,8 @@ fn events_are_signed_delivered_in_order_and_retried_after_an_outage() {
 
 #[test]
 fn a_node_killed_mid_delivery_loses_nothing() {
+    // Several servers and timed waits: kept apart from the timing tests.
+    let _heavy = crate::harness::heavy();
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let receiver = Receiver::start();
@@ -627,6 +631,8 @@ fn a_node_killed_mid_delivery_loses_nothing() {
 
 #[test]
 fn two_postgres_nodes_never_both_deliver_and_survive_a_kill() {
+    // Several servers and timed waits: kept apart from the timing tests.
+    let _heavy = crate::harness::heavy();
     let Some(kw) = Kw::postgres("webhooks") else {
         return;
     };
@@ -715,6 +721,8 @@ fn two_postgres_nodes_never_both_deliver_and_survive_a_kill() {
 
 #[test]
 fn one_organizations_hanging_receivers_do_not_hold_up_another() {
+    // Several servers and timed waits: kept apart from the timing tests.
+    let _heavy = crate::harness::heavy();
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     kw.cli_ok(&["orgs", "create", "Other"]);
@@ -778,6 +786,8 @@ fn one_organizations_hanging_receivers_do_not_hold_up_another() {
 
 #[test]
 fn redirects_are_not_followed() {
+    // Several servers and timed waits: kept apart from the timing tests.
+    let _heavy = crate::harness::heavy();
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let first = Receiver::start();
