@@ -104,6 +104,7 @@ fn main() {
                     rolled_to: None,
                     last_used_at: None,
                     flagged_unused_at: None,
+                    leaked_at: None,
                     scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                     permission_sets: sets.iter().map(|s| (*s).to_owned()).collect(),
                     limits: Vec::new(),

@@ -162,6 +162,7 @@ impl<S: Store> App<S> {
             rolled_to: None,
             last_used_at: None,
             flagged_unused_at: None,
+            leaked_at: None,
             scopes: resolved.scopes.clone(),
             permission_sets: resolved.permission_sets.clone(),
             limits: req.limits.clone(),
@@ -376,6 +377,7 @@ impl<S: Store> App<S> {
             rolled_to: None,
             last_used_at: None,
             flagged_unused_at: None,
+            leaked_at: None,
             ..old.clone()
         };
         let new = match &narrowed {
@@ -457,6 +459,7 @@ impl<S: Store> App<S> {
                     rolled_to: None,
                     last_used_at: None,
                     flagged_unused_at: None,
+                    leaked_at: None,
                     scopes: Vec::new(),
                     permission_sets: Vec::new(),
                     limits: Vec::new(),

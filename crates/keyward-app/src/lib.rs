@@ -14,6 +14,7 @@ pub mod env;
 mod error;
 pub mod hashing;
 mod keys;
+pub mod leaks;
 mod legacy;
 pub mod limits;
 pub mod people;

@@ -286,6 +286,8 @@ impl<S: Store> App<S> {
                     KeyNotice::Unused { .. } => run.newly_flagged.push(action),
                     KeyNotice::Expiring { .. } => run.expiring.push(action),
                     KeyNotice::Expired { .. } => run.expired.push(action),
+                    // Not a policy notice: never in a policy run.
+                    KeyNotice::Leaked { .. } => {}
                 }
             }
         }

@@ -108,8 +108,9 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub limits: Vec<LimitView>,
-    /// What the key policy says of it: `unused` while flagged as unused
-    /// for `flag_unused_after` (cleared when it is used again).
+    /// What is known against it: `unused` while flagged as unused for the
+    /// policy's `flag_unused_after` (cleared when it is used again);
+    /// `leaked` once reported leaked (a scan, GitHub's secret scanning).
     pub flags: Vec<String>,
     /// Networks the key may be used from, when restricted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -172,10 +173,14 @@ impl KeyView {
             permission_sets: r.permission_sets,
             limits: r.limits.iter().map(LimitView::of).collect(),
             allowed_cidrs: r.allowed_cidrs.iter().map(ToString::to_string).collect(),
-            flags: r
-                .flagged_unused_at
-                .map(|_| vec!["unused".to_owned()])
-                .unwrap_or_default(),
+            flags: [
+                r.flagged_unused_at.map(|_| "unused"),
+                r.leaked_at.map(|_| "leaked"),
+            ]
+            .into_iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect(),
         }
     }
 }

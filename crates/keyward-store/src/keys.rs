@@ -32,7 +32,7 @@ macro_rules! select_keys {
         concat!(
             "SELECT id, org_id, name, description, environment, digest, display_prefix, legacy, ",
             "created_at, created_by, expires_at, revoked_at, rolled_to, last_used_at, limits, ",
-            "allowed_cidrs, flagged_unused_at FROM keys ",
+            "allowed_cidrs, flagged_unused_at, leaked_at FROM keys ",
             $rest
         )
     };

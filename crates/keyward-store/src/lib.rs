@@ -167,6 +167,9 @@ pub struct KeyRecord {
     /// When the key policy flagged it unused (cleared once it is used
     /// again): each flag sends one `key.unused`.
     pub flagged_unused_at: Option<i64>,
+    /// When it was first reported leaked (a scan, GitHub's secret
+    /// scanning): `key.leaked` was told then.
+    pub leaked_at: Option<i64>,
     /// Scope names granted directly.
     pub scopes: Vec<String>,
     /// Permission set ids granted.

@@ -64,6 +64,7 @@ pub(crate) struct KeyRow {
     pub(crate) limits: String,
     pub(crate) allowed_cidrs: String,
     pub(crate) flagged_unused_at: Option<i64>,
+    pub(crate) leaked_at: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -121,6 +122,7 @@ impl KeyRow {
             rolled_to: self.rolled_to,
             last_used_at: self.last_used_at,
             flagged_unused_at: self.flagged_unused_at,
+            leaked_at: self.leaked_at,
             scopes: Vec::new(),
             permission_sets: Vec::new(),
             limits,

@@ -103,6 +103,13 @@ pub enum KeyNotice {
         /// The key.
         key_id: String,
     },
+    /// Reported leaked (at unix ms).
+    Leaked {
+        /// The key.
+        key_id: String,
+        /// Unix ms.
+        at: i64,
+    },
 }
 
 /// Implements [`crate::Settings`] for one backend (expanded by `keys_impl!`).
@@ -208,6 +215,11 @@ macro_rules! settings_impl {
                              AND (expiry_warned_ms IS NULL OR expiry_warned_ms > $1)",
                         )
                         .bind(*threshold_ms)
+                        .bind(key_id),
+                        $crate::KeyNotice::Leaked { key_id, at } => sqlx::query(
+                            "UPDATE keys SET leaked_at = $1 WHERE id = $2 AND leaked_at IS NULL",
+                        )
+                        .bind(*at)
                         .bind(key_id),
                         $crate::KeyNotice::Expired { key_id } => sqlx::query(
                             "UPDATE keys SET expired_noticed = $1 WHERE id = $2 \

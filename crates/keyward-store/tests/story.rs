@@ -56,6 +56,7 @@ fn key(id: &str, org_id: &str, secret: &str, created_at: i64) -> KeyRecord {
         rolled_to: None,
         last_used_at: None,
         flagged_unused_at: None,
+        leaked_at: None,
         scopes: vec!["vehicles:read".into()],
         permission_sets: vec!["inspections:write".into()],
         limits: Vec::new(),

@@ -59,6 +59,10 @@ pub enum Command {
     /// Send the organization's events to HTTP endpoints (SPEC §10).
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
+    /// Find leaked keys in files (SPEC §11): every key of the catalog's
+    /// format with a valid checksum, its file and line, and whether it is
+    /// live. Exit 1 when a live key was found.
+    Scan(ScanArgs),
     /// Apply database migrations and create the default organization.
     Migrate,
 }
@@ -476,4 +480,20 @@ pub enum WebhooksCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files and directories to scan (directories are walked, `.git`
+    /// skipped, symbolic links not followed); `-` reads standard input
+    /// (`git log -p | keyward scan -`).
+    #[arg(default_value = ".")]
+    pub paths: Vec<String>,
+    /// Revoke the live keys found (audited with reason `leaked`; sends
+    /// `key.leaked`).
+    #[arg(long)]
+    pub revoke: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod scan;
 
 use clap::Parser;
 use cli::{AuditCmd, CatalogCmd, Cli, Command, KeysCmd, OrgsCmd, PolicyCmd, UsersCmd, WebhooksCmd};
@@ -324,6 +325,9 @@ async fn run(cli: Cli) -> Result {
     if let Command::Orgs(cmd) = &cli.command {
         return orgs(&app, &actor, cmd).await;
     }
+    if let Command::Scan(args) = &cli.command {
+        return scan_paths(&app, &actor, args).await;
+    }
     if let Command::Serve(args) = cli.command {
         let node = match node {
             Some(n) => n,
@@ -364,10 +368,43 @@ async fn run(cli: Cli) -> Result {
                 Exit::Refused
             })
         }
-        Command::Catalog(_) | Command::Migrate | Command::Orgs(_) | Command::Serve(_) => {
-            Ok(Exit::Ok)
-        }
+        Command::Catalog(_)
+        | Command::Migrate
+        | Command::Orgs(_)
+        | Command::Serve(_)
+        | Command::Scan(_) => Ok(Exit::Ok),
     }
+}
+
+/// `keyward scan`: walks, looks up, reports; exit 1 when a key was live.
+async fn scan_paths(app: &App<AnyStore>, actor: &Actor, args: &cli::ScanArgs) -> Result {
+    use keyward_app::leaks::{LeakStatus, OnSighting};
+    let progress = output::scan_progress();
+    let bar = progress.clone();
+    let started = app.now();
+    let (sightings, stats) = scan::scan(&args.paths, app.catalog().key_prefix(), &mut |s| {
+        bar.set_position(s.files);
+        bar.set_message(format!("{:.1} MB", s.bytes as f64 / 1e6));
+    });
+    let on = if args.revoke {
+        OnSighting::Revoke
+    } else {
+        OnSighting::Report
+    };
+    let findings = app.handle_sightings(actor, &sightings, on, "scan").await?;
+    progress.finish_and_clear();
+    let took = u64::try_from(app.now().saturating_sub(started)).unwrap_or(0);
+    output::scan(
+        &findings,
+        &stats,
+        std::time::Duration::from_millis(took),
+        args.json,
+    );
+    Ok(if findings.iter().any(|f| f.was == LeakStatus::Live) {
+        Exit::Refused
+    } else {
+        Exit::Ok
+    })
 }
 
 async fn orgs(app: &App<AnyStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {

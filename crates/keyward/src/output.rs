@@ -666,3 +666,65 @@ pub fn deliveries(page: &keyward_app::webhooks::DeliveriesPage, json: bool) {
         println!("More: --before {before}");
     }
 }
+
+/// A spinner for `keyward scan`: files read and megabytes, on standard
+/// error (hidden when it is not a terminal).
+pub fn scan_progress() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("scanning: {pos} files, {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `keyward scan`: one line per sighting, then a summary on standard error.
+pub fn scan(
+    findings: &[keyward_app::leaks::LeakFinding],
+    stats: &crate::scan::Stats,
+    took: std::time::Duration,
+    json: bool,
+) {
+    use keyward_app::leaks::LeakStatus;
+    if json {
+        print_json(&findings);
+    } else if findings.is_empty() {
+        println!("No keys found.");
+    } else {
+        println!("{:<50} {:<20} {:<8} KEY ID", "WHERE", "KEY", "STATUS");
+        for f in findings {
+            let status = if f.revoked_now {
+                "live → revoked now".to_owned()
+            } else {
+                f.was.as_str().to_owned()
+            };
+            println!(
+                "{:<50} {:<20} {:<8} {}",
+                f.place,
+                format!("{}…", f.display_prefix),
+                status,
+                f.key_id.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    let live = findings
+        .iter()
+        .filter(|f| f.was == LeakStatus::Live)
+        .count();
+    let secs = took.as_secs_f64().max(1e-3);
+    eprintln!(
+        "scanned {} files ({:.1} MB) in {:.2} s ({:.0} files/s, {:.1} MB/s); {} skipped as binary{}; {} keys found, {} live",
+        stats.files,
+        stats.bytes as f64 / 1e6,
+        secs,
+        stats.files as f64 / secs,
+        stats.bytes as f64 / 1e6 / secs,
+        stats.binary,
+        if stats.unreadable > 0 {
+            format!(", {} unreadable", stats.unreadable)
+        } else {
+            String::new()
+        },
+        findings.len(),
+        live
+    );
+}

@@ -14,6 +14,7 @@ mod console;
 mod harness;
 mod hostile;
 mod isolation;
+mod leaks;
 mod least_privilege;
 mod limits;
 mod policy;
