@@ -43,7 +43,7 @@ pub fn scan(
             tick(&stats);
             continue;
         }
-        walk(Path::new(p), prefix, &mut found, &mut stats, tick);
+        walk(Path::new(p), true, prefix, &mut found, &mut stats, tick);
     }
     (found, stats)
 }
@@ -53,17 +53,24 @@ fn unreadable(stats: &mut Stats, name: &str, e: &std::io::Error) {
     eprintln!("warning: {name}: {e}");
 }
 
-/// One path: a file is read, a directory walked (without following
-/// symbolic links, and without `.git`).
+/// One path: a file is read, a directory walked (without `.git`). A
+/// symbolic link is followed when it is a path given (`top`), never inside
+/// a walk (no loops, no leaving the tree).
 fn walk(
     path: &Path,
+    top: bool,
     prefix: &str,
     found: &mut Vec<Sighting>,
     stats: &mut Stats,
     tick: &mut dyn FnMut(&Stats),
 ) {
-    let shown = path.display().to_string();
-    let meta = match std::fs::symlink_metadata(path) {
+    // A file's name may itself hold a key: never shown whole.
+    let shown = keyward_core::text::redact_keys(&path.display().to_string()).into_owned();
+    let meta = match if top {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    } {
         Ok(m) => m,
         Err(e) => return unreadable(stats, &shown, &e),
     };
@@ -78,7 +85,7 @@ fn walk(
             if entry.file_name().is_some_and(|n| n == ".git") {
                 continue;
             }
-            walk(&entry, prefix, found, stats, tick);
+            walk(&entry, false, prefix, found, stats, tick);
         }
     } else if meta.is_file() {
         match std::fs::read(path) {

@@ -36,6 +36,8 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
         format!("old: {old}\nnot one: {}\n", broken(&live)),
     )
     .unwrap();
+    // A file whose name holds a key: its name is shown redacted.
+    std::fs::write(tree.join(format!("n-{old}.txt")), format!("{unknown}\n")).unwrap();
     // Binary files and git internals are not read.
     let mut blob = b"\x00\x01binary".to_vec();
     blob.extend_from_slice(live.as_bytes());
@@ -82,6 +84,11 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
                 Some(old_id.clone())
             ),
             (
+                format!("n-{}….txt:1", &old[..14]),
+                "unknown".to_owned(),
+                None
+            ),
+            (
                 "settings.py:3".to_owned(),
                 "live".to_owned(),
                 Some(live_id.clone())
@@ -89,7 +96,7 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
             ("settings.py:4".to_owned(), "unknown".to_owned(), None),
         ]
     );
-    assert_eq!(found[1]["display_prefix"], live[..14]);
+    assert_eq!(found[2]["display_prefix"], live[..14]);
 
     // Standard input, as `git log -p | keyward scan -` feeds it.
     let mut child = std::process::Command::new(crate::harness::BIN)
@@ -119,8 +126,8 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
     let out = kw.cli(&["scan", &tree_arg, "--revoke", "--json"]);
     assert_eq!(out.status.code(), Some(1), "it was live when found");
     let found: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(found[1]["revoked_now"], true, "{found}");
-    assert_eq!(found[1]["status"], "revoked");
+    assert_eq!(found[2]["revoked_now"], true, "{found}");
+    assert_eq!(found[2]["status"], "revoked");
     crate::harness::until(
         std::time::Duration::from_secs(5),
         "the gateway refuses the key",
