@@ -86,8 +86,8 @@ impl WebhookView {
 }
 
 /// `201` of `POST /v1/webhooks`: the endpoint and its signing secret, shown
-/// this once.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+/// this once. `Debug` leaves the secret out.
+#[derive(Clone, Serialize, ToSchema)]
 pub struct CreatedWebhook {
     /// The endpoint.
     #[serde(flatten)]
@@ -95,6 +95,15 @@ pub struct CreatedWebhook {
     /// `whsec_…`: verifies `webhook-signature` (Standard Webhooks). Shown
     /// only now.
     pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedWebhook")
+            .field("webhook", &self.webhook)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// One event of an endpoint's history.
@@ -173,13 +182,6 @@ pub struct DeliveriesPage {
     pub next_before: Option<i64>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> AppError {
-    AppError::Validation {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 fn not_found(id: &str) -> AppError {
     AppError::NotFound {
         what: "webhook",
@@ -203,13 +205,13 @@ pub async fn check_destination(url: &WebhookUrl, allow_private: bool) -> Result<
             match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
                 Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
                 Ok(Err(e)) => {
-                    return Err(invalid(
+                    return Err(AppError::validation(
                         "url",
                         format!("`{}` does not resolve: {e}", url.host),
                     ));
                 }
                 Err(_) => {
-                    return Err(invalid(
+                    return Err(AppError::validation(
                         "url",
                         format!("`{}` did not resolve in time", url.host),
                     ));
@@ -218,11 +220,14 @@ pub async fn check_destination(url: &WebhookUrl, allow_private: bool) -> Result<
         }
     };
     match addrs.iter().find(|ip| !webhook::is_public(**ip)) {
-        Some(ip) => Err(invalid(
+        Some(ip) => Err(AppError::validation(
             "url",
             webhook::UrlProblem::Private(*ip).to_string(),
         )),
-        None if addrs.is_empty() => Err(invalid("url", format!("`{}` has no address", url.host))),
+        None if addrs.is_empty() => Err(AppError::validation(
+            "url",
+            format!("`{}` has no address", url.host),
+        )),
         None => Ok(()),
     }
 }
@@ -242,17 +247,18 @@ impl<S: Store> App<S> {
         req: NewWebhook,
         allow_private: bool,
     ) -> Result<CreatedWebhook, AppError> {
-        let url = webhook::check_url(&req.url).map_err(|p| invalid("url", p.to_string()))?;
+        let url =
+            webhook::check_url(&req.url).map_err(|p| AppError::validation("url", p.to_string()))?;
         let events = match webhook::check_events(&req.events) {
             Ok(e) if e.is_empty() => {
-                return Err(invalid(
+                return Err(AppError::validation(
                     "events",
                     format!("name at least one of: {}", webhook::EVENTS.join(", ")),
                 ));
             }
             Ok(e) => e,
             Err(unknown) => {
-                return Err(invalid(
+                return Err(AppError::validation(
                     "events",
                     format!(
                         "unknown events: {}; known: {}",
@@ -267,10 +273,13 @@ impl<S: Store> App<S> {
             }
         };
         if req.description.chars().count() > MAX_DESCRIPTION {
-            return Err(invalid("description", "is longer than 1000 characters"));
+            return Err(AppError::validation(
+                "description",
+                "is longer than 1000 characters",
+            ));
         }
         if req.description.chars().any(char::is_control) {
-            return Err(invalid(
+            return Err(AppError::validation(
                 "description",
                 "must not contain control characters",
             ));

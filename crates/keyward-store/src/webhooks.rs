@@ -19,8 +19,8 @@ use crate::Result;
 use keyward_core::audit::AuditEntry;
 use std::future::Future;
 
-/// An endpoint as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An endpoint as stored. `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookRecord {
     /// `wh_…`.
     pub id: String,
@@ -49,6 +49,21 @@ pub struct WebhookRecord {
     pub next_attempt_at: i64,
     /// Events not yet delivered (read only; 0 when writing).
     pub pending: i64,
+}
+
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field("disabled_at", &self.disabled_at)
+            .field("failures", &self.failures)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An event waiting for an endpoint: its audit record, and how often it was

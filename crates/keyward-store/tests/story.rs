@@ -1310,6 +1310,10 @@ async fn webhooks(store: &impl Store) {
         ["wh_1", "wh_2"]
     );
     assert_eq!(listed[0].events, ["key.created", "key.revoked"]);
+    assert!(
+        !format!("{:?}", listed[0]).contains("whsec_"),
+        "Debug shows no secret"
+    );
     assert_eq!(store.get_webhook("org_b", "wh_1").await.unwrap(), None);
 
     // Nothing is queued until something happens.
