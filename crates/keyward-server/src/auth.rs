@@ -518,6 +518,11 @@ pub(crate) struct LimitRefusal {
     pub(crate) note: Option<RateLimitNote>,
 }
 
+/// The longest a request refused by its node's lease, while the limit may
+/// still have room, waits for exchanges to grant it: some exchanges at the
+/// default 100 ms interval, and below any client's patience.
+const LEASE_WAIT_MS: i64 = 1_000;
+
 /// A key's networks and limits, after authentication and before the route
 /// and scopes (SPEC §8): 403 `IP_NOT_ALLOWED` (audited like a 403), 429
 /// `RATE_LIMITED` with `Retry-After` and the `RateLimit` headers, or the
@@ -543,14 +548,24 @@ pub(crate) async fn check_limits(
     }
     let mut admission = limits.admit(now, sharing);
     // Shared between nodes, a refusal by this node's lease while the limit
-    // may still have room waits for the next exchange (at most a few
-    // hundred ms) and is decided again: a burst at a window's start, or a
-    // node's first request of a window, is not refused for want of a lease.
-    if let Admission::Refused { index, .. } = admission
-        && limits.lease_may_grow(index, sharing, now)
-    {
-        Box::pin(sharing.next_exchange()).await;
-        admission = limits.admit(state.app.now().max(now), sharing);
+    // may still have room waits for the next exchange and is decided
+    // again: a burst at a window's start, or a node's first request of a
+    // window, is not refused for want of a lease. The exchange that wakes
+    // it may have planned its asks before this request was counted, and a
+    // loaded database may be slow to answer, so it waits for exchanges
+    // until one grants it or leaves no room, for at most LEASE_WAIT_MS.
+    let give_up_at = now.saturating_add(LEASE_WAIT_MS);
+    loop {
+        let decided_at = state.app.now().max(now);
+        match admission {
+            Admission::Refused { index, .. }
+                if decided_at < give_up_at && limits.lease_may_grow(index, sharing, decided_at) =>
+            {
+                Box::pin(sharing.next_exchange()).await;
+                admission = limits.admit(state.app.now().max(now), sharing);
+            }
+            _ => break,
+        }
     }
     match admission {
         Admission::Allowed {
