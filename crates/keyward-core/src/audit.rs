@@ -18,6 +18,10 @@ pub mod actor {
     /// policy run` (SPEC §10).
     pub const POLICY: &str = "policy";
 
+    /// A report from GitHub secret scanning, believed by its signature
+    /// (SPEC §11).
+    pub const GITHUB_SECRET_SCANNING: &str = "github-secret-scanning";
+
     /// A request authenticated by the key with this id.
     pub fn key(key_id: &str) -> String {
         ["key:", key_id].concat()

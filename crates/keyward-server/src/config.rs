@@ -52,6 +52,11 @@ pub struct Config {
     /// (`--allow-private-webhooks`): for tests and private networks only,
     /// since a webhook URL is otherwise a way into them.
     pub allow_private_webhooks: bool,
+    /// GitHub's published secret scanning keys (`--github-scanning-keys`):
+    /// the JSON document of `https://api.github.com/meta/public_keys/secret_scanning`,
+    /// read again when it changes. Without it `POST
+    /// /v1/secret-scanning/github` answers 404.
+    pub github_scanning_keys: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             policy_interval: Duration::from_secs(60),
             webhook_timeout: Duration::from_secs(10),
             allow_private_webhooks: false,
+            github_scanning_keys: None,
         }
     }
 }

@@ -11,6 +11,10 @@ use p256::ecdsa::{DerSignature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 /// GitHub's published key file: `{"public_keys": [{"key_identifier",
 /// "key" (PEM), "is_current"}]}`.
@@ -91,6 +95,100 @@ impl GithubKeys {
             .map_err(|_| Unsigned::Malformed)?;
         let signature = DerSignature::try_from(der.as_slice()).map_err(|_| Unsigned::Malformed)?;
         key.verify(body, &signature).map_err(|_| Unsigned::Invalid)
+    }
+}
+
+/// The key file given by `--github-scanning-keys`, read at start and again
+/// whenever it changes (its modification time or length), so that an
+/// operator's job fetching GitHub's current document takes effect without
+/// a restart. A changed file that does not parse is logged and the keys
+/// read before are kept: a half-written download does not turn every
+/// report away.
+pub(crate) struct GithubKeyFile {
+    path: PathBuf,
+    loaded: Mutex<Loaded>,
+    /// When a refused report was last logged (unix ms): once a minute at
+    /// most, since anyone can send one.
+    last_refusal_logged: AtomicI64,
+}
+
+struct Loaded {
+    stamp: Stamp,
+    keys: Arc<GithubKeys>,
+}
+
+/// What tells a changed file from the one read: modification time and size.
+type Stamp = (Option<SystemTime>, u64);
+
+fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
+    (meta.modified().ok(), meta.len())
+}
+
+impl GithubKeyFile {
+    /// Reads the file at start: the server does not start with a file it
+    /// cannot use.
+    ///
+    /// # Errors
+    /// What is wrong with the file, naming it.
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
+        let named = |e: String| format!("--github-scanning-keys `{}`: {e}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| named(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| named(e.to_string()))?;
+        let keys = GithubKeys::parse(&text).map_err(named)?;
+        Ok(GithubKeyFile {
+            path: path.to_owned(),
+            loaded: Mutex::new(Loaded {
+                stamp: stamp_of(&meta),
+                keys: Arc::new(keys),
+            }),
+            last_refusal_logged: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    /// Whether a refusal at `now` is logged: the first in a minute is (the
+    /// metric counts them all).
+    pub(crate) fn log_refusal(&self, now: i64) -> bool {
+        let last = self.last_refusal_logged.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 60_000
+            && self
+                .last_refusal_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The keys now: the file is read again when it changed since the last
+    /// read. No lock is held while the file is read.
+    pub(crate) async fn keys(&self) -> Arc<GithubKeys> {
+        let (stamp, keys) = {
+            let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            (loaded.stamp, loaded.keys.clone())
+        };
+        let Ok(meta) = tokio::fs::metadata(&self.path).await else {
+            // Moved away for a moment (a download replacing it): keep the
+            // keys read before.
+            return keys;
+        };
+        let now = stamp_of(&meta);
+        if now == stamp {
+            return keys;
+        }
+        let read = match tokio::fs::read_to_string(&self.path).await {
+            Ok(text) => GithubKeys::parse(&text),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        match read {
+            Ok(fresh) => {
+                tracing::info!(path = %self.path.display(), keys = fresh.keys.len(), "read GitHub's secret scanning keys again");
+                loaded.keys = Arc::new(fresh);
+            }
+            Err(e) => {
+                // Once per change of the file, not per report.
+                tracing::warn!(path = %self.path.display(), error = %e, "the changed GitHub secret scanning key file is not usable; keeping the keys read before");
+            }
+        }
+        loaded.stamp = now;
+        loaded.keys.clone()
     }
 }
 

@@ -21,13 +21,6 @@ mod config;
 mod console;
 mod error;
 mod gateway;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the secret scanning endpoint (issue 20) is its caller, next"
-    )
-)]
 mod github;
 mod own;
 mod proxy;
@@ -144,6 +137,12 @@ impl Server {
                 tracing::warn!(error = %e, "could not join the nodes sharing limits yet; retrying in the background");
             }
         }
+        let github = config
+            .github_scanning_keys
+            .as_deref()
+            .map(github::GithubKeyFile::open)
+            .transpose()
+            .map_err(ServerError::Config)?;
         let metrics = Arc::new(Metrics::new().map_err(ServerError::Config)?);
         let app = Arc::new(app);
         let (audit, audit_task) = AuditWriter::start(
@@ -177,6 +176,7 @@ impl Server {
                 "requests with keys this node has not seen are answered 503",
             ),
             chain_check: tokio::sync::Mutex::new(None),
+            github,
             app,
         });
         Ok(Server { state, audit_task })

@@ -54,6 +54,9 @@ pub(crate) struct State {
     pub(crate) lookups: Outage,
     /// When the audit chain was last verified, and whether it held.
     pub(crate) chain_check: tokio::sync::Mutex<Option<(i64, bool)>>,
+    /// GitHub's secret scanning keys (`--github-scanning-keys`); without
+    /// them the partner endpoint is not served.
+    pub(crate) github: Option<crate::github::GithubKeyFile>,
 }
 
 impl State {

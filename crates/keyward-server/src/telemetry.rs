@@ -91,6 +91,11 @@ pub struct Metrics {
     pub audit_records: Counter,
     /// Audit transactions (records per transaction = group commit factor).
     pub audit_batches: Counter,
+    /// GitHub secret scanning reports whose signature verified.
+    pub scanning_reports: Counter,
+    /// Reports refused for their signature: GitHub's own refused here mean
+    /// the key file is out of date.
+    pub scanning_unsigned: Counter,
     refused: Vec<((u16, &'static str), Counter)>,
     forwarded: [Counter; 5],
 }
@@ -166,6 +171,14 @@ impl Metrics {
             limit_exchange_age: gauge("keyward_limit_exchange_age_seconds"),
             audit_records: counter("keyward_audit_records_total", Vec::new()),
             audit_batches: counter("keyward_audit_transactions_total", Vec::new()),
+            scanning_reports: counter(
+                "keyward_secret_scanning_reports_total",
+                vec![Label::new("signature", "verified")],
+            ),
+            scanning_unsigned: counter(
+                "keyward_secret_scanning_reports_total",
+                vec![Label::new("signature", "refused")],
+            ),
             refused,
             forwarded,
             handle,

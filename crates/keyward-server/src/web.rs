@@ -297,18 +297,25 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 /// 413 beyond, 400 when the client's body breaks off. The admin API's JSON
 /// and the console's forms read through here.
 pub(crate) async fn read_limited(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_JSON_BYTES)
-        .await
-        .map_err(|e| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = source {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return ApiError::payload_too_large(MAX_JSON_BYTES as u64);
-                }
-                source = s.source();
+    read_limited_to(body, MAX_JSON_BYTES).await
+}
+
+/// [`read_limited`] with another limit, for the one body that is not an
+/// admin document (GitHub's secret scanning reports).
+pub(crate) async fn read_limited_to(
+    body: axum::body::Body,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::payload_too_large(max as u64);
             }
-            ApiError::bad_request(format!("Could not read the request body: {e}"))
-        })
+            source = s.source();
+        }
+        ApiError::bad_request(format!("Could not read the request body: {e}"))
+    })
 }
 
 /// [`read_limited`], refused in the error document.

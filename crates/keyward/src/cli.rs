@@ -129,6 +129,12 @@ pub struct ServeArgs {
     /// private networks): otherwise a webhook URL is a way into them.
     #[arg(long)]
     pub allow_private_webhooks: bool,
+    /// GitHub's secret scanning public keys: the JSON document of
+    /// https://api.github.com/meta/public_keys/secret_scanning, saved to a
+    /// file (read again when it changes). Enables `POST
+    /// /v1/secret-scanning/github`, GitHub's partner endpoint.
+    #[arg(long, value_name = "FILE")]
+    pub github_scanning_keys: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

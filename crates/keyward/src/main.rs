@@ -189,6 +189,7 @@ async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result
         policy_interval: nonzero("policy-interval", &args.policy_interval)?,
         webhook_timeout: nonzero("webhook-timeout", &args.webhook_timeout)?,
         allow_private_webhooks: args.allow_private_webhooks,
+        github_scanning_keys: args.github_scanning_keys.clone(),
     };
     if config.sync_interval >= config.max_staleness {
         return Err(CliError::refused(format!(

@@ -19,6 +19,7 @@ mod common;
 mod docs;
 mod keys;
 mod people;
+mod scanning;
 mod settings;
 mod usage;
 mod webhooks;
@@ -103,6 +104,7 @@ fn api_router() -> OpenApiRouter<Shared> {
         .merge(people::routes())
         .merge(settings::routes())
         .merge(webhooks::routes())
+        .merge(scanning::routes())
 }
 
 /// The admin API's side of the `json_bodies` fuzz target: every JSON body
@@ -140,6 +142,9 @@ pub(crate) fn fuzz_json_bodies(data: &[u8]) {
     }
     let _ = check::<keyward_app::webhooks::NewWebhook>(data, &ctx);
     let _ = check::<NoFields>(data, &ctx);
+    if let Err(e) = scanning::parse_report(data) {
+        assert!(e.status.is_client_error(), "{} for a report", e.status);
+    }
 }
 
 #[cfg(test)]

@@ -163,3 +163,355 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
     let out = kw.cli(&["scan", &tree_arg]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// GitHub's side of secret scanning: a key pair made here, its public half
+/// in a key file of the shape GitHub publishes.
+mod github {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use p256::ecdsa::SigningKey;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::EncodePublicKey as _;
+
+    pub fn signer(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32].into()).unwrap()
+    }
+
+    pub fn key_file(keys: &[(&str, &SigningKey)]) -> String {
+        let listed: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(id, k)| {
+                serde_json::json!({
+                    "key_identifier": id,
+                    "key": k.verifying_key().to_public_key_pem(Default::default()).unwrap(),
+                    "is_current": true,
+                })
+            })
+            .collect();
+        serde_json::json!({ "public_keys": listed }).to_string()
+    }
+
+    pub fn sign(k: &SigningKey, body: &[u8]) -> String {
+        let sig: p256::ecdsa::Signature = k.sign(body);
+        STANDARD.encode(sig.to_der().as_bytes())
+    }
+
+    /// A signature GitHub's Go signer may send: the same (r, s) with s
+    /// replaced by n − s, as valid as the other.
+    pub fn sign_high_s(k: &SigningKey, body: &[u8]) -> String {
+        let sig: p256::ecdsa::Signature = k.sign(body);
+        let (r, s) = sig.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        let high = if high.normalize_s().is_some() {
+            high
+        } else {
+            sig
+        };
+        STANDARD.encode(high.to_der().as_bytes())
+    }
+}
+
+const REPORTS: &str = "/v1/secret-scanning/github";
+
+fn report(
+    server: &crate::harness::Server,
+    id: &str,
+    signature: &str,
+    body: &[u8],
+) -> crate::harness::Resp {
+    req("POST", REPORTS)
+        .header("Content-Type", "application/json")
+        .header("Github-Public-Key-Identifier", id)
+        .header("Github-Public-Key-Signature", signature)
+        .body(body)
+        .send(server)
+}
+
+#[test]
+fn a_report_signed_by_github_revokes_within_a_second_and_nothing_else_changes_anything() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let (live_id, live) = kw.key(&["--name", "ci token", "--scope", "vehicles:read"]);
+    let (flag_id, flagged) = kw.key(&["--name", "flag me", "--scope", "vehicles:read"]);
+    let (_, audit_key) = kw.key(&["--name", "auditor", "--scope", "keyward-audit:read"]);
+    let unknown = foreign_key();
+    let (github, stranger) = (github::signer(7), github::signer(11));
+    let keys = kw.dir.path().join("github-keys.json");
+    std::fs::write(&keys, github::key_file(&[("gh-current", &github)])).unwrap();
+    let keys_arg = keys.display().to_string();
+    let server = kw.serve(&[
+        "--upstream",
+        &upstream_flag(&up),
+        "--github-scanning-keys",
+        &keys_arg,
+    ]);
+    let body = serde_json::json!([
+        {"token": live, "type": "keyward_api_key", "url": "https://github.com/octo/app/blob/abc/config.py", "source": "content"},
+        {"token": live, "type": "keyward_api_key", "url": "https://github.com/octo/app/blob/def/other.py", "source": "content"},
+        {"token": unknown, "type": "keyward_api_key", "url": "https://github.com/octo/app/blob/abc/x", "source": "content"},
+        {"token": "not-a-key", "type": "keyward_api_key", "url": "https://github.com/octo/app", "source": "commit"},
+    ])
+    .to_string()
+    .into_bytes();
+    let good = github::sign(&github, &body);
+
+    // Refused, each a 401 in the error shape that changes nothing.
+    let mut tampered = body.clone();
+    let at = tampered.len() - 3;
+    tampered[at] ^= 1;
+    let no_headers = req("POST", REPORTS).body(&body).send(&server);
+    no_headers.error(401, "UNAUTHORIZED");
+    for (what, id, signature, sent) in [
+        (
+            "tampered body",
+            "gh-current",
+            good.clone(),
+            tampered.clone(),
+        ),
+        (
+            "another key's signature",
+            "gh-current",
+            github::sign(&stranger, &body),
+            body.clone(),
+        ),
+        (
+            "unknown key identifier",
+            "gh-old",
+            good.clone(),
+            body.clone(),
+        ),
+        ("empty identifier", "", good.clone(), body.clone()),
+        (
+            "signature not base64",
+            "gh-current",
+            "%%%not base64%%%".to_owned(),
+            body.clone(),
+        ),
+        (
+            "signature not DER",
+            "gh-current",
+            "bm90IGRlcg==".to_owned(),
+            body.clone(),
+        ),
+        ("empty signature", "gh-current", String::new(), body.clone()),
+        (
+            "signature of the empty body",
+            "gh-current",
+            github::sign(&github, b""),
+            body.clone(),
+        ),
+    ] {
+        let r = report(&server, id, &signature, &sent);
+        let e = r.error(401, "UNAUTHORIZED");
+        assert_eq!(e["details"]["reason"], "signature", "{what}: {e}");
+    }
+    let metrics = String::from_utf8(req("GET", "/metrics").send(&server).body).unwrap();
+    assert!(
+        metrics.contains("keyward_secret_scanning_reports_total{signature=\"refused\"} 9"),
+        "{metrics}"
+    );
+    // Signed, but not a report: 400 or 422, never a change.
+    for (what, sent, status) in [
+        ("not JSON", br#"[{"token": "#.to_vec(), 400),
+        ("an object", br#"{"token": "x"}"#.to_vec(), 422),
+        (
+            "a token that is not a string",
+            br#"[{"token": 5}]"#.to_vec(),
+            422,
+        ),
+        (
+            "no token",
+            br#"[{"url": "https://github.com/x"}]"#.to_vec(),
+            422,
+        ),
+        ("a NUL", br#"[{"token": "a\u0000"}]"#.to_vec(), 422),
+    ] {
+        let r = report(&server, "gh-current", &github::sign(&github, &sent), &sent);
+        assert_eq!(
+            r.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Larger than a report may be: 413 before anything is believed.
+    let huge = vec![b' '; 1024 * 1024 + 1];
+    assert_eq!(
+        report(&server, "gh-current", &github::sign(&github, &huge), &huge).status,
+        413
+    );
+    assert_eq!(
+        server.get("/vehicles", &live).status,
+        200,
+        "the key still works"
+    );
+    let told = req("GET", "/v1/audit?action=key.leaked")
+        .bearer(&audit_key)
+        .send(&server)
+        .json();
+    assert_eq!(told["data"], serde_json::json!([]), "{told}");
+
+    // The signed report: revoked, and the gateway refuses within a second.
+    let r = report(&server, "gh-current", &good, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        serde_json::json!([
+            {"token_raw": live, "token_type": "keyward_api_key", "label": "true_positive"},
+            {"token_raw": unknown, "token_type": "keyward_api_key", "label": "false_positive"},
+            {"token_raw": "not-a-key", "token_type": "keyward_api_key", "label": "false_positive"},
+        ]),
+        "one label per distinct token"
+    );
+    let took = crate::harness::until(
+        std::time::Duration::from_secs(1),
+        "the gateway refuses the reported key",
+        || server.get("/vehicles", &live).status == 401,
+    );
+    eprintln!("refused {} ms after the report", took.as_millis());
+    let leaked = req(
+        "GET",
+        &format!("/v1/audit?action=key.leaked&key_id={live_id}"),
+    )
+    .bearer(&audit_key)
+    .send(&server)
+    .json();
+    assert_eq!(
+        leaked["data"].as_array().unwrap().len(),
+        1,
+        "told once: {leaked}"
+    );
+    let record = &leaked["data"][0];
+    assert_eq!(record["actor"], "github-secret-scanning", "{record}");
+    assert_eq!(record["details"]["source"], "github");
+    assert_eq!(record["details"]["action"], "revoke");
+    assert_eq!(
+        record["details"]["where"],
+        "https://github.com/octo/app/blob/abc/config.py"
+    );
+    let revoked = req(
+        "GET",
+        &format!("/v1/audit?action=key.revoked&key_id={live_id}"),
+    )
+    .bearer(&audit_key)
+    .send(&server)
+    .json();
+    assert_eq!(
+        revoked["data"][0]["details"]["reason"], "leaked",
+        "{revoked}"
+    );
+
+    // Reported again (GitHub retries): still a true positive, told once.
+    // A high-S signature, as Go's signer may make, is as good.
+    let again = report(
+        &server,
+        "gh-current",
+        &github::sign_high_s(&github, &body),
+        &body,
+    );
+    assert_eq!(again.json()[0]["label"], "true_positive");
+    let leaked = req(
+        "GET",
+        &format!("/v1/audit?action=key.leaked&key_id={live_id}"),
+    )
+    .bearer(&audit_key)
+    .send(&server)
+    .json();
+    assert_eq!(leaked["data"].as_array().unwrap().len(), 1, "{leaked}");
+
+    // on_leak = flag: told and flagged, still working.
+    kw.cli_ok(&["policy", "set", "--on-leak", "flag"]);
+    // GitHub rotates its key: the file is rewritten, and read again.
+    let rotated = github::signer(9);
+    std::fs::write(&keys, github::key_file(&[("gh-rotated-2027", &rotated)])).unwrap();
+    let body = serde_json::json!([{"token": flagged, "type": "keyward_api_key", "url": "https://gist.github.com/octo/1", "source": "gist"}])
+        .to_string()
+        .into_bytes();
+    let r = report(&server, "gh-current", &good, &body);
+    assert_eq!(r.status, 401, "the old key is gone from the file");
+    let r = report(
+        &server,
+        "gh-rotated-2027",
+        &github::sign(&rotated, &body),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()[0]["label"], "true_positive");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        server.get("/vehicles", &flagged).status,
+        200,
+        "flagged, not revoked"
+    );
+    let shown: Value =
+        serde_json::from_str(&kw.cli_ok(&["keys", "show", &flag_id, "--json"])).unwrap();
+    assert_eq!(shown["flags"], serde_json::json!(["leaked"]), "{shown}");
+    // A file rewritten with garbage keeps the keys read before.
+    std::fs::write(&keys, "{\"public_keys\": [ half a downl").unwrap();
+    let r = report(
+        &server,
+        "gh-rotated-2027",
+        &github::sign(&rotated, &body),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let log = server.log();
+    for secret in [&live, &flagged, &unknown] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a full key was logged:\n{log}"
+        );
+    }
+    assert!(log.contains("keeping the keys read before"), "{log}");
+}
+
+#[test]
+fn without_a_key_file_the_endpoint_is_not_there_and_a_bad_file_stops_the_start() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let server = kw.serve(&[]);
+    let r = req("POST", REPORTS).body(b"[]").send(&server);
+    let e = r.error(404, "NOT_FOUND");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("--github-scanning-keys"),
+        "{e}"
+    );
+    drop(server);
+    let bad = kw.dir.path().join("keys.json");
+    for (what, text) in [
+        ("not JSON", "<html>rate limited</html>"),
+        ("no keys", r#"{"public_keys": []}"#),
+        (
+            "not a key",
+            r#"{"public_keys": [{"key_identifier": "k9", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}]}"#,
+        ),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = kw.cli(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--github-scanning-keys",
+            &bad.display().to_string(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{what}: refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--github-scanning-keys"),
+            "{what}: {stderr}"
+        );
+    }
+    let out = kw.cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--github-scanning-keys",
+        "/nonexistent/keys.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
