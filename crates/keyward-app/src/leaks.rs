@@ -220,3 +220,82 @@ impl<S: Store> App<S> {
         Ok(outcome == keyward_store::Revoked::Now)
     }
 }
+
+/// Who reported a leak, for people: the `source` of a `key.leaked` record.
+fn reporter(source: &str) -> String {
+    match source {
+        "github" => "GitHub secret scanning".to_owned(),
+        "scan" => "keyward scan".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The plain sentence for an audit record about a leak, when it is one:
+/// `key.leaked` (who reported it, where it was found, what was done) and
+/// `key.revoked` for reason `leaked`. The console shows it beside the
+/// record; other records have none.
+pub fn leak_sentence(action: &str, details: &serde_json::Value) -> Option<String> {
+    let text = |field: &str| details[field].as_str().unwrap_or_default();
+    match action {
+        "key.leaked" => Some(format!(
+            "Reported leaked by {}, found at {}; {}",
+            reporter(text("source")),
+            if text("where").is_empty() {
+                "an unnamed place"
+            } else {
+                text("where")
+            },
+            if text("action") == "revoke" {
+                "revoked"
+            } else {
+                "flagged, still working (the key policy's on_leak is flag)"
+            }
+        )),
+        "key.revoked" if text("reason") == "leaked" => Some(format!(
+            "Revoked because {} reported it leaked",
+            reporter(text("source"))
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leak_sentence;
+    use serde_json::json;
+
+    #[test]
+    fn leaks_are_told_plainly_and_other_records_are_not() {
+        assert_eq!(
+            leak_sentence(
+                "key.leaked",
+                &json!({"source": "github", "where": "https://github.com/o/r", "action": "revoke"})
+            )
+            .as_deref(),
+            Some(
+                "Reported leaked by GitHub secret scanning, found at https://github.com/o/r; revoked"
+            )
+        );
+        assert!(
+            leak_sentence(
+                "key.leaked",
+                &json!({"source": "scan", "where": "a.py:3", "action": "flag"})
+            )
+            .unwrap()
+            .contains("by keyward scan, found at a.py:3; flagged, still working")
+        );
+        assert_eq!(
+            leak_sentence(
+                "key.revoked",
+                &json!({"reason": "leaked", "source": "github"})
+            )
+            .as_deref(),
+            Some("Revoked because GitHub secret scanning reported it leaked")
+        );
+        assert_eq!(leak_sentence("key.revoked", &json!({})), None);
+        assert_eq!(
+            leak_sentence("key.created", &json!({"source": "github"})),
+            None
+        );
+    }
+}

@@ -12,6 +12,7 @@ use askama::Template;
 use http::StatusCode;
 use http::request::Parts;
 use keyward_app::KeyFilter;
+use keyward_app::leaks::leak_sentence;
 use keyward_app::views::{KeyView, human_time};
 use keyward_app::{AppError, CreateKey};
 use keyward_core::limits::{Limit, Network};
@@ -433,6 +434,8 @@ struct ScopeRow {
 struct TrailRow {
     at: String,
     action: String,
+    /// What a leak record says, in words.
+    note: Option<String>,
     actor: String,
     request: String,
     status: String,
@@ -443,6 +446,8 @@ struct TrailRow {
 struct KeyPage {
     chrome: Option<Chrome>,
     key: KeyView,
+    /// When and where it was reported leaked, and what that did.
+    leak: Option<String>,
     status: &'static str,
     created: String,
     expires: String,
@@ -541,6 +546,9 @@ async fn key_detail<N: Need>(
         .into_iter()
         .map(|r| TrailRow {
             at: human_time(Some(r.entry.at_ms)),
+            note: serde_json::from_str(&r.entry.details)
+                .ok()
+                .and_then(|d| leak_sentence(&r.entry.action, &d)),
             action: r.entry.action,
             actor: r.entry.actor,
             request: match (r.entry.method, r.entry.path) {
@@ -550,6 +558,13 @@ async fn key_detail<N: Need>(
             status: r.entry.status.map(|s| s.to_string()).unwrap_or_default(),
         })
         .collect();
+    let leak = if key.flags.iter().any(|f| f == "leaked") {
+        leak_notice(state, org, &key)
+            .await
+            .map_err(|e| app_error(chrome.clone(), e, "/console/keys"))?
+    } else {
+        None
+    };
     let usage = KeyUsage::load(state, org, id)
         .await
         .map_err(|e| app_error(chrome.clone(), e, "/console/keys"))?;
@@ -580,9 +595,36 @@ async fn key_detail<N: Need>(
         nonce,
         flash,
         error,
+        leak,
         key,
     };
     Ok(render(status, &page))
+}
+
+/// The key page's first words about a leaked key: when, where and by whom
+/// it was reported (its `key.leaked` record), and whether it still works.
+async fn leak_notice(
+    state: &State,
+    org: &keyward_app::Org,
+    key: &KeyView,
+) -> Result<Option<String>, keyward_app::AppError> {
+    let query = keyward_app::AuditQuery {
+        key_id: Some(key.id.clone()),
+        action: Some("key.leaked".to_owned()),
+        limit: 1,
+        ..Default::default()
+    };
+    let (records, _) = state.app.query_audit(org, &query).await?;
+    let Some(told) = records.first() else {
+        return Ok(None);
+    };
+    let said = leak_sentence(&told.action, &told.details).unwrap_or_default();
+    let now = if key.status.as_str() == "active" {
+        "This key still works: revoke it, or roll it and replace it where it is used."
+    } else {
+        "It no longer works."
+    };
+    Ok(Some(format!("{}: {said}. {now}", human_time(told.at))))
 }
 
 pub(super) async fn revoke_key(

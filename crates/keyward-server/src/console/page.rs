@@ -535,6 +535,8 @@ pub(super) struct KeyRow {
     pub(super) legacy: bool,
     /// Flagged `unused` by the key policy.
     pub(super) unused: bool,
+    /// Reported leaked (a scan, GitHub's secret scanning).
+    pub(super) leaked: bool,
     pub(super) sets: String,
     pub(super) scopes: String,
     pub(super) created: String,
@@ -552,6 +554,7 @@ pub(super) fn key_row(k: &KeyView) -> KeyRow {
         display_prefix: k.display_prefix.clone(),
         legacy: k.legacy,
         unused: k.flags.iter().any(|f| f == "unused"),
+        leaked: k.flags.iter().any(|f| f == "leaked"),
         sets: sets.join(", "),
         scopes: k.effective_scopes.join(", "),
         created: human_time(Some(k.created_at)),

@@ -225,6 +225,8 @@ struct AuditRow {
     request: String,
     status: String,
     client: String,
+    /// What a leak record says, in words.
+    note: Option<String>,
 }
 
 #[derive(Template)]
@@ -324,6 +326,7 @@ pub(super) async fn audit_page(
         .map(|a| AuditRow {
             seq: a.seq,
             at: human_time(a.at),
+            note: keyward_app::leaks::leak_sentence(&a.action, &a.details),
             request: match (&a.method, &a.path) {
                 (Some(m), Some(p)) => format!("{m} {p}"),
                 _ => String::new(),

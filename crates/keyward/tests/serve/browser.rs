@@ -293,6 +293,54 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
             .to_lowercase()
             .contains("broad access")
     );
+    // That key leaks into a file; `keyward scan --revoke` finds it, and the
+    // console says plainly when, where and what was done.
+    let broad = c
+        .find(Locator::Css("#secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let leak = kw.dir.path().join("deploy.env");
+    std::fs::write(&leak, format!("# deploy\nTRANSIT_KEY={broad}\n")).unwrap();
+    let scanned = kw.cli(&[
+        "--catalog",
+        TRANSIT,
+        "scan",
+        &leak.display().to_string(),
+        "--revoke",
+    ]);
+    assert_eq!(scanned.status.code(), Some(1), "a live key was found");
+    c.goto(&format!("{base}/console/keys")).await.unwrap();
+    assert_eq!(text_of(c, "span.badge.leaked").await, "Leaked");
+    c.find(Locator::LinkText("Everything bot"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for("the leaked key's page", || async {
+        c.find(Locator::Css("#leaked")).await.is_ok()
+    })
+    .await;
+    let notice = text_of(c, "#leaked").await;
+    for needle in [
+        "Reported leaked by keyward scan",
+        "deploy.env:2",
+        "revoked",
+        "It no longer works",
+    ] {
+        assert!(notice.contains(needle), "{needle}: {notice}");
+    }
+    let trail = text_of(c, "main").await;
+    assert!(
+        trail.contains("Revoked because keyward scan reported it leaked"),
+        "{trail}"
+    );
+    assert!(!c.source().await.unwrap().contains(&broad), "never the key");
+    shot(c, &dir, "07b-leaked-key").await;
 
     // Key detail, then revoke (after the browser's confirmation).
     c.goto(&format!("{base}/console/keys")).await.unwrap();
@@ -433,6 +481,10 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
     c.goto(&format!("{base}/console/audit")).await.unwrap();
     let audit = text_of(c, "main").await;
     assert!(audit.contains("chain verified") && audit.contains("group.member_removed"));
+    assert!(
+        audit.contains("Reported leaked by keyward scan, found at"),
+        "{audit}"
+    );
     shot(c, &dir, "12-audit-log").await;
 
     // A form on another site posting to the console is refused, and
