@@ -80,6 +80,17 @@ where
     panic!("{css}: {last}")
 }
 
+/// The new key the created-key page shows once.
+async fn shown_secret(c: &Client) -> String {
+    c.find(Locator::Css("#secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn text_of(c: &Client, css: &str) -> String {
     on(c, css, |el| async move { el.text().await }).await
 }
@@ -228,14 +239,7 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
         c.find(Locator::Css("#secret")).await.is_ok()
     })
     .await;
-    let key = c
-        .find(Locator::Css("#secret"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let key = shown_secret(c).await;
     assert!(key.contains("_live_"), "{key}");
     assert!(
         text_of(c, "main")
@@ -295,14 +299,7 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
     );
     // That key leaks into a file; `keyward scan --revoke` finds it, and the
     // console says plainly when, where and what was done.
-    let broad = c
-        .find(Locator::Css("#secret"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let broad = shown_secret(c).await;
     let leak = kw.dir.path().join("deploy.env");
     std::fs::write(&leak, format!("# deploy\nTRANSIT_KEY={broad}\n")).unwrap();
     let scanned = kw.cli(&[
@@ -401,14 +398,7 @@ async fn journey(c: &Client, server: &Server, kw: &Kw, password: &str) {
             .contains("narrower replacement key")
     })
     .await;
-    let narrower = c
-        .find(Locator::Css("#secret"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let narrower = shown_secret(c).await;
     shot(c, &dir, "08c-narrower-key").await;
     assert_eq!(gateway(server, "/trips", &narrower), 502, "still allowed");
     assert_eq!(gateway(server, "/drivers", &narrower), 403, "narrowed");

@@ -137,13 +137,7 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
         serde_json::from_str(&kw.cli_ok(&["keys", "show", &live_id, "--json"])).unwrap();
     assert_eq!(shown["flags"], serde_json::json!(["leaked"]), "{shown}");
     for (action, want) in [("key.revoked", "leaked"), ("key.leaked", "scan")] {
-        let r = req(
-            "GET",
-            &format!("/v1/audit?action={action}&key_id={live_id}"),
-        )
-        .bearer(&audit_key)
-        .send(&server)
-        .json();
+        let r = audit(&server, &audit_key, action, &live_id);
         let record = &r["data"][0];
         let field = if action == "key.revoked" {
             "reason"
@@ -212,6 +206,14 @@ mod github {
 }
 
 const REPORTS: &str = "/v1/secret-scanning/github";
+
+/// The audit records of `action` about `key_id`, newest first.
+fn audit(server: &crate::harness::Server, auditor: &str, action: &str, key_id: &str) -> Value {
+    req("GET", &format!("/v1/audit?action={action}&key_id={key_id}"))
+        .bearer(auditor)
+        .send(server)
+        .json()
+}
 
 fn report(
     server: &crate::harness::Server,
@@ -370,13 +372,7 @@ fn a_report_signed_by_github_revokes_within_a_second_and_nothing_else_changes_an
         || server.get("/vehicles", &live).status == 401,
     );
     eprintln!("refused {} ms after the report", took.as_millis());
-    let leaked = req(
-        "GET",
-        &format!("/v1/audit?action=key.leaked&key_id={live_id}"),
-    )
-    .bearer(&audit_key)
-    .send(&server)
-    .json();
+    let leaked = audit(&server, &audit_key, "key.leaked", &live_id);
     assert_eq!(
         leaked["data"].as_array().unwrap().len(),
         1,
@@ -390,13 +386,7 @@ fn a_report_signed_by_github_revokes_within_a_second_and_nothing_else_changes_an
         record["details"]["where"],
         "https://github.com/octo/app/blob/abc/config.py"
     );
-    let revoked = req(
-        "GET",
-        &format!("/v1/audit?action=key.revoked&key_id={live_id}"),
-    )
-    .bearer(&audit_key)
-    .send(&server)
-    .json();
+    let revoked = audit(&server, &audit_key, "key.revoked", &live_id);
     assert_eq!(
         revoked["data"][0]["details"]["reason"], "leaked",
         "{revoked}"
@@ -411,13 +401,7 @@ fn a_report_signed_by_github_revokes_within_a_second_and_nothing_else_changes_an
         &body,
     );
     assert_eq!(again.json()[0]["label"], "true_positive");
-    let leaked = req(
-        "GET",
-        &format!("/v1/audit?action=key.leaked&key_id={live_id}"),
-    )
-    .bearer(&audit_key)
-    .send(&server)
-    .json();
+    let leaked = audit(&server, &audit_key, "key.leaked", &live_id);
     assert_eq!(leaked["data"].as_array().unwrap().len(), 1, "{leaked}");
 
     // on_leak = flag: told and flagged, still working.
