@@ -73,7 +73,9 @@ pub(crate) async fn handle(
 /// Everything decided before the upstream is involved: the request's shape,
 /// the snapshot's age, the key, the route and its scopes. Answers with the
 /// key and its decision, or with the refusal (audited where it must be).
-async fn admit(
+/// Forward authentication ([`crate::authorize`]) decides through here too,
+/// for the request a proxy describes.
+pub(crate) async fn admit(
     state: &State,
     mut ex: Exchange<'_>,
     headers: &HeaderMap,
@@ -228,11 +230,8 @@ async fn forward(
         return refuse(state, &ex, write, e, required, "body_too_large").await;
     }
 
-    if write && (!state.audit.healthy() || state.database_down()) {
-        // Refused before the upstream sees it: once audit writes fail, only
-        // the writes already in flight can reach the upstream unrecorded.
-        state.audit.note_refused();
-        return audit_failing(state, request_id);
+    if write && let Some(refused) = write_gate(state, request_id) {
+        return refused;
     }
 
     rewrite_request(
@@ -312,6 +311,19 @@ async fn forward(
     res
 }
 
+/// The caller's identity as the upstream reads it (SPEC §4): the gateway's
+/// forwarded request, and forward authentication's 200.
+pub(crate) fn put_identity(headers: &mut HeaderMap, entry: &KeyEntry, request_id: &HeaderValue) {
+    let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    headers.insert(X_KEYWARD_KEY_ID.clone(), value(&entry.key_id));
+    headers.insert(X_KEYWARD_ORG_ID.clone(), value(&entry.org_id));
+    // Shared bytes: no copy of the (long) scope list per request.
+    let scopes = HeaderValue::from_maybe_shared(entry.grants.effective_text.clone())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    headers.insert(X_KEYWARD_SCOPES.clone(), scopes);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
 fn limit(max: u64) -> usize {
     usize::try_from(max).unwrap_or(usize::MAX)
 }
@@ -325,7 +337,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// 503 before forwarding a write while audit records cannot be committed.
+/// 503 for an allowed write while audit records cannot be committed (or the
+/// database looks unreachable): refused before the upstream sees it, so
+/// that once audit writes fail only the writes already in flight can reach
+/// the upstream unrecorded.
+pub(crate) fn write_gate(state: &State, request_id: &HeaderValue) -> Option<Response<Body>> {
+    if state.audit.healthy() && !state.database_down() {
+        return None;
+    }
+    state.audit.note_refused();
+    Some(audit_failing(state, request_id))
+}
+
 fn audit_failing(state: &State, request_id: &HeaderValue) -> Response<Body> {
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -361,14 +384,7 @@ fn rewrite_request(
     strip_spoofable_headers(headers, allow_underscore_headers);
     // One growth of the map instead of several.
     headers.reserve(8);
-    let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    headers.insert(X_KEYWARD_KEY_ID.clone(), value(&entry.key_id));
-    headers.insert(X_KEYWARD_ORG_ID.clone(), value(&entry.org_id));
-    // Shared bytes: no copy of the (long) scope list per request.
-    let scopes = HeaderValue::from_maybe_shared(entry.grants.effective_text.clone())
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    headers.insert(X_KEYWARD_SCOPES.clone(), scopes);
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    put_identity(headers, entry, request_id);
     // The client's own `X-Forwarded-*` were dropped above: a back end that
     // trusts the first address would otherwise take the client's word for
     // it. The peer is the client until a trusted proxy is configured.

@@ -15,6 +15,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod authorize;
 mod background;
 mod body;
 mod config;

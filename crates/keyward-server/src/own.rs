@@ -40,6 +40,13 @@ pub(crate) async fn handle(
         "/metrics" => (Endpoint::Metrics, READ),
         "/v1/whoami" => (Endpoint::Whoami, READ),
         "/v1/verify" => (Endpoint::Verify, &[Method::POST]),
+        // Any method: Envoy's form asks with the original request's.
+        p if p == crate::authorize::PATH
+            || p.starts_with(crate::authorize::PATH)
+                && p.as_bytes().get(crate::authorize::PATH.len()) == Some(&b'/') =>
+        {
+            return crate::authorize::authorize(&state, &client, req, &request_id).await;
+        }
         // Boxed: the admin router's future is large, and inline it would make
         // every request's future (the gateway's too) as large.
         _ => return Box::pin(admin.call(req, client, request_id)).await,

@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "keyward",
         description = "Scoped API keys: the admin API, the verify service and operations endpoints. Errors use one shape: `{\"errors\": [{\"code\", \"message\", \"details\"}]}`."
     ),
-    paths(doc_verify, doc_whoami, doc_healthz, doc_metrics),
+    paths(doc_verify, doc_whoami, doc_authorize, doc_healthz, doc_metrics),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -147,6 +147,33 @@ pub(super) fn doc_verify() {}
 )]
 #[allow(dead_code, reason = "documentation of own.rs's whoami")]
 pub(super) fn doc_whoami() {}
+
+/// Forward authentication for a proxy in front of the API (nginx
+/// `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`): may the
+/// request described by `X-Forwarded-Method` + `X-Forwarded-Uri` (or
+/// `X-Original-Method` + `X-Original-URI`, never both) pass, judged by the
+/// client's own `Authorization` header as the gateway would judge it? Any
+/// method is answered; Envoy's `ext_authz` asks with
+/// `/v1/authorize/<original path>` and the original method instead.
+#[utoipa::path(
+    get, path = "/v1/authorize", tag = "verify",
+    params(
+        ("X-Forwarded-Method" = String, Header, description = "The method of the request to authorize (Traefik, Caddy)"),
+        ("X-Forwarded-Uri" = String, Header, description = "Its path and query (Traefik, Caddy)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; the identity to pass on",
+            headers(
+                ("X-Keyward-Key-Id" = String, description = "The key's id"),
+                ("X-Keyward-Org-Id" = String, description = "Its organization"),
+                ("X-Keyward-Scopes" = String, description = "Its effective scopes, space-separated"),
+                ("X-Request-Id" = String, description = "keyward's request id"),
+            )),
+        (status = "default", description = "Refused, with the gateway's status and error document (400 for a request not described once)", body = ErrorDoc),
+    )
+)]
+#[allow(dead_code, reason = "documentation of authorize.rs")]
+pub(super) fn doc_authorize() {}
 
 #[utoipa::path(
     get, path = "/healthz", tag = "operations", security(()),

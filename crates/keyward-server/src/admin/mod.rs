@@ -155,6 +155,7 @@ mod tests {
     const HAND_WRITTEN: &[(&str, &str)] = &[
         ("post", "/v1/verify"),
         ("get", "/v1/whoami"),
+        ("get", "/v1/authorize"),
         ("get", "/healthz"),
         ("get", "/metrics"),
     ];

@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod authorize;
 mod browser;
 mod console;
 mod harness;
