@@ -19,6 +19,7 @@ mod leaks;
 mod least_privilege;
 mod limits;
 mod policy;
+mod proxies;
 mod schemathesis;
 mod shared_limits;
 mod webhooks;

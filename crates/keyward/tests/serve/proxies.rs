@@ -1,0 +1,305 @@
+//! keyward behind the proxies teams already run (SPEC §12, issue 21): real
+//! nginx (`auth_request`) and real Caddy (`forward_auth`), each started
+//! with the configuration `docs/proxies/` documents (only addresses
+//! substituted), in front of a real upstream, with keyward as the
+//! authorizer. Skips loudly when a proxy is not installed, and fails
+//! instead when `KEYWARD_REQUIRE_PROXIES=1` (CI installs both).
+
+use crate::harness::{Kw, PREFIX, Resp, Server, Upstream, loud_skip, raw, req, until};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const NGINX_CONF: &str = include_str!("../../../../docs/proxies/nginx.conf");
+const CADDYFILE: &str = include_str!("../../../../docs/proxies/Caddyfile");
+
+/// A proxy process, killed on drop.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn send(&self, r: crate::harness::Req) -> Resp {
+        raw(self.addr, &r.bytes())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the proxy accepts connections.
+    fn ready(self) -> Self {
+        until(Duration::from_secs(10), "the proxy listening", || {
+            std::net::TcpStream::connect(self.addr).is_ok()
+        });
+        self
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The program, or `None` after a loud skip (a failure under
+/// `KEYWARD_REQUIRE_PROXIES=1`).
+fn installed(program: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let why = format!("`{program}` is not installed (apt-get install {program})");
+        assert!(
+            std::env::var("KEYWARD_REQUIRE_PROXIES").as_deref() != Ok("1"),
+            "{test}: {why} (KEYWARD_REQUIRE_PROXIES=1)"
+        );
+        loud_skip(test, &why);
+    }
+    found
+}
+
+/// The documented configuration with this test's addresses.
+fn configured(doc: &str, keyward: SocketAddr, api: SocketAddr, listen: &str) -> String {
+    let out = doc
+        .replace("127.0.0.1:8080", &keyward.to_string())
+        .replace("127.0.0.1:3000", &api.to_string());
+    out.replace("listen 8000;", &format!("listen {listen};"))
+        .replace(":8000 {", &format!("{listen} {{"))
+}
+
+fn nginx(dir: &Path, keyward: &Server, api: &Upstream) -> Option<Proxy> {
+    let bin = installed("nginx", "nginx in front of keyward")?;
+    let addr = free_addr();
+    let site = configured(NGINX_CONF, keyward.addr, api.addr, &addr.to_string());
+    assert_ne!(site, NGINX_CONF, "the documented addresses changed");
+    std::fs::write(dir.join("keyward.conf"), site).unwrap();
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let main = format!(
+        "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/keyward.conf;\n}}\n",
+        user = if root { "user root;\n" } else { "" },
+        d = dir.display()
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, main).unwrap();
+    let check = Command::new(&bin)
+        .args(["-t", "-q", "-p", &dir.display().to_string(), "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let child = Command::new(&bin)
+        .args(["-p", &dir.display().to_string(), "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Some(
+        Proxy {
+            child,
+            addr,
+            log: dir.join("error.log"),
+        }
+        .ready(),
+    )
+}
+
+fn caddy(dir: &Path, keyward: &Server, api: &Upstream) -> Option<Proxy> {
+    let bin = installed("caddy", "Caddy in front of keyward")?;
+    let addr = free_addr();
+    let site = configured(
+        CADDYFILE,
+        keyward.addr,
+        api.addr,
+        // Any host name, plain HTTP, this port.
+        &format!("http://:{}", addr.port()),
+    );
+    assert_ne!(site, CADDYFILE, "the documented addresses changed");
+    let file = dir.join("Caddyfile");
+    std::fs::write(&file, format!("{{\n\tadmin off\n}}\n{site}")).unwrap();
+    let log = dir.join("caddy.log");
+    let child = Command::new(&bin)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&file)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Some(Proxy { child, addr, log }.ready())
+}
+
+/// What both proxies must do with keyward behind them.
+fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
+    let (ro_id, ro) = kw.key(&[
+        "--name",
+        &format!("{name} reader"),
+        "--scope",
+        "vehicles:read",
+    ]);
+    let (_, limited) = kw.key(&[
+        "--name",
+        &format!("{name} limited"),
+        "--scope",
+        "vehicles:read",
+        "--limit",
+        "burst=1/1m",
+    ]);
+    let get = |path: &str, key: Option<&str>| {
+        let r = req("GET", &format!("{PREFIX}{path}"));
+        proxy.send(match key {
+            Some(k) => r.bearer(k),
+            None => r,
+        })
+    };
+    // Settled: the keys just made are in the node's snapshot.
+    until(Duration::from_secs(5), "the new key", || {
+        server.get("/vehicles", &ro).status != 401
+    });
+
+    // Allowed: the API sees the identity, never the key, and not what the
+    // client claimed to be.
+    let hits = up.hits();
+    let seen = proxy
+        .send(
+            req("GET", &format!("{PREFIX}/vehicles/42?page=2"))
+                .bearer(&ro)
+                .header("X-Keyward-Key-Id", "key_forged")
+                .header("X-Keyward-Scopes", "keyward-admin"),
+        )
+        .seen();
+    assert_eq!(up.hits(), hits + 1);
+    assert_eq!(
+        seen["path"],
+        format!("{PREFIX}/vehicles/42?page=2"),
+        "{name}"
+    );
+    let headers = &seen["headers"];
+    let one = |name: &str| headers[name][0].as_str().unwrap_or_default().to_owned();
+    assert_eq!(one("x-keyward-key-id"), ro_id, "{name}: {seen}");
+    assert_eq!(
+        one("x-keyward-scopes"),
+        "vehicles:read vehicle-fields:read",
+        "{name}: {seen}"
+    );
+    assert!(
+        one("x-keyward-org-id").starts_with("org_"),
+        "{name}: {seen}"
+    );
+    assert!(!one("x-request-id").is_empty(), "{name}: {seen}");
+    assert!(
+        headers.get("authorization").is_none(),
+        "{name}: the key reached the API"
+    );
+
+    // Refused: keyward's status and document reach the client, nothing
+    // reaches the API.
+    let hits = up.hits();
+    let r = get("/vehicles", None);
+    let e = r.error(401, "UNAUTHORIZED");
+    assert_eq!(e["details"]["reason"], "missing", "{name}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="keyward""#),
+        "{name}"
+    );
+    let e = get("/inspections", Some(&ro)).error(403, "FORBIDDEN");
+    assert_eq!(
+        e["details"]["required"],
+        serde_json::json!(["inspections:read"]),
+        "{name}"
+    );
+    get("/no-such-thing", Some(&ro)).error(404, "NOT_FOUND");
+    // What the API would receive is what keyward judges: a path not in
+    // normal form (which nginx would merge for its own matching) is 400.
+    proxy
+        .send(req("GET", &format!("{PREFIX}/vehicles//42")).bearer(&ro))
+        .error(400, "BAD_REQUEST");
+    assert_eq!(get("/vehicles", Some(&limited)).status, 200, "{name}");
+    let r = get("/vehicles", Some(&limited));
+    r.error(429, "RATE_LIMITED");
+    assert!(r.header("retry-after").is_some(), "{name}");
+    // A client describing another request in headers is not believed.
+    let r = proxy.send(
+        req("GET", &format!("{PREFIX}/inspections"))
+            .bearer(&ro)
+            .header("X-Forwarded-Method", "GET")
+            .header("X-Forwarded-Uri", &format!("{PREFIX}/vehicles"))
+            .header("X-Original-Method", "GET")
+            .header("X-Original-URI", &format!("{PREFIX}/vehicles")),
+    );
+    assert!(
+        r.status == 403 || r.status == 400,
+        "{name}: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        up.hits(),
+        hits + 1,
+        "{name}: only the one allowed request passed"
+    );
+
+    // Revoked through the CLI: refused through the proxy within a second.
+    kw.cli_ok(&["keys", "revoke", &ro_id]);
+    let took = until(
+        Duration::from_secs(1),
+        "the revocation through the proxy",
+        || get("/vehicles", Some(&ro)).status == 401,
+    );
+    eprintln!(
+        "{name}: revoked key refused {} ms after the CLI returned",
+        took.as_millis()
+    );
+    let log = proxy.log();
+    assert!(!log.contains(&ro), "{name} logged a key:\n{log}");
+}
+
+#[test]
+fn nginx_auth_request_with_keyward_as_the_authorizer() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let server = kw.serve(&[]);
+    let dir = kw.dir.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(proxy) = nginx(&dir, &server, &up) else {
+        return;
+    };
+    behind(&proxy, &kw, &server, &up, "nginx");
+}
+
+#[test]
+fn caddy_forward_auth_with_keyward_as_the_authorizer() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let server = kw.serve(&[]);
+    let dir = kw.dir.path().join("caddy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(proxy) = caddy(&dir, &server, &up) else {
+        return;
+    };
+    behind(&proxy, &kw, &server, &up, "Caddy");
+}
