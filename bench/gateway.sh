@@ -22,6 +22,8 @@ LOAD_CORE="${LOAD_CORE:-0}"
 UP_PORT=19101
 KW_PORT=19102
 NGINX_PORT=19103
+# nginx with auth_request asking keyward (docs/proxies/nginx.conf as is).
+AUTH_PORT=19104
 
 for tool in wrk nginx taskset; do
   command -v "$tool" >/dev/null || { echo "bench/gateway.sh needs $tool (apt-get install wrk nginx util-linux)" >&2; exit 2; }
@@ -147,11 +149,15 @@ http {
     }
     location / { return 404 '{"errors":[{"code":"NOT_FOUND","message":"No route"}]}'; }
   }
+  include $WORK/nginx/forward-auth.conf;
 }
 EOF
+sed -e "s/127.0.0.1:8080/127.0.0.1:$KW_PORT/" -e "s/127.0.0.1:3000/127.0.0.1:$UP_PORT/" \
+  -e "s/listen 8000;/listen 127.0.0.1:$AUTH_PORT;/" docs/proxies/nginx.conf >"$WORK/nginx/forward-auth.conf"
 taskset -c "$SERVER_CORE" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 wait_port "$NGINX_PORT"
+wait_port "$AUTH_PORT"
 
 cat >"$WORK/post.lua" <<'EOF'
 wrk.method = "POST"
@@ -199,6 +205,7 @@ for r in $(seq 1 "$ROUNDS"); do
   WRK_ARGS=(-H "Authorization: Bearer $RO_KEY")
   run "nginx_map_get_$r" "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/vehicles"
   run "keyward_get_$r" "http://127.0.0.1:$KW_PORT/api/third-party/v1/vehicles"
+  run "nginx_auth_request_get_$r" "http://127.0.0.1:$AUTH_PORT/api/third-party/v1/vehicles"
   # The audited POST in the same rounds, so its ratio to keyward's GET is
   # paired like the others (it swings with the disk's fsync latency).
   WRK_ARGS=(-H "Authorization: Bearer $RW_KEY" -s "$WORK/post.lua")
@@ -206,7 +213,7 @@ for r in $(seq 1 "$ROUNDS"); do
   run "nginx_map_post_$r" "http://127.0.0.1:$NGINX_PORT/api/third-party/v1/inspections"
 done
 median() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1_$r"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p" >"$WORK/$1"; }
-for name in bare_upstream nginx_map_get keyward_get keyward_verify keyward_audited_post nginx_map_post; do median "$name"; done
+for name in bare_upstream nginx_map_get keyward_get nginx_auth_request_get keyward_verify keyward_audited_post nginx_map_post; do median "$name"; done
 # Paired ratios: each round's pair ran back to back, so their ratio cancels
 # most of the machine's drift; the median of those is the headline.
 paired() {
@@ -229,5 +236,8 @@ echo "nginx GET / bare upstream            $(paired nginx_map_get bare_upstream 
 echo "verify / bare upstream               $(paired keyward_verify bare_upstream 0)   [>= 0.7]"
 echo "audited POST / keyward GET           $(paired keyward_audited_post keyward_get 0)   [>= 0.5]"
 echo "nginx POST / nginx GET               $(paired nginx_map_post nginx_map_get 0)"
+echo "nginx+auth_request / nginx GET       $(paired nginx_auth_request_get nginx_map_get 0)   [forward auth: keyward asked per request]"
+echo "nginx+auth_request / keyward GET     $(paired nginx_auth_request_get keyward_get 0)"
+echo "nginx+auth_request p99 / keyward p99 $(paired nginx_auth_request_get keyward_get 2)"
 AUDITED="$(curl -s "http://127.0.0.1:$KW_PORT/metrics" | awk '/^keyward_audit_records_total/ {r=$2} /^keyward_audit_transactions_total/ {t=$2} END {if (t>0) printf "%d records in %d transactions (%.1f per commit)", r, t, r/t}')"
 echo "audit group commit: $AUDITED"
