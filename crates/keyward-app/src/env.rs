@@ -78,3 +78,31 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// How keys are digested in this deployment: HMAC-SHA-256 under
+/// `KEYWARD_DIGEST_SECRET` when it is set (even empty: keys stored under
+/// it must stay found), plain SHA-256 otherwise. Every process sharing a
+/// database (the binary, an embedded verifier) reads it here, so they
+/// agree.
+pub fn digester_from_env() -> keyward_core::Digester {
+    match std::env::var("KEYWARD_DIGEST_SECRET") {
+        Ok(secret) => keyward_core::Digester::hmac(secret.as_bytes()),
+        Err(_) => keyward_core::Digester::sha256(),
+    }
+}
+
+/// A short random id for a node (a server, or an embedded verifier):
+/// request ids are `<node>-<counter>`, and it is what the other nodes see
+/// sharing limits.
+///
+/// # Errors
+/// When the OS cannot provide randomness.
+pub fn node_id(rng: &dyn Rng) -> Result<String, RngError> {
+    loop {
+        let mut bytes = [0u8; 16];
+        rng.fill(&mut bytes)?;
+        if let Some(id) = keyward_core::key::base62_from_random(&bytes, 6) {
+            return Ok(id);
+        }
+    }
+}

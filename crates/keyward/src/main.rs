@@ -121,10 +121,7 @@ fn operator_id() -> String {
 }
 
 fn digester() -> Digester {
-    match std::env::var("KEYWARD_DIGEST_SECRET") {
-        Ok(secret) => Digester::hmac(secret.as_bytes()),
-        Err(_) => Digester::sha256(),
-    }
+    keyward_app::env::digester_from_env()
 }
 
 fn duration(flag: &str, value: &str) -> Result<i64> {
@@ -138,17 +135,10 @@ fn std_duration(flag: &str, value: &str) -> Result<std::time::Duration> {
 
 /// A short random id for this process: request ids are `<node>-<counter>`.
 fn node_id() -> Result<String> {
-    use keyward_app::env::Rng;
-    loop {
-        let mut bytes = [0u8; 16];
-        OsRng.fill(&mut bytes).map_err(|e| CliError {
-            exit: Exit::Failure,
-            message: e.to_string(),
-        })?;
-        if let Some(id) = keyward_core::key::base62_from_random(&bytes, 6) {
-            return Ok(id);
-        }
-    }
+    keyward_app::env::node_id(&OsRng).map_err(|e| CliError {
+        exit: Exit::Failure,
+        message: e.to_string(),
+    })
 }
 
 async fn serve(app: App<AnyStore>, args: cli::ServeArgs, node: String) -> Result {

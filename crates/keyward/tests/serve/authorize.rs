@@ -47,7 +47,7 @@ fn body_json(r: &Resp) -> Value {
 
 /// The fleet catalog's routes, each concrete, with the methods it takes
 /// and one it does not.
-fn fleet_requests(kw: &Kw) -> Vec<(String, String)> {
+pub(crate) fn fleet_requests(kw: &Kw) -> Vec<(String, String)> {
     let shown: Value = serde_json::from_str(&kw.cli_ok(&["catalog", "show", "--json"])).unwrap();
     let mut out = Vec::new();
     for route in shown["routes"].as_array().unwrap() {

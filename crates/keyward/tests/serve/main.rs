@@ -12,6 +12,7 @@ mod admin;
 mod authorize;
 mod browser;
 mod console;
+mod embedded;
 mod harness;
 mod hostile;
 mod isolation;
