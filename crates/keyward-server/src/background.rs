@@ -358,3 +358,31 @@ pub(crate) async fn policy_loop(state: Arc<State>) {
         }
     }
 }
+
+/// The end of a node, served or embedded: its background work stopped,
+/// then what is pending written (last uses, usage, anonymous counts, limit
+/// leases handed back) and the audit writer drained.
+pub(crate) async fn finish(
+    state: Arc<State>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    audit_task: tokio::task::JoinHandle<()>,
+) {
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
+    let (uses, anonymous) = flush_outages();
+    flush_uses(&state, &mut Vec::new(), &uses).await;
+    flush_usage(&state, &mut Vec::new(), &usage_outage()).await;
+    flush_anonymous(&state, &mut Vec::new(), true, &anonymous).await;
+    leave_limits(&state).await;
+    // The last reference to the audit writer goes with the state; the
+    // writer then commits what is queued and stops.
+    drop(state);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), audit_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("audit writer did not finish within 10s");
+    }
+}

@@ -1,5 +1,5 @@
 //! keyward inside a Rust service (SPEC §12): a node without a listener.
-//! [`Server::embed`](crate::Server::embed) starts what `serve` starts to
+//! `Server::embed` starts what `serve` starts to
 //! keep the snapshot true (the change-log sync, the flush of last uses and
 //! usage counts, the exchange of limit leases on PostgreSQL), and
 //! [`KeywardLayer`] decides each request of the host service with the
@@ -116,14 +116,17 @@ impl Embedded {
         key: &str,
         method: &str,
         path: &str,
-    ) -> Result<Decision, crate::ApiError> {
+    ) -> Result<Decision, crate::error::ApiError> {
         let state = &self.state;
         let catalog = state.app.catalog();
         let path = path.split('?').next().unwrap_or(path);
         keyward_core::path::check_method(method)
-            .map_err(|e| crate::ApiError::validation("method", e.to_string()))?;
+            .map_err(|e| crate::error::ApiError::validation("method", e.to_string()))?;
         keyward_core::path::check_normal(path).map_err(|e| {
-            crate::ApiError::validation("path", format!("path `{path}` is not in normal form: {e}"))
+            crate::error::ApiError::validation(
+                "path",
+                format!("path `{path}` is not in normal form: {e}"),
+            )
         })?;
         let route = keyward_core::path::strip_gateway_prefix(catalog.gateway_prefix(), path)
             .unwrap_or(path);
@@ -146,7 +149,7 @@ impl Embedded {
             background,
             audit_task,
         } = self;
-        crate::finish(state, background, audit_task).await;
+        crate::background::finish(state, background, audit_task).await;
     }
 }
 

@@ -261,7 +261,7 @@ impl Server {
                 "some connections were still open after the drain timeout"
             );
         }
-        finish(state, background.into(), audit_task).await;
+        background::finish(state, background.into(), audit_task).await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -272,34 +272,6 @@ impl Server {
     pub fn embed(self) -> embedded::Embedded {
         let Server { state, audit_task } = self;
         embedded::Embedded::start(state, audit_task)
-    }
-}
-
-/// The end of a node, served or embedded: its background work stopped,
-/// then what is pending written (last uses, usage, anonymous counts, limit
-/// leases handed back) and the audit writer drained.
-async fn finish(
-    state: Arc<State>,
-    background: Vec<tokio::task::JoinHandle<()>>,
-    audit_task: tokio::task::JoinHandle<()>,
-) {
-    for task in background {
-        task.abort();
-        let _ = task.await;
-    }
-    let (uses, anonymous) = background::flush_outages();
-    background::flush_uses(&state, &mut Vec::new(), &uses).await;
-    background::flush_usage(&state, &mut Vec::new(), &background::usage_outage()).await;
-    background::flush_anonymous(&state, &mut Vec::new(), true, &anonymous).await;
-    background::leave_limits(&state).await;
-    // The last reference to the audit writer goes with the state; the
-    // writer then commits what is queued and stops.
-    drop(state);
-    if tokio::time::timeout(Duration::from_secs(10), audit_task)
-        .await
-        .is_err()
-    {
-        tracing::error!("audit writer did not finish within 10s");
     }
 }
 
