@@ -53,6 +53,7 @@ const OUTCOMES: &[(u16, &str)] = &[
     (403, "FORBIDDEN"),
     (404, "NOT_FOUND"),
     (405, "METHOD_NOT_ALLOWED"),
+    (408, "REQUEST_TIMEOUT"),
     (413, "PAYLOAD_TOO_LARGE"),
     (414, "URI_TOO_LONG"),
     (422, "VALIDATION_FAILED"),

@@ -135,8 +135,30 @@ pub(crate) fn method_not_allowed(
     res
 }
 
+/// How long a client may take to send a body to keyward's own endpoints
+/// (408 beyond): a body trickled a byte at a time must not hold the
+/// connection and its buffer for ever.
+pub(crate) const BODY_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(crate) fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "REQUEST_TIMEOUT",
+        format!(
+            "The request body did not arrive within {} s",
+            BODY_READ_DEADLINE.as_secs()
+        ),
+    )
+}
+
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
 pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_DEADLINE, read_body_now(body))
+        .await
+        .map_err(|_| request_timeout())?
+}
+
+async fn read_body_now(body: Incoming) -> Result<Bytes, ApiError> {
     let mut body = Limited::new(body, MAX_JSON_BYTES);
     // The common case is one data frame: take it without collecting.
     let first = match body.frame().await {
@@ -306,7 +328,10 @@ pub(crate) async fn read_limited_to(
     body: axum::body::Body,
     max: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, max).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_READ_DEADLINE, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| request_timeout())?;
+    read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {

@@ -391,11 +391,20 @@ async fn scan_paths(app: &App<AnyStore>, actor: &Actor, args: &cli::ScanArgs) ->
         std::time::Duration::from_millis(took),
         args.json,
     );
-    Ok(if findings.iter().any(|f| f.was == LeakStatus::Live) {
-        Exit::Refused
-    } else {
-        Exit::Ok
-    })
+    if findings.iter().any(|f| f.was == LeakStatus::Live) {
+        return Ok(Exit::Refused);
+    }
+    // Not a clean bill: a path that could not be read may hold a key.
+    if stats.unreadable > 0 {
+        return Err(CliError {
+            exit: Exit::Failure,
+            message: format!(
+                "{} path(s) could not be read (named above): no live key in what was read, but not everything was",
+                stats.unreadable
+            ),
+        });
+    }
+    Ok(Exit::Ok)
 }
 
 async fn orgs(app: &App<AnyStore>, actor: &Actor, cmd: &OrgsCmd) -> Result {

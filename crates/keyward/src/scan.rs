@@ -5,7 +5,6 @@
 //! (`keyward_app::leaks`). Keys stay in memory; nothing here prints one.
 
 use keyward_app::leaks::Sighting;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 /// How much a scan read.
@@ -35,10 +34,14 @@ pub fn scan(
     let mut stats = Stats::default();
     for p in paths {
         if p == "-" {
-            let mut bytes = Vec::new();
-            match std::io::stdin().read_to_end(&mut bytes) {
-                Ok(_) => text(&bytes, "(stdin)", prefix, &mut found, &mut stats),
-                Err(e) => unreadable(&mut stats, "(stdin)", &e),
+            if let Err(e) = stream(
+                std::io::stdin().lock(),
+                "(stdin)",
+                prefix,
+                &mut found,
+                &mut stats,
+            ) {
+                unreadable(&mut stats, "(stdin)", &e);
             }
             tick(&stats);
             continue;
@@ -64,8 +67,11 @@ fn walk(
     stats: &mut Stats,
     tick: &mut dyn FnMut(&Stats),
 ) {
-    // A file's name may itself hold a key: never shown whole.
-    let shown = keyward_core::text::redact_keys(&path.display().to_string()).into_owned();
+    // A file's name may itself hold a key: never shown whole; nor its
+    // control characters, which could rewrite the terminal's lines.
+    let shown = printable(&keyward_core::text::redact_keys(
+        &path.display().to_string(),
+    ));
     let meta = match if top {
         std::fs::metadata(path)
     } else {
@@ -93,8 +99,121 @@ fn walk(
             Err(e) => unreadable(stats, &shown, &e),
         }
         tick(stats);
+    } else if top {
+        // A pipe or device named on the command line (`<(git log -p)`,
+        // `/dev/stdin`): read as a stream, as standard input is.
+        if let Err(e) =
+            std::fs::File::open(path).and_then(|f| stream(f, &shown, prefix, found, stats))
+        {
+            unreadable(stats, &shown, &e);
+        }
+        tick(stats);
     }
-    // Symbolic links, sockets, devices: not followed, not read.
+    // Inside a walk, symbolic links, pipes, sockets and devices are not
+    // followed and not read.
+}
+
+/// `text` with control characters escaped (`\u{1b}`).
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Bytes read from a stream at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A line longer than this is cut (keeping enough of its end that a key
+/// across the cut is found whole, and once).
+const MAX_LINE: usize = 16 << 20;
+
+/// The longest key: a 16-character prefix, `_live_`, 38 characters.
+const LONGEST_KEY: usize = 16 + 6 + 38;
+
+/// Keys in a stream (standard input, a pipe): read a chunk at a time and
+/// scanned a line at a time, so memory stays bounded however long the
+/// stream, and never skipped as binary (`tar c . | keyward scan -` is
+/// searched too).
+fn stream(
+    mut r: impl std::io::Read,
+    name: &str,
+    prefix: &str,
+    found: &mut Vec<Sighting>,
+    stats: &mut Stats,
+) -> std::io::Result<()> {
+    stats.files += 1;
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut chunk = vec![0u8; CHUNK];
+    let mut line = 1u64;
+    loop {
+        let n = match r.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        stats.bytes += n as u64;
+        pending.extend_from_slice(&chunk[..n]);
+        // Up to the last complete line; a line too long is cut short of
+        // its end, its keys counted where they start.
+        let cut = match pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if pending.len() > MAX_LINE => pending.len() - LONGEST_KEY,
+            None => continue,
+        };
+        line = keys_in(&pending, cut, line, name, prefix, found);
+        pending.drain(..cut);
+    }
+    let end = pending.len();
+    keys_in(&pending, end, line, name, prefix, found);
+    Ok(())
+}
+
+/// The keys of `prefix` starting before `cut` in `bytes`, which begin at
+/// line `line`; the line at `cut`. Bytes that are not ASCII are read as `?`
+/// (keys are ASCII), so positions stay those of the bytes.
+fn keys_in(
+    bytes: &[u8],
+    cut: usize,
+    mut line: u64,
+    name: &str,
+    prefix: &str,
+    found: &mut Vec<Sighting>,
+) -> u64 {
+    let text: String = bytes
+        .iter()
+        .map(|&b| if b.is_ascii() { char::from(b) } else { '?' })
+        .collect();
+    let mut counted = 0usize;
+    for (range, _) in keyward_core::text::find_keys(&text) {
+        if range.start >= cut {
+            break;
+        }
+        let key = &text[range.clone()];
+        if !key.strip_prefix(prefix).is_some_and(|r| r.starts_with('_')) {
+            continue;
+        }
+        line += newlines(&bytes[counted..range.start]);
+        counted = range.start;
+        found.push(Sighting {
+            place: format!("{name}:{line}"),
+            key: key.to_owned(),
+        });
+    }
+    line + newlines(&bytes[counted..cut])
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
 }
 
 /// The keys of `prefix` in one file's bytes, each with its line.

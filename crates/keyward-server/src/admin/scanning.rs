@@ -7,6 +7,7 @@
 use super::common::Shared;
 use super::docs::ErrorDoc;
 use crate::error::ApiError;
+use crate::github::Unsigned;
 use crate::web::{Answer, Ctx, ctx, fail, ok, read_limited_to};
 use http::StatusCode;
 use keyward_app::Actor;
@@ -96,25 +97,40 @@ async fn github_report(state: axum::extract::State<Shared>, req: axum::extract::
             &ctx,
         ));
     };
+    // Refused before any of it is read: a body declared too large, and
+    // more unverified reports at once than GitHub ever sends (each holds up
+    // to a megabyte until its signature is checked).
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REPORT_BYTES as u64) {
+        return Err(fail(
+            ApiError::payload_too_large(MAX_REPORT_BYTES as u64),
+            &ctx,
+        ));
+    }
+    let Ok(_reading) = file.unverified.try_acquire() else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "BUSY",
+            "Too many secret scanning reports are being read at once; try again shortly",
+        );
+        e.retry_after = Some(1);
+        return Err(fail(e, &ctx));
+    };
     let raw = read_limited_to(body, MAX_REPORT_BYTES)
         .await
         .map_err(|e| fail(e, &ctx))?;
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let verified = match signed_by(&parts.headers) {
+        Ok((identifier, signature)) => {
+            file.keys()
+                .await
+                .verify(identifier.as_deref(), signature.as_deref(), &raw)
+        }
+        Err(why) => Err(why),
     };
-    let (identifier, signature) = (
-        header("github-public-key-identifier"),
-        header("github-public-key-signature"),
-    );
-    if let Err(why) = file
-        .keys()
-        .await
-        .verify(identifier.as_deref(), signature.as_deref(), &raw)
-    {
+    if let Err(why) = verified {
         state.metrics.scanning_unsigned.increment(1);
         if file.log_refusal(state.app.now()) {
             tracing::warn!(client = %ctx.client.ip_text(), reason = %why, "refused a secret scanning report (logged once a minute; keyward_secret_scanning_reports_total counts them): if GitHub sent it, the key file is out of date");
@@ -132,6 +148,26 @@ async fn github_report(state: axum::extract::State<Shared>, req: axum::extract::
     state.metrics.scanning_reports.increment(1);
     let reported = parse_report(&raw).map_err(|e| fail(e, &ctx))?;
     report(&state, &ctx, reported).await
+}
+
+/// The identifier and signature headers, each at most once. An identifier
+/// that is not ASCII names no published key; a signature that is not ASCII
+/// is not base64.
+fn signed_by(headers: &http::HeaderMap) -> Result<(Option<String>, Option<String>), Unsigned> {
+    let one = |name: &'static str, not_ascii: Unsigned| -> Result<Option<String>, Unsigned> {
+        let mut all = headers.get_all(name).iter();
+        let first = all.next();
+        if all.next().is_some() {
+            return Err(Unsigned::Repeated(name));
+        }
+        first
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| not_ascii.clone()))
+            .transpose()
+    };
+    Ok((
+        one("github-public-key-identifier", Unsigned::UnknownKey)?,
+        one("github-public-key-signature", Unsigned::Malformed)?,
+    ))
 }
 
 /// Applies a verified report: each distinct token once, in the order

@@ -499,3 +499,196 @@ fn without_a_key_file_the_endpoint_is_not_there_and_a_bad_file_stops_the_start()
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// What a hostile sender, or a key file swapped for something else, may do
+/// to the one endpoint anyone can call: nothing that exhausts or hangs the
+/// node.
+#[test]
+fn unsigned_senders_and_odd_key_files_cannot_exhaust_or_hang_the_node() {
+    use std::io::Write as _;
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, live) = kw.key(&["--name", "ci", "--scope", "vehicles:read"]);
+    let github = github::signer(7);
+    let keys = kw.dir.path().join("keys.json");
+    std::fs::write(&keys, github::key_file(&[("gh-1", &github)])).unwrap();
+    let keys_arg = keys.display().to_string();
+    let server = kw.serve(&["--github-scanning-keys", &keys_arg]);
+    let body = serde_json::json!([{"token": "not-a-key", "type": "t", "url": "u", "source": "s"}])
+        .to_string()
+        .into_bytes();
+    let good = github::sign(&github, &body);
+
+    // A body declared too large is refused before any of it is read.
+    let r = crate::harness::raw(
+        server.addr,
+        format!("POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\nGithub-Public-Key-Identifier: gh-1\r\nGithub-Public-Key-Signature: {good}\r\n\r\n").as_bytes(),
+    );
+    r.error(413, "PAYLOAD_TOO_LARGE");
+    // Headers sent twice, or not ASCII: refused, whatever the first says.
+    for (name, value) in [
+        ("Github-Public-Key-Signature", good.as_str()),
+        ("Github-Public-Key-Identifier", "gh-1"),
+    ] {
+        let r = report(&server, "gh-1", &good, &body);
+        assert_eq!(r.status, 200);
+        let twice = req("POST", REPORTS)
+            .header("Github-Public-Key-Identifier", "gh-1")
+            .header("Github-Public-Key-Signature", &good)
+            .header(name, value)
+            .body(&body)
+            .send(&server);
+        let e = twice.error(401, "UNAUTHORIZED");
+        assert!(
+            e["message"].as_str().unwrap().contains("more than once"),
+            "{e}"
+        );
+    }
+    let mut odd = format!("POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nGithub-Public-Key-Identifier: gh-\u{e9}\r\nGithub-Public-Key-Signature: {good}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    odd.extend_from_slice(&body);
+    let e = crate::harness::raw(server.addr, &odd).error(401, "UNAUTHORIZED");
+    assert!(
+        e["message"].as_str().unwrap().contains("names no key"),
+        "{e}"
+    );
+
+    // Reports trickled in: at most 8 are read at once (503 beyond), and
+    // each is cut off with 408 when its body does not arrive in time.
+    let slow: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            write!(s, "POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nGithub-Public-Key-Identifier: gh-1\r\nGithub-Public-Key-Signature: {good}\r\n\r\n[").unwrap();
+            s
+        })
+        .collect();
+    crate::harness::until(
+        std::time::Duration::from_secs(5),
+        "the ninth refused",
+        || report(&server, "gh-1", &good, &body).status == 503,
+    );
+    let busy = report(&server, "gh-1", &good, &body);
+    busy.error(503, "BUSY");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    // The gateway is not held up meanwhile.
+    assert_eq!(
+        server.get("/vehicles", &live).status,
+        502,
+        "allowed, no upstream"
+    );
+    for mut s in slow {
+        use std::io::Read as _;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let head = String::from_utf8_lossy(&answer);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    }
+    assert_eq!(
+        report(&server, "gh-1", &good, &body).status,
+        200,
+        "room again"
+    );
+
+    // The key file swapped for a device or a pipe: the keys read before
+    // stay in force, and no request hangs.
+    for (what, swap) in [("a symbolic link to /dev/zero", "zero"), ("a pipe", "fifo")] {
+        std::fs::remove_file(&keys).unwrap();
+        if swap == "zero" {
+            std::os::unix::fs::symlink("/dev/zero", &keys).unwrap();
+        } else {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&keys)
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        let started = std::time::Instant::now();
+        let r = report(&server, "gh-1", &good, &body);
+        assert_eq!(
+            r.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{what}"
+        );
+    }
+    let log = server.log();
+    assert!(log.contains("not a regular file"), "{log}");
+    // And at start: refused at once, named.
+    for target in ["/dev/zero", keys.to_str().unwrap()] {
+        let out = std::process::Command::new("timeout")
+            .args([
+                "10",
+                crate::harness::BIN,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--github-scanning-keys",
+                target,
+            ])
+            .env("KEYWARD_DATABASE_URL", kw.url())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{target}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not a regular file"), "{target}: {stderr}");
+    }
+}
+
+#[test]
+fn scan_reads_pipes_named_on_the_command_line_and_a_path_it_cannot_read_is_not_clean() {
+    use std::io::Write as _;
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, live) = kw.key(&["--name", "piped", "--scope", "vehicles:read"]);
+    // /dev/stdin names a pipe here, as `<(git log -p)` would; a NUL early
+    // in a stream does not make it skipped.
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["scan", "/dev/stdin", "--json"])
+        .env("KEYWARD_DATABASE_URL", kw.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"ustar\0\0\0binary header\n").unwrap();
+        // A long line first: the stream is read a chunk at a time.
+        stdin.write_all(&vec![b'x'; 3 << 20]).unwrap();
+        writeln!(stdin, "\nkey={live}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found[0]["status"], "live", "{found}");
+    assert!(
+        found[0]["place"].as_str().unwrap().ends_with(":3"),
+        "{found}"
+    );
+
+    // A file name with control characters is shown escaped.
+    let tree = kw.dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("evil\u{1b}[2K\rOK.txt"), format!("{live}\n")).unwrap();
+    let out = kw.cli(&["scan", &tree.display().to_string()]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !table.contains('\u{1b}') && table.contains("\\u{1b}[2K\\rOK.txt"),
+        "{table}"
+    );
+
+    // Nothing live, but a path that could not be read: exit 3, not 0.
+    let out = kw.cli(&["scan", &tree.join("missing").display().to_string()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be read"));
+}
