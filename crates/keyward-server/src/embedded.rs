@@ -100,6 +100,7 @@ impl Embedded {
     pub fn layer(&self) -> KeywardLayer {
         KeywardLayer {
             state: self.state.clone(),
+            unknown_peer: Client::new(SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
 
@@ -161,6 +162,8 @@ impl Embedded {
 #[derive(Clone)]
 pub struct KeywardLayer {
     state: Arc<State>,
+    /// The client of a request without axum's `ConnectInfo`.
+    unknown_peer: Client,
 }
 
 impl<S> tower_layer::Layer<S> for KeywardLayer {
@@ -170,6 +173,8 @@ impl<S> tower_layer::Layer<S> for KeywardLayer {
         Keyward {
             state: self.state.clone(),
             inner,
+            unknown_peer: self.unknown_peer.clone(),
+            last_peer: None,
         }
     }
 }
@@ -179,6 +184,10 @@ impl<S> tower_layer::Layer<S> for KeywardLayer {
 pub struct Keyward<S> {
     state: Arc<State>,
     inner: S,
+    unknown_peer: Client,
+    /// The last peer seen, rendered: a connection's requests share it, and
+    /// rendering an address costs an allocation.
+    last_peer: Option<Client>,
 }
 
 static X_KEYWARD: [HeaderName; 3] = [
@@ -208,33 +217,49 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let state = self.state.clone();
-        Box::pin(async move {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let client = match (peer, &self.last_peer) {
+            (None, _) => self.unknown_peer.clone(),
+            (Some(p), Some(last)) if last.addr == p.ip() => last.clone(),
+            (Some(p), _) => {
+                let c = Client::new(p);
+                self.last_peer = Some(c.clone());
+                c
+            }
+        };
+        let fut = async move {
             let started = monotonic();
             let request_id = state.request_ids.next();
-            let peer = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-            let client = Client::new(peer);
+            // A standard method clones without allocating; the path is
+            // borrowed for the decision and copied only for a write's audit.
             let method = req.method().clone();
-            let uri = req.uri().clone();
             let write = is_write(&method);
-            let ex = Exchange {
-                method: &method,
-                path: uri.path(),
-                client: &client,
-                request_id: &request_id,
-                client_request_id: None,
-                key: None,
+            let admitted = admit(
+                &state,
+                Exchange {
+                    method: &method,
+                    path: req.uri().path(),
+                    client: &client,
+                    request_id: &request_id,
+                    client_request_id: None,
+                    key: None,
+                },
+                req.headers(),
+                write,
+                started,
+            )
+            .await;
+            let (key, decision, limited) = match admitted {
+                Ok(admitted) => admitted,
+                Err(refused) => return Ok(into_host(refused)),
             };
-            let (key, decision, limited) =
-                match admit(&state, ex, req.headers(), write, started).await {
-                    Ok(admitted) => admitted,
-                    Err(refused) => return Ok(into_host(refused)),
-                };
             if write && let Some(refused) = write_gate(&state, &request_id) {
                 return Ok(into_host(refused));
             }
+            let written = write.then(|| req.uri().path().to_owned());
             let headers = req.headers_mut();
             headers.remove(AUTHORIZATION);
             for name in &X_KEYWARD {
@@ -245,10 +270,14 @@ where
                 request_id: request_id.clone(),
             });
             let mut res = inner.call(req).await?;
-            if write {
+            if let Some(path) = &written {
                 let ex = Exchange {
+                    method: &method,
+                    path,
+                    client: &client,
+                    request_id: &request_id,
+                    client_request_id: None,
                     key: Some(&key),
-                    ..ex
                 };
                 let entry = ex.audit(
                     state.app.catalog().key_prefix(),
@@ -272,7 +301,8 @@ where
             res.headers_mut()
                 .insert(crate::telemetry::X_REQUEST_ID.clone(), request_id);
             Ok(res)
-        })
+        };
+        Box::pin(fut)
     }
 }
 
