@@ -55,7 +55,7 @@ pub struct Config {
     /// GitHub's published secret scanning keys (`--github-scanning-keys`):
     /// the JSON document of `https://api.github.com/meta/public_keys/secret_scanning`,
     /// read again when it changes. Without it `POST
-    /// /v1/secret-scanning/github` answers 404.
+    /// /v1/secret-scanning/github` refuses every report (401).
     pub github_scanning_keys: Option<std::path::PathBuf>,
 }
 

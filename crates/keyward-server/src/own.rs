@@ -40,11 +40,25 @@ pub(crate) async fn handle(
         "/metrics" => (Endpoint::Metrics, READ),
         "/v1/whoami" => (Endpoint::Whoami, READ),
         "/v1/verify" => (Endpoint::Verify, &[Method::POST]),
-        // Any method: Envoy's form asks with the original request's.
+        // Every standard method: Envoy's form asks with the original
+        // request's (the document lists each).
         p if p == crate::authorize::PATH
             || p.starts_with(crate::authorize::PATH)
                 && p.as_bytes().get(crate::authorize::PATH.len()) == Some(&b'/') =>
         {
+            const ANY: &[Method] = &[
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+                Method::TRACE,
+            ];
+            if !ANY.contains(req.method()) {
+                return method_not_allowed(req.method(), req.uri().path(), ANY, &request_id);
+            }
             return crate::authorize::authorize(&state, &client, req, &request_id).await;
         }
         // Boxed: the admin router's future is large, and inline it would make

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         description = "Scoped API keys: the admin API, the verify service and operations endpoints. Errors use one shape: `{\"errors\": [{\"code\", \"message\", \"details\"}]}`."
     ),
     paths(doc_verify, doc_whoami, doc_authorize, doc_healthz, doc_metrics),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &AnyMethod),
     security(("bearer" = []))
 )]
 pub(super) struct ApiDoc;
@@ -27,6 +27,34 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// `/v1/authorize` answers every method (Envoy asks with the original
+/// request's): the document says so, one operation per method, so clients
+/// and fuzzers expect no 405 there.
+pub(super) struct AnyMethod;
+
+impl Modify for AnyMethod {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(item) = openapi.paths.paths.get_mut("/v1/authorize") else {
+            return;
+        };
+        let Some(get) = item.get.clone() else {
+            return;
+        };
+        let with_id = |suffix: &str| {
+            let mut op = get.clone();
+            op.operation_id = op.operation_id.map(|id| format!("{id}_{suffix}"));
+            Some(op)
+        };
+        item.post = with_id("post");
+        item.put = with_id("put");
+        item.patch = with_id("patch");
+        item.delete = with_id("delete");
+        item.head = with_id("head");
+        item.options = with_id("options");
+        item.trace = with_id("trace");
     }
 }
 
@@ -157,6 +185,9 @@ pub(super) fn doc_whoami() {}
 /// `/v1/authorize/<original path>` and the original method instead.
 #[utoipa::path(
     get, path = "/v1/authorize", tag = "verify",
+    // The caller is the proxy, which holds no key: the `Authorization`
+    // judged is the described request's, passed on by the proxy.
+    security(()),
     params(
         ("X-Forwarded-Method" = String, Header, description = "The method of the request to authorize (Traefik, Caddy)"),
         ("X-Forwarded-Uri" = String, Header, description = "Its path and query (Traefik, Caddy)"),

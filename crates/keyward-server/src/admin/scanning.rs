@@ -81,19 +81,22 @@ struct TokenLabel {
     ),
     responses(
         (status = 200, description = "One label per distinct token reported", body = Vec<TokenLabel>),
-        (status = "default", description = "Error: 401 when the signature does not verify (nothing changed), 404 when the server has no `--github-scanning-keys`, 400/422 for a body that is not a report, 413 beyond 1 MiB", body = ErrorDoc),
+        (status = "default", description = "Error: 401 when the signature does not verify or the server has no `--github-scanning-keys` (nothing changed), 400/422 for a body that is not a report, 413 beyond 1 MiB", body = ErrorDoc),
     )
 )]
 async fn github_report(state: axum::extract::State<Shared>, req: axum::extract::Request) -> Answer {
     let (parts, body) = req.into_parts();
     let ctx = ctx(&parts);
+    // Without GitHub's keys no report can be believed: refused as an
+    // unverifiable one is, saying why.
     let Some(file) = state.github.as_ref() else {
         return Err(fail(
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "GitHub secret scanning is not set up on this server: start it with --github-scanning-keys FILE",
-            ),
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "GitHub secret scanning is not set up on this server, so no report can be verified: start it with --github-scanning-keys FILE",
+            )
+            .detail("reason", "not_configured"),
             &ctx,
         ));
     };

@@ -452,12 +452,13 @@ fn a_report_signed_by_github_revokes_within_a_second_and_nothing_else_changes_an
 }
 
 #[test]
-fn without_a_key_file_the_endpoint_is_not_there_and_a_bad_file_stops_the_start() {
+fn without_a_key_file_no_report_is_believed_and_a_bad_file_stops_the_start() {
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let server = kw.serve(&[]);
     let r = req("POST", REPORTS).body(b"[]").send(&server);
-    let e = r.error(404, "NOT_FOUND");
+    let e = r.error(401, "UNAUTHORIZED");
+    assert_eq!(e["details"]["reason"], "not_configured");
     assert!(
         e["message"]
             .as_str()
