@@ -92,6 +92,12 @@ pub fn check_normal(path: &str) -> Result<(), PathError> {
     for (i, &b) in bytes.iter().enumerate().skip(1) {
         match b {
             0..=b' ' | 0x7f.. => return Err(PathError::BadCharacter),
+            // Not path characters (RFC 3986): a `#` or `?` here was not
+            // cut off as fragment or query by whoever described the request
+            // (`/v1/authorize`, `/v1/verify`), and a back end may cut it.
+            b'#' | b'?' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^' | b'[' | b']' => {
+                return Err(PathError::BadCharacter);
+            }
             b'\\' => return Err(PathError::Backslash),
             b'/' => {
                 if segment_error.is_none() {
@@ -397,7 +403,10 @@ mod tests {
             return Ok(());
         }
         // The first character refused as it stands decides the error.
-        match path.bytes().find(|&b| b <= b' ' || b >= 0x7f || b == b'\\') {
+        match path
+            .bytes()
+            .find(|&b| b <= b' ' || b >= 0x7f || b == b'\\' || b"#?\"<>`{}|^[]".contains(&b))
+        {
             Some(b'\\') => return Err(PathError::Backslash),
             Some(_) => return Err(PathError::BadCharacter),
             None => {}
@@ -419,7 +428,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn one_pass_agrees_with_the_rules(path in "/?([a-z./;%0-9fFeEcC\\\\\x01 é]{0,12})") {
+        fn one_pass_agrees_with_the_rules(path in "/?([a-z./;%0-9fFeEcC\\\\\x01 é#?]{0,12})") {
             proptest::prop_assert_eq!(check_normal(&path), by_the_rules(&path));
         }
 

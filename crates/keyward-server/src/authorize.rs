@@ -55,12 +55,24 @@ pub(crate) async fn authorize(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let started = monotonic();
-    let (parts, _body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    // The body is never read: a connection that still carries one is closed
+    // after the answer, and the proxy is told so.
+    let body_pending = !hyper::body::Body::is_end_stream(&body);
     let (form, method, path) = match described(&parts) {
         Ok(d) => d,
         Err(e) => {
             state.metrics.refused(e.status.as_u16(), e.code);
-            return e.into_response(Some(request_id));
+            // nginx's form (recognised by its headers) gets the document in
+            // headers whatever went wrong.
+            let form = if parts.headers.contains_key("x-original-uri")
+                || parts.headers.contains_key("x-original-method")
+            {
+                Form::Original
+            } else {
+                Form::Forwarded
+            };
+            return for_the_proxy(e.into_response(Some(request_id)), form);
         }
     };
     let client_request_id =
@@ -100,6 +112,10 @@ pub(crate) async fn authorize(
     }
     let mut res = Response::new(Body::empty());
     put_identity(res.headers_mut(), &key, request_id);
+    if body_pending {
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(note) = limited {
         note.write(res.headers_mut());
     }
@@ -109,12 +125,19 @@ pub(crate) async fn authorize(
 /// The method and path of the request the proxy asks about.
 fn described(parts: &http::request::Parts) -> Result<(Form, Method, String), ApiError> {
     let own_path = parts.uri.path();
+    let h = &parts.headers;
     if let Some(rest) = own_path.strip_prefix(PATH)
         && rest.starts_with('/')
     {
+        // Described twice, by the path and by headers: refused like two
+        // header pairs.
+        if DESCRIBING.iter().any(|name| h.contains_key(*name)) {
+            return Err(ApiError::bad_request(
+                "Send exactly one description of the request: /v1/authorize/<path>, or a header pair, not both",
+            ));
+        }
         return Ok((Form::Prefixed, parts.method.clone(), rest.to_owned()));
     }
-    let h = &parts.headers;
     let forwarded = (one(h, "x-forwarded-method")?, one(h, "x-forwarded-uri")?);
     let original = (one(h, "x-original-method")?, one(h, "x-original-uri")?);
     let (form, method, uri) = match (forwarded, original) {
@@ -140,7 +163,18 @@ fn described(parts: &http::request::Parts) -> Result<(Form, Method, String), Api
     let uri = uri
         .to_str()
         .map_err(|_| ApiError::bad_request("The described URI is not ASCII"))?;
-    // Origin form only: the path, then the query, which no rule reads.
+    if uri.len() > crate::config::MAX_REQUEST_TARGET {
+        return Err(ApiError::new(
+            http::StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            format!(
+                "The described URI is longer than {} bytes",
+                crate::config::MAX_REQUEST_TARGET
+            ),
+        ));
+    }
+    // Origin form only: the path, then the query, which no rule reads. A
+    // `#` is refused with the path (never cut off: nginx forwards it).
     if !uri.starts_with('/') {
         return Err(ApiError::bad_request(
             "The described URI must be a path starting with `/`",
@@ -149,6 +183,14 @@ fn described(parts: &http::request::Parts) -> Result<(Form, Method, String), Api
     let path = uri.split_once('?').map_or(uri, |(p, _)| p);
     Ok((form, method, path.to_owned()))
 }
+
+/// The headers that describe a request.
+const DESCRIBING: [&str; 4] = [
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-original-method",
+    "x-original-uri",
+];
 
 /// The one value of header `name`, if any; a repeated header is refused.
 fn one<'h>(

@@ -84,6 +84,14 @@ impl GithubKeys {
         Ok(GithubKeys { keys })
     }
 
+    /// Why a report with a header missing is not believed.
+    pub(crate) fn unsigned(identifier: Option<&str>, signature: Option<&str>) -> Unsigned {
+        match (identifier, signature) {
+            (None, _) => Unsigned::Missing("Github-Public-Key-Identifier"),
+            (_, None) | (Some(_), Some(_)) => Unsigned::Missing("Github-Public-Key-Signature"),
+        }
+    }
+
     /// Whether `body` is signed by the key `identifier` names.
     ///
     /// # Errors
@@ -123,7 +131,32 @@ pub(crate) struct GithubKeyFile {
     last_refusal_logged: AtomicI64,
     /// Reports being read before their signature is checked: each holds up
     /// to a report's size in memory, for anyone who asks.
-    pub(crate) unverified: tokio::sync::Semaphore,
+    unverified: tokio::sync::Semaphore,
+    /// The same, per client address: one sender cannot take every slot.
+    by_client: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A report being read: its slot, given back when dropped.
+pub(crate) struct Reading<'a> {
+    file: &'a GithubKeyFile,
+    client: std::net::IpAddr,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut by = self
+            .file
+            .by_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = by.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by.remove(&self.client);
+            }
+        }
+    }
 }
 
 struct Loaded {
@@ -143,6 +176,9 @@ const RELOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reports read at once before their signature is checked (503 beyond).
 pub(crate) const MAX_UNVERIFIED: usize = 8;
+
+/// The same, from one client address.
+pub(crate) const MAX_UNVERIFIED_PER_CLIENT: usize = 2;
 
 fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
     (meta.modified().ok(), meta.len())
@@ -199,6 +235,27 @@ impl GithubKeyFile {
             reading: AtomicBool::new(false),
             last_refusal_logged: AtomicI64::new(i64::MIN),
             unverified: tokio::sync::Semaphore::new(MAX_UNVERIFIED),
+            by_client: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot to read one report from `client` in, if one is free (at most
+    /// [`MAX_UNVERIFIED`] in all, [`MAX_UNVERIFIED_PER_CLIENT`] per client).
+    pub(crate) fn start_reading(&self, client: std::net::IpAddr) -> Option<Reading<'_>> {
+        let slot = self.unverified.try_acquire().ok()?;
+        let mut by = self
+            .by_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = by.entry(client).or_insert(0);
+        if *n >= MAX_UNVERIFIED_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(Reading {
+            file: self,
+            client,
+            _slot: slot,
         })
     }
 

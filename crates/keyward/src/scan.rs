@@ -94,9 +94,8 @@ fn walk(
             walk(&entry, false, prefix, found, stats, tick);
         }
     } else if meta.is_file() {
-        match std::fs::read(path) {
-            Ok(bytes) => text(&bytes, &shown, prefix, found, stats),
-            Err(e) => unreadable(stats, &shown, &e),
+        if let Err(e) = file(path, meta.len(), &shown, prefix, found, stats) {
+            unreadable(stats, &shown, &e);
         }
         tick(stats);
     } else if top {
@@ -113,14 +112,52 @@ fn walk(
     // followed and not read.
 }
 
-/// `text` with control characters escaped (`\u{1b}`).
+/// Files larger than this are streamed rather than read whole.
+const READ_WHOLE: u64 = 16 << 20;
+
+/// One regular file: its first bytes decide whether it is binary (then
+/// nothing more is read, however large it is); a large text file is
+/// streamed, a small one read whole.
+fn file(
+    path: &Path,
+    len: u64,
+    name: &str,
+    prefix: &str,
+    found: &mut Vec<Sighting>,
+    stats: &mut Stats,
+) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)?;
+    let mut head = Vec::with_capacity(SNIFF);
+    f.take(SNIFF as u64).read_to_end(&mut head)?;
+    if head.contains(&0) {
+        stats.binary += 1;
+        return Ok(());
+    }
+    let mut f = std::fs::File::open(path)?;
+    if len > READ_WHOLE {
+        return stream(f, name, prefix, found, stats);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    text(&bytes, name, prefix, found, stats);
+    Ok(())
+}
+
+/// Characters that change how a line reads without being seen: bidirectional
+/// overrides and isolates, zero-width characters, the byte-order mark.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `text` with control and invisible characters escaped (`\u{1b}`).
 fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(|c| c.is_control() || invisible(c)) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if c.is_control() || invisible(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -162,11 +199,13 @@ fn stream(
             Err(e) => return Err(e),
         };
         stats.bytes += n as u64;
+        let before = pending.len();
         pending.extend_from_slice(&chunk[..n]);
         // Up to the last complete line; a line too long is cut short of
-        // its end, its keys counted where they start.
-        let cut = match pending.iter().rposition(|b| *b == b'\n') {
-            Some(i) => i + 1,
+        // its end, its keys counted where they start. Only the new bytes
+        // are searched: what was pending holds no line end.
+        let cut = match pending[before..].iter().rposition(|b| *b == b'\n') {
+            Some(i) => before + i + 1,
             None if pending.len() > MAX_LINE => pending.len() - LONGEST_KEY,
             None => continue,
         };

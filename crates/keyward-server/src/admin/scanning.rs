@@ -7,7 +7,7 @@
 use super::common::Shared;
 use super::docs::ErrorDoc;
 use crate::error::ApiError;
-use crate::github::Unsigned;
+use crate::github::{GithubKeys, Unsigned};
 use crate::web::{Answer, Ctx, ctx, fail, ok, read_limited_to};
 use http::StatusCode;
 use keyward_app::Actor;
@@ -113,41 +113,51 @@ async fn github_report(state: axum::extract::State<Shared>, req: axum::extract::
             &ctx,
         ));
     }
-    let Ok(_reading) = file.unverified.try_acquire() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "BUSY",
-            "Too many secret scanning reports are being read at once; try again shortly",
-        );
-        e.retry_after = Some(1);
-        return Err(fail(e, &ctx));
-    };
-    let raw = read_limited_to(body, MAX_REPORT_BYTES)
-        .await
-        .map_err(|e| fail(e, &ctx))?;
+    // Headers first: a report without them is refused before its body is
+    // read or a reading slot is taken.
     let verified = match signed_by(&parts.headers) {
-        Ok((identifier, signature)) => {
+        Ok((Some(identifier), Some(signature))) => {
+            let Some(_reading) = file.start_reading(ctx.client.addr) else {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "BUSY",
+                    "Too many secret scanning reports are being read at once; try again shortly",
+                );
+                e.retry_after = Some(1);
+                return Err(fail(e, &ctx));
+            };
+            let raw = read_limited_to(body, MAX_REPORT_BYTES)
+                .await
+                .map_err(|e| fail(e, &ctx))?;
             file.keys()
                 .await
-                .verify(identifier.as_deref(), signature.as_deref(), &raw)
+                .verify(Some(&identifier), Some(&signature), &raw)
+                .map(|()| raw)
         }
+        Ok((identifier, signature)) => Err(GithubKeys::unsigned(
+            identifier.as_deref(),
+            signature.as_deref(),
+        )),
         Err(why) => Err(why),
     };
-    if let Err(why) = verified {
-        state.metrics.scanning_unsigned.increment(1);
-        if file.log_refusal(state.app.now()) {
-            tracing::warn!(client = %ctx.client.ip_text(), reason = %why, "refused a secret scanning report (logged once a minute; keyward_secret_scanning_reports_total counts them): if GitHub sent it, the key file is out of date");
+    let raw = match verified {
+        Ok(raw) => raw,
+        Err(why) => {
+            state.metrics.scanning_unsigned.increment(1);
+            if file.log_refusal(state.app.now()) {
+                tracing::warn!(client = %ctx.client.ip_text(), reason = %why, "refused a secret scanning report (logged once a minute; keyward_secret_scanning_reports_total counts them): if GitHub sent it, the key file is out of date");
+            }
+            return Err(fail(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    format!("Not a report signed by GitHub: {why}"),
+                )
+                .detail("reason", "signature"),
+                &ctx,
+            ));
         }
-        return Err(fail(
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                format!("Not a report signed by GitHub: {why}"),
-            )
-            .detail("reason", "signature"),
-            &ctx,
-        ));
-    }
+    };
     state.metrics.scanning_reports.increment(1);
     let reported = parse_report(&raw).map_err(|e| fail(e, &ctx))?;
     report(&state, &ctx, reported).await

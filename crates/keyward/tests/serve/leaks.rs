@@ -553,9 +553,10 @@ fn unsigned_senders_and_odd_key_files_cannot_exhaust_or_hang_the_node() {
         "{e}"
     );
 
-    // Reports trickled in: at most 8 are read at once (503 beyond), and
-    // each is cut off with 408 when its body does not arrive in time.
-    let slow: Vec<std::net::TcpStream> = (0..8)
+    // Reports trickled in: at most 2 are read at once per client (8 in
+    // all; 503 beyond), each cut off with 408 when its body does not arrive
+    // in time; a report without the signature headers takes no slot.
+    let slow: Vec<std::net::TcpStream> = (0..2)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(server.addr).unwrap();
             write!(s, "POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nGithub-Public-Key-Identifier: gh-1\r\nGithub-Public-Key-Signature: {good}\r\n\r\n[").unwrap();
@@ -564,12 +565,21 @@ fn unsigned_senders_and_odd_key_files_cannot_exhaust_or_hang_the_node() {
         .collect();
     crate::harness::until(
         std::time::Duration::from_secs(5),
-        "the ninth refused",
+        "the third refused",
         || report(&server, "gh-1", &good, &body).status == 503,
     );
     let busy = report(&server, "gh-1", &good, &body);
     busy.error(503, "BUSY");
     assert_eq!(busy.header("retry-after"), Some("1"));
+    let unsigned = req("POST", REPORTS).body(&body).send(&server);
+    let e = unsigned.error(401, "UNAUTHORIZED");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no `Github-Public-Key-Identifier`"),
+        "{e}"
+    );
     // The gateway is not held up meanwhile.
     assert_eq!(
         server.get("/vehicles", &live).status,
@@ -659,8 +669,9 @@ fn scan_reads_pipes_named_on_the_command_line_and_a_path_it_cannot_read_is_not_c
     {
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"ustar\0\0\0binary header\n").unwrap();
-        // A long line first: the stream is read a chunk at a time.
-        stdin.write_all(&vec![b'x'; 3 << 20]).unwrap();
+        // A long line first (longer than a line is kept whole): the stream
+        // is read a chunk at a time, each byte searched once.
+        stdin.write_all(&vec![b'x'; 20 << 20]).unwrap();
         writeln!(stdin, "\nkey={live}").unwrap();
     }
     let out = child.wait_with_output().unwrap();
@@ -687,6 +698,20 @@ fn scan_reads_pipes_named_on_the_command_line_and_a_path_it_cannot_read_is_not_c
         !table.contains('\u{1b}') && table.contains("\\u{1b}[2K\\rOK.txt"),
         "{table}"
     );
+
+    // A huge file is judged binary by its first bytes, never read whole.
+    let sparse = std::fs::File::create(tree.join("disk.img")).unwrap();
+    sparse.set_len(4 << 30).unwrap();
+    drop(sparse);
+    let started = std::time::Instant::now();
+    let out = kw.cli(&["scan", &tree.display().to_string()]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 skipped as binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(tree.join("disk.img")).unwrap();
 
     // Nothing live, but a path that could not be read: exit 3, not 0.
     let out = kw.cli(&["scan", &tree.join("missing").display().to_string()]);
