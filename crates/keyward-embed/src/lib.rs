@@ -19,7 +19,7 @@
 //!     keyward_embed::Options::default(),
 //! )
 //! .await?;
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/api/third-party/v1/vehicles", axum::routing::get(|| async { "[]" }))
 //!     .layer(verifier.layer());
 //! # let _ = app; Ok(()) }
