@@ -45,6 +45,44 @@ fn body_json(r: &Resp) -> Value {
     }
 }
 
+/// The keys every door is compared with the gateway for: none, malformed,
+/// revoked, a read-only preset, everything, and one write scope.
+pub(crate) struct MatrixKeys {
+    pub(crate) ro: String,
+    pub(crate) full_id: String,
+    pub(crate) full: String,
+    one: String,
+    revoked: String,
+}
+
+impl MatrixKeys {
+    pub(crate) fn make(kw: &Kw) -> Self {
+        let (_, ro) = kw.key(&["--name", "reader", "--preset", "read-only-integration"]);
+        let (full_id, full) = kw.key(&["--name", "all", "--preset", "full-fleet-management"]);
+        let (_, one) = kw.key(&["--name", "one", "--scope", "vehicles:write"]);
+        let (revoked_id, revoked) = kw.key(&["--name", "gone", "--scope", "vehicles:read"]);
+        kw.cli_ok(&["keys", "revoke", &revoked_id]);
+        MatrixKeys {
+            ro,
+            full_id,
+            full,
+            one,
+            revoked,
+        }
+    }
+
+    pub(crate) fn keys(&self) -> Vec<Option<&str>> {
+        vec![
+            None,
+            Some("insp_live_notakey"),
+            Some(&self.revoked),
+            Some(&self.ro),
+            Some(&self.full),
+            Some(&self.one),
+        ]
+    }
+}
+
 /// The fleet catalog's routes, each concrete, with the methods it takes
 /// and one it does not.
 pub(crate) fn fleet_requests(kw: &Kw) -> Vec<(String, String)> {
@@ -80,20 +118,9 @@ fn authorize_answers_as_the_gateway_does_for_every_route_and_key() {
     let kw = Kw::new();
     let up = Upstream::start();
     kw.cli_ok(&["migrate"]);
-    let (_, ro) = kw.key(&["--name", "reader", "--preset", "read-only-integration"]);
-    let (_, full) = kw.key(&["--name", "all", "--preset", "full-fleet-management"]);
-    let (_, one) = kw.key(&["--name", "one", "--scope", "vehicles:write"]);
-    let (revoked_id, revoked) = kw.key(&["--name", "gone", "--scope", "vehicles:read"]);
-    kw.cli_ok(&["keys", "revoke", &revoked_id]);
     let server = kw.serve(&["--upstream", &upstream_flag(&up)]);
-    let keys: Vec<Option<&str>> = vec![
-        None,
-        Some("insp_live_notakey"),
-        Some(&revoked),
-        Some(&ro),
-        Some(&full),
-        Some(&one),
-    ];
+    let matrix = MatrixKeys::make(&kw);
+    let keys = matrix.keys();
     let requests = fleet_requests(&kw);
     assert!(requests.len() > 40, "{}", requests.len());
     let mut allowed = 0;

@@ -107,21 +107,15 @@ fn the_embedded_layer_answers_as_the_gateway_and_audits_the_same() {
     let kw = Kw::new();
     let up = Upstream::start();
     kw.cli_ok(&["migrate"]);
-    let (_, ro) = kw.key(&["--name", "reader", "--preset", "read-only-integration"]);
-    let (full_id, full) = kw.key(&["--name", "all", "--preset", "full-fleet-management"]);
-    let (_, one) = kw.key(&["--name", "one", "--scope", "vehicles:write"]);
-    let (revoked_id, revoked) = kw.key(&["--name", "gone", "--scope", "vehicles:read"]);
-    kw.cli_ok(&["keys", "revoke", &revoked_id]);
+    let matrix = crate::authorize::MatrixKeys::make(&kw);
+    let (ro, full_id, full) = (
+        matrix.ro.as_str(),
+        matrix.full_id.as_str(),
+        matrix.full.as_str(),
+    );
     let server = kw.serve(&["--upstream", &upstream_flag(&up)]);
     let mut api = Protected::start(&kw);
-    let keys: Vec<Option<&str>> = vec![
-        None,
-        Some("insp_live_notakey"),
-        Some(&revoked),
-        Some(&ro),
-        Some(&full),
-        Some(&one),
-    ];
+    let keys = matrix.keys();
     let mut compared = 0;
     for (method, path) in crate::authorize::fleet_requests(&kw) {
         for key in &keys {
@@ -148,7 +142,7 @@ fn the_embedded_layer_answers_as_the_gateway_and_audits_the_same() {
     // Allowed: the caller in the extensions; no key, no forged identity.
     let r = api.send(
         req("DELETE", &format!("{PREFIX}/vehicles/7"))
-            .bearer(&full)
+            .bearer(full)
             .header("X-Keyward-Key-Id", "key_forged")
             .header("X-Answer", "204"),
     );
@@ -156,11 +150,11 @@ fn the_embedded_layer_answers_as_the_gateway_and_audits_the_same() {
     assert!(r.header("x-request-id").is_some());
     let r = api.send(
         req("GET", &format!("{PREFIX}/vehicles"))
-            .bearer(&full)
+            .bearer(full)
             .header("X-Keyward-Key-Id", "key_forged"),
     );
     let seen = r.json();
-    assert_eq!(seen["key_id"], full_id.as_str(), "{seen}");
+    assert_eq!(seen["key_id"], full_id, "{seen}");
     assert_eq!(seen["authorization"], false, "the key reached the service");
     assert_eq!(
         seen["forged"], false,
@@ -177,7 +171,7 @@ fn the_embedded_layer_answers_as_the_gateway_and_audits_the_same() {
     // the 403.
     let forbidden = api.send(
         req("POST", &format!("{PREFIX}/inspections"))
-            .bearer(&ro)
+            .bearer(ro)
             .body(b"{}"),
     );
     assert_eq!(forbidden.status, 403);
