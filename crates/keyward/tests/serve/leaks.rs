@@ -5,6 +5,24 @@ use crate::harness::{Kw, Upstream, req};
 use crate::{foreign_key, upstream_flag};
 use serde_json::Value;
 
+/// `keyward scan ARGS…` with `input` on its standard input.
+fn scan_piped(kw: &Kw, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .arg("scan")
+        .args(args)
+        .env("KEYWARD_DATABASE_URL", kw.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 /// A key with a valid shape and a checksum that does not match.
 fn broken(key: &str) -> String {
     let mut k = key.to_owned();
@@ -99,20 +117,7 @@ fn scan_finds_live_revoked_and_unknown_keys_and_revoke_stops_them() {
     assert_eq!(found[2]["display_prefix"], live[..14]);
 
     // Standard input, as `git log -p | keyward scan -` feeds it.
-    let mut child = std::process::Command::new(crate::harness::BIN)
-        .args(["scan", "-"])
-        .env("KEYWARD_DATABASE_URL", kw.url())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "+ added\n+ token={live}").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = scan_piped(&kw, &["-"], format!("+ added\n+ token={live}\n").as_bytes());
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -652,29 +657,17 @@ fn unsigned_senders_and_odd_key_files_cannot_exhaust_or_hang_the_node() {
 
 #[test]
 fn scan_reads_pipes_named_on_the_command_line_and_a_path_it_cannot_read_is_not_clean() {
-    use std::io::Write as _;
     let kw = Kw::new();
     kw.cli_ok(&["migrate"]);
     let (_, live) = kw.key(&["--name", "piped", "--scope", "vehicles:read"]);
     // /dev/stdin names a pipe here, as `<(git log -p)` would; a NUL early
     // in a stream does not make it skipped.
-    let mut child = std::process::Command::new(crate::harness::BIN)
-        .args(["scan", "/dev/stdin", "--json"])
-        .env("KEYWARD_DATABASE_URL", kw.url())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"ustar\0\0\0binary header\n").unwrap();
-        // A long line first (longer than a line is kept whole): the stream
-        // is read a chunk at a time, each byte searched once.
-        stdin.write_all(&vec![b'x'; 20 << 20]).unwrap();
-        writeln!(stdin, "\nkey={live}").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut input = b"ustar\0\0\0binary header\n".to_vec();
+    // A long line first (longer than a line is kept whole): the stream is
+    // read a chunk at a time, each byte searched once.
+    input.extend_from_slice(&vec![b'x'; 20 << 20]);
+    input.extend_from_slice(format!("\nkey={live}\n").as_bytes());
+    let out = scan_piped(&kw, &["/dev/stdin", "--json"], &input);
     assert_eq!(
         out.status.code(),
         Some(1),
