@@ -63,10 +63,21 @@ struct Slot {
     /// The lease is the database's (this node asked in this window); else
     /// it is the share held back for it.
     asked: bool,
+    /// An answer to this window's asks has arrived, so `room` is known;
+    /// until then (a first ask in flight) the window may have any room.
+    answered: bool,
     /// Requests that reached this limit since the last exchange.
     attempts: u64,
     /// Requests of the window no node held, at the last answer.
     room: u64,
+}
+
+impl Slot {
+    /// Whether the next exchange may grow this lease: the window's room is
+    /// not known yet, or some was left at the last answer.
+    fn may_grow(&self) -> bool {
+        !self.answered || self.room > 0
+    }
 }
 
 impl KeyLimits {
@@ -109,8 +120,9 @@ impl KeyLimits {
     }
 
     /// Whether limit `index`, having refused a request, may admit it after
-    /// the next exchange: the node has not asked yet in this window, or some
-    /// of the window was left unleased at the last answer. The server then
+    /// the next exchange: no answer has come yet in this window (the node
+    /// has not asked, or its first ask is in flight), or some of the window
+    /// was left unleased at the last answer. The server then
     /// waits for that exchange ([`Sharing::next_exchange`]) rather than
     /// refuse what the limit still allows.
     pub fn lease_may_grow(&self, index: usize, sharing: &Sharing, now: i64) -> bool {
@@ -123,10 +135,7 @@ impl KeyLimits {
             .inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        inner
-            .slots
-            .get(index)
-            .is_some_and(|s| s.room > 0 || !s.asked)
+        inner.slots.get(index).is_some_and(Slot::may_grow)
     }
 
     /// Whether a request from `client` may use the key.
@@ -190,7 +199,7 @@ impl KeyLimits {
         let spent = match admission {
             Admission::Refused { index, .. } => {
                 let s = &inner.slots[index];
-                (s.asked && s.room == 0).then_some(index)
+                (!s.may_grow()).then_some(index)
             }
             Admission::Allowed { .. } => None,
         };
@@ -215,7 +224,7 @@ impl KeyLimits {
             Admission::Refused {
                 index,
                 retry_after_ms,
-            } if inner.slots[index].room > 0 || !inner.slots[index].asked => Admission::Refused {
+            } if inner.slots[index].may_grow() => Admission::Refused {
                 index,
                 retry_after_ms: retry_after_ms.min(sharing.interval_ms.load(Ordering::Relaxed)),
             },
@@ -554,5 +563,73 @@ fn apply(a: &Asked, ask: &LeaseAsk, answer: &LeaseAnswer, nodes: u64) {
             slot.lease = slot.lease.saturating_add(answer.granted);
         }
         slot.room = answer.room(ask.requests, nodes);
+        slot.answered = true;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst at a window's start: the first request takes the unasked
+    /// share, the exchange plans its first ask, and a request refused while
+    /// that ask is in flight must wait for its answer rather than be
+    /// refused as if the window had no room (the flaw a loaded CI found).
+    #[test]
+    fn a_refusal_while_the_first_ask_is_in_flight_waits_for_its_answer() {
+        let limit = Limit::new("limits[0]", "burst", 60, "5s").unwrap();
+        let limits = KeyLimits::of("key_1", std::slice::from_ref(&limit), &[], None).unwrap();
+        let sharing = Sharing::default();
+        sharing.share(std::time::Duration::from_millis(100));
+        sharing.nodes.store(2, Ordering::Relaxed);
+        let now = 1_000_000_i64;
+        sharing.last_ok_ms.store(now, Ordering::Relaxed);
+        sharing
+            .present_until_ms
+            .store(now + 60_000, Ordering::Relaxed);
+        // 60 / 20 / 2 nodes: one admitted unasked, the next refused.
+        assert!(matches!(
+            limits.admit(now, &sharing),
+            Admission::Allowed { .. }
+        ));
+        assert!(matches!(
+            limits.admit(now, &sharing),
+            Admission::Refused { .. }
+        ));
+        assert!(limits.lease_may_grow(0, &sharing, now), "nothing asked yet");
+        // The exchange plans its first ask; the answer is not back.
+        let (mut asks, mut asked) = (Vec::new(), Vec::new());
+        assert!(plan(&limits.state, now, 2, &mut asks, &mut asked));
+        assert_eq!(asks.len(), 1);
+        assert!(matches!(
+            limits.admit(now, &sharing),
+            Admission::Refused { .. }
+        ));
+        assert!(
+            limits.lease_may_grow(0, &sharing, now),
+            "the window's room is unknown until the answer"
+        );
+        // The answer: 14 granted, all the rest leased elsewhere.
+        let answer = LeaseAnswer {
+            granted: 14,
+            claimed: 60,
+            nodes: 2,
+        };
+        apply(&asked[0], &asks[0], &answer, 2);
+        assert!(matches!(
+            limits.admit(now, &sharing),
+            Admission::Allowed { .. }
+        ));
+        for _ in 2..14 {
+            let _ = limits.admit(now, &sharing);
+        }
+        assert!(matches!(
+            limits.admit(now, &sharing),
+            Admission::Refused { .. }
+        ));
+        assert!(
+            !limits.lease_may_grow(0, &sharing, now),
+            "no room left: refused at once"
+        );
+    }
 }
