@@ -494,13 +494,26 @@ where
 }
 
 /// Polls `check` every 10 ms until it holds; returns how long it took.
-pub fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+pub fn until(limit: Duration, what: &str, check: impl FnMut() -> bool) -> Duration {
+    until_else(limit, what, check, String::new)
+}
+
+/// [`until`], whose failure also prints what `explain` says (what was
+/// seen, a server's log): a timing failure in CI must say why.
+pub fn until_else(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) -> Duration {
     let start = Instant::now();
     loop {
         if check() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        if start.elapsed() >= limit {
+            panic!("{what}: not within {limit:?}\n{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

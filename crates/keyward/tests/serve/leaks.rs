@@ -561,17 +561,42 @@ fn unsigned_senders_and_odd_key_files_cannot_exhaust_or_hang_the_node() {
     // Reports trickled in: at most 2 are read at once per client (8 in
     // all; 503 beyond), each cut off with 408 when its body does not arrive
     // in time; a report without the signature headers takes no slot.
-    let slow: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
-            write!(s, "POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nGithub-Public-Key-Identifier: gh-1\r\nGithub-Public-Key-Signature: {good}\r\n\r\n[").unwrap();
-            s
-        })
-        .collect();
-    crate::harness::until(
+    let open_slow = || {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(s, "POST {REPORTS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nGithub-Public-Key-Identifier: gh-1\r\nGithub-Public-Key-Signature: {good}\r\n\r\n[").unwrap();
+        s
+    };
+    let mut slow: Vec<std::net::TcpStream> = (0..2).map(|_| open_slow()).collect();
+    let seen = std::cell::RefCell::new(Vec::new());
+    crate::harness::until_else(
         std::time::Duration::from_secs(5),
         "the third refused",
-        || report(&server, "gh-1", &good, &body).status == 503,
+        || {
+            // A probe may reach the server before a slow report does and
+            // take its slot, and that report is then refused: it is
+            // replaced, so that a probe refused proves both are held.
+            for s in &mut slow {
+                s.set_nonblocking(true).unwrap();
+                let answered = !matches!(
+                    s.peek(&mut [0u8; 1]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                );
+                s.set_nonblocking(false).unwrap();
+                if answered {
+                    *s = open_slow();
+                }
+            }
+            let status = report(&server, "gh-1", &good, &body).status;
+            seen.borrow_mut().push(status);
+            status == 503
+        },
+        || {
+            format!(
+                "answers: {:?}\nserver log:\n{}",
+                seen.borrow(),
+                server.log()
+            )
+        },
     );
     let busy = report(&server, "gh-1", &good, &body);
     busy.error(503, "BUSY");
