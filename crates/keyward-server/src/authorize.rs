@@ -59,7 +59,7 @@ pub(crate) async fn authorize(
     // The body is never read: a connection that still carries one is closed
     // after the answer, and the proxy is told so.
     let body_pending = !hyper::body::Body::is_end_stream(&body);
-    let (form, method, path) = match described(&parts) {
+    let (form, method, path) = match described(&parts, state.config.max_body_bytes) {
         Ok(d) => d,
         Err(e) => {
             state.metrics.refused(e.status.as_u16(), e.code);
@@ -123,9 +123,13 @@ pub(crate) async fn authorize(
 }
 
 /// The method and path of the request the proxy asks about.
-fn described(parts: &http::request::Parts) -> Result<(Form, Method, String), ApiError> {
+fn described(
+    parts: &http::request::Parts,
+    max_body_bytes: u64,
+) -> Result<(Form, Method, String), ApiError> {
     let own_path = parts.uri.path();
     let h = &parts.headers;
+    refuse_what_the_api_may_act_on(h, max_body_bytes)?;
     if let Some(rest) = own_path.strip_prefix(PATH)
         && rest.starts_with('/')
     {
@@ -182,6 +186,78 @@ fn described(parts: &http::request::Parts) -> Result<(Form, Method, String), Api
     }
     let path = uri.split_once('?').map_or(uri, |(p, _)| p);
     Ok((form, method, path.to_owned()))
+}
+
+/// Headers that make common back ends act on another method or path than
+/// the one judged (the gateway strips them; here the proxy forwards the
+/// client's headers to the API, so a request carrying one is refused).
+const OVERRIDING: [&str; 6] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-envoy-original-path",
+];
+
+/// The identity headers a proxy copies from keyward's 200 onto the request
+/// to the API, replacing the client's.
+const IDENTITY: [&str; 3] = ["x-keyward-key-id", "x-keyward-org-id", "x-keyward-scopes"];
+
+/// Refuses what the gateway would never let reach the API but a proxy
+/// would: a protocol upgrade (after a 101 the proxy tunnels bytes it never
+/// asks about), a method or path override, an `X-Keyward-*` header from
+/// the client in any spelling (back ends that fold `_` and other
+/// punctuation into `-` would read it as keyward's), and a declared body
+/// over `--max-body-bytes` (as the gateway answers 413).
+fn refuse_what_the_api_may_act_on(h: &HeaderMap, max_body_bytes: u64) -> Result<(), ApiError> {
+    if h.contains_key(http::header::UPGRADE)
+        || h.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+    {
+        return Err(ApiError::bad_request(
+            "Protocol upgrades are not authorized: after one, the proxy would pass on a connection keyward is never asked about",
+        ));
+    }
+    if let Some(name) = h.keys().find(|n| acts_instead(n)) {
+        return Err(ApiError::bad_request(format!(
+            "The request carries `{name}`, which the API could act on instead of what keyward judged: send it without"
+        ))
+        .detail("header", name.as_str()));
+    }
+    let declared = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body_bytes) {
+        return Err(ApiError::payload_too_large(max_body_bytes));
+    }
+    Ok(())
+}
+
+/// Whether a request header could make the API act on something other
+/// than what keyward judged: a method or path override, an `X-Keyward-*`
+/// other than the identity headers as spelled (which the proxy, or the
+/// embedded layer, replaces), or a folded spelling of a header the proxy
+/// or keyward sets (CGI and WSGI back ends read `X_Keyward_Scopes` and
+/// `X-Request_Id` as the real ones).
+pub(crate) fn acts_instead(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    // Most names cannot be one: decided on the first byte.
+    if !name.starts_with('x') {
+        return false;
+    }
+    let fold = |c: char| if c.is_ascii_alphanumeric() { c } else { '-' };
+    let folded: String = name.chars().map(fold).collect();
+    let respelled = folded != name;
+    let shadowing = respelled
+        && (folded == "x-request-id"
+            || folded.starts_with("x-forwarded-")
+            || folded.starts_with("x-original-"));
+    let keyward = folded.starts_with("x-keyward-") && (respelled || !IDENTITY.contains(&name));
+    shadowing || keyward || OVERRIDING.contains(&folded.as_str())
 }
 
 /// The headers that describe a request.

@@ -265,6 +265,19 @@ where
             for name in &X_KEYWARD {
                 headers.remove(name);
             }
+            // As the gateway strips them: what the service could act on
+            // instead of what was judged (method and path overrides, other
+            // spellings of keyward's headers).
+            if headers.keys().any(crate::authorize::acts_instead) {
+                let names: Vec<HeaderName> = headers
+                    .keys()
+                    .filter(|n| crate::authorize::acts_instead(n))
+                    .cloned()
+                    .collect();
+                for name in names {
+                    headers.remove(name);
+                }
+            }
             req.extensions_mut().insert(Caller {
                 entry: key.clone(),
                 request_id: request_id.clone(),

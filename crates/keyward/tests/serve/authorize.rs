@@ -384,3 +384,75 @@ fn nginx_form_refusals_carry_their_status_and_document_in_headers() {
     assert_eq!(r.status, 200);
     assert!(r.header("x-keyward-status").is_none());
 }
+
+/// What the gateway strips before the API, but a proxy would pass on after
+/// an allowed answer, is refused in every form and spelling: a protocol
+/// upgrade, a method or path override, an `X-Keyward-*` header other than
+/// the identity the proxy replaces, a folded spelling of a header the proxy
+/// or keyward sets; and a declared body over `--max-body-bytes` is 413, as
+/// at the gateway.
+#[test]
+fn what_the_api_could_act_on_instead_is_refused() {
+    let kw = Kw::new();
+    kw.cli_ok(&["migrate"]);
+    let (_, key) = kw.key(&["--name", "reader", "--scope", "vehicles:read"]);
+    let server = kw.serve(&["--max-body-bytes", "1000"]);
+    let uri = format!("{PREFIX}/vehicles");
+    let described = |form: Form| {
+        let r = match form {
+            Form::Forwarded => req("GET", "/v1/authorize")
+                .header("X-Forwarded-Method", "GET")
+                .header("X-Forwarded-Uri", &uri),
+            Form::Original => req("GET", "/v1/authorize")
+                .header("X-Original-Method", "GET")
+                .header("X-Original-URI", &uri),
+            Form::Prefixed => req("GET", &format!("/v1/authorize{uri}")),
+        };
+        r.bearer(&key)
+    };
+    for form in FORMS {
+        assert_eq!(described(form).send(&server).status, 200, "{form:?}");
+        for (header, value) in [
+            ("Upgrade", "h2c"),
+            ("upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Connection", "keep-alive, upgrade"),
+            ("Connection", "close,UPGRADE "),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("X-Method-Override", "PUT"),
+            ("X-Original-URL", "/api/third-party/v1/damages"),
+            ("X-Rewrite-URL", "/api/third-party/v1/damages"),
+            ("X-Envoy-Original-Path", "/api/third-party/v1/damages"),
+            ("X_HTTP_Method_Override", "DELETE"),
+            ("X.Original.URL", "/api/third-party/v1/damages"),
+            ("x-http_method-override", "DELETE"),
+            ("X-Keyward-Status", "200"),
+            ("X-Keyward-Key-Name", "admin"),
+            ("X_Keyward_Scopes", "keyward-admin"),
+            ("X.Keyward.Key-Id", "key_forged"),
+            ("X-Request_Id", "forged"),
+            ("X_Forwarded_For", "10.0.0.1"),
+        ] {
+            let r = described(form).header(header, value).send(&server);
+            let e = r.error(400, "BAD_REQUEST");
+            assert!(
+                e["message"].as_str().unwrap().contains("upgrade")
+                    || e["details"]["header"] == header.to_ascii_lowercase(),
+                "{form:?} {header}: {e}"
+            );
+        }
+        // The identity headers themselves are replaced by the proxy.
+        let r = described(form)
+            .header("X-Keyward-Key-Id", "key_forged")
+            .header("X-Keyward-Scopes", "keyward-admin")
+            .send(&server);
+        assert_eq!(r.status, 200, "{form:?}");
+        // A declared body over the gateway's bound.
+        let r = described(form)
+            .header("Content-Length", "1001")
+            .header("Connection", "close")
+            .send(&server);
+        r.error(413, "PAYLOAD_TOO_LARGE");
+    }
+}

@@ -47,6 +47,7 @@ impl Protected {
                                 "scopes": caller.scopes().collect::<Vec<_>>(),
                                 "authorization": req.headers().get("authorization").is_some(),
                                 "forged": req.headers().get("x-keyward-key-id").is_some(),
+                                "headers": req.headers().keys().map(|n| n.as_str().to_owned()).collect::<Vec<_>>(),
                             });
                             (
                                 axum::http::StatusCode::from_u16(status).unwrap(),
@@ -151,9 +152,26 @@ fn the_embedded_layer_answers_as_the_gateway_and_audits_the_same() {
     let r = api.send(
         req("GET", &format!("{PREFIX}/vehicles"))
             .bearer(full)
-            .header("X-Keyward-Key-Id", "key_forged"),
+            .header("X-Keyward-Key-Id", "key_forged")
+            // What the service could act on instead of what was judged:
+            // stripped, as the gateway strips it.
+            .header("X-HTTP-Method-Override", "DELETE")
+            .header("X-Original-URL", "/api/third-party/v1/damages")
+            .header("X_Keyward_Scopes", "keyward-admin")
+            .header("X-Keyward-Status", "200")
+            .header("X-Trace", "kept"),
     );
     let seen = r.json();
+    let names = seen["headers"].as_array().unwrap();
+    assert!(names.contains(&json!("x-trace")), "{seen}");
+    for stripped in [
+        "x-http-method-override",
+        "x-original-url",
+        "x_keyward_scopes",
+        "x-keyward-status",
+    ] {
+        assert!(!names.contains(&json!(stripped)), "{stripped}: {seen}");
+    }
     assert_eq!(seen["key_id"], full_id, "{seen}");
     assert_eq!(seen["authorization"], false, "the key reached the service");
     assert_eq!(

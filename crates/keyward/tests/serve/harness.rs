@@ -165,7 +165,27 @@ impl Resp {
 
 /// Sends raw bytes, reads the whole response (the request says `close`).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+    exchange(TcpStream::connect(addr).unwrap(), request)
+}
+
+/// [`raw`] from another loopback address (`127.0.0.2`): a client that is
+/// not the proxy in front of keyward, though on the same machine.
+pub fn raw_from(local: std::net::IpAddr, addr: SocketAddr, request: &[u8]) -> Resp {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    exchange(s, request)
+}
+
+fn exchange(mut s: TcpStream, request: &[u8]) -> Resp {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(request).unwrap();
     let mut buf = Vec::new();

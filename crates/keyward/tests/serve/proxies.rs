@@ -216,11 +216,7 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
             req("GET", &format!("{PREFIX}/vehicles/42?page=2"))
                 .bearer(&ro)
                 .header("X-Keyward-Key-Id", "key_forged")
-                .header("X-Keyward-Scopes", "keyward-admin")
-                // Spellings a CGI or WSGI back end reads as the real ones.
-                .header("X_Keyward_Scopes", "keyward-admin")
-                .header("X-Keyward_Key_Id", "key_forged")
-                .header("X-Keyward-Org_Id", "org_forged"),
+                .header("X-Keyward-Scopes", "keyward-admin"),
         )
         .seen();
     assert_eq!(up.hits(), hits + 1);
@@ -251,6 +247,27 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
         headers.get("authorization").is_none(),
         "{name}: the key reached the API"
     );
+
+    // Spellings a CGI or WSGI back end reads as the real ones: refused by
+    // keyward (Caddy passes them on), or dropped by the proxy (nginx and
+    // Envoy drop names with `_`).
+    let r = proxy.send(
+        req("GET", &format!("{PREFIX}/vehicles/42"))
+            .bearer(&ro)
+            .header("X_Keyward_Scopes", "keyward-admin")
+            .header("X-Keyward_Key_Id", "key_forged")
+            .header("X-Keyward-Org_Id", "org_forged"),
+    );
+    if r.status == 400 {
+        r.error(400, "BAD_REQUEST");
+    } else {
+        let seen = r.seen();
+        let names: Vec<&String> = seen["headers"].as_object().unwrap().keys().collect();
+        assert!(
+            !names.iter().any(|n| n.contains('_')),
+            "{name}: a header spelled with `_` reached the API: {names:?}"
+        );
+    }
 
     // Refused: keyward's status and document reach the client, nothing
     // reaches the API.
@@ -338,6 +355,8 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
         "{name}: only the allowed requests passed"
     );
 
+    what_the_api_may_act_on_is_refused(proxy, kw, up, &ro, name);
+
     // Revoked through the CLI: refused through the proxy within a second.
     kw.cli_ok(&["keys", "revoke", &ro_id]);
     let took = until(
@@ -358,7 +377,7 @@ fn nginx_auth_request_with_keyward_as_the_authorizer() {
     let kw = Kw::new();
     let up = Upstream::start();
     kw.cli_ok(&["migrate"]);
-    let server = kw.serve(&[]);
+    let server = kw.serve(&["--trusted-proxy", "127.0.0.1"]);
     let dir = kw.dir.path().join("nginx");
     std::fs::create_dir_all(&dir).unwrap();
     let Some(proxy) = nginx(&dir, &server, &up) else {
@@ -372,7 +391,7 @@ fn caddy_forward_auth_with_keyward_as_the_authorizer() {
     let kw = Kw::new();
     let up = Upstream::start();
     kw.cli_ok(&["migrate"]);
-    let server = kw.serve(&[]);
+    let server = kw.serve(&["--trusted-proxy", "127.0.0.1"]);
     let dir = kw.dir.path().join("caddy");
     std::fs::create_dir_all(&dir).unwrap();
     let Some(proxy) = caddy(&dir, &server, &up) else {
@@ -386,11 +405,133 @@ fn envoy_ext_authz_with_keyward_as_the_authorizer() {
     let kw = Kw::new();
     let up = Upstream::start();
     kw.cli_ok(&["migrate"]);
-    let server = kw.serve(&[]);
+    let server = kw.serve(&["--trusted-proxy", "127.0.0.1"]);
     let dir = kw.dir.path().join("envoy");
     std::fs::create_dir_all(&dir).unwrap();
     let Some(proxy) = envoy(&dir, &server, &up) else {
         return;
     };
     behind(&proxy, &kw, &server, &up, "Envoy");
+}
+
+/// What the gateway strips before the API but a proxy passes on: a method
+/// or path override, a protocol upgrade, a body over `--max-body-bytes`,
+/// and a client's own `X-Forwarded-For` (keyward trusts the proxy, on
+/// 127.0.0.1; the client comes from 127.0.0.2). Each is refused, or never
+/// reaches the API in a form it could act on.
+fn what_the_api_may_act_on_is_refused(proxy: &Proxy, kw: &Kw, up: &Upstream, ro: &str, name: &str) {
+    let overriding = |n: &str| {
+        let folded: String = n
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+            "upgrade",
+        ]
+        .contains(&folded.as_str())
+    };
+    for (header, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("X-Method-Override", "PUT"),
+        ("X-Original-URL", "/api/third-party/v1/damages"),
+        ("X-Rewrite-URL", "/api/third-party/v1/damages"),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("X.Original.URL", "/api/third-party/v1/damages"),
+        ("X-Keyward-Status", "200"),
+        ("X.Keyward.Scopes", "keyward-admin"),
+    ] {
+        let hits = up.hits();
+        let r = proxy.send(
+            req("GET", &format!("{PREFIX}/vehicles"))
+                .bearer(ro)
+                .header(header, value),
+        );
+        match r.status {
+            400 => assert_eq!(up.hits(), hits, "{name}: {header}"),
+            // The proxy dropped the header itself (nginx and Envoy drop
+            // names with `_` or `.`): the API must not see it.
+            200 => {
+                let seen = r.seen();
+                let names: Vec<&String> = seen["headers"].as_object().unwrap().keys().collect();
+                assert!(
+                    !names
+                        .iter()
+                        .any(|n| overriding(n) || n.contains(['_', '.'])),
+                    "{name}: {header} reached the API: {seen}"
+                );
+            }
+            other => panic!(
+                "{name}: {header}: {other} {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    // A protocol upgrade: after a 101 the proxy would tunnel requests it
+    // never asks about.
+    for (upgrade, extra) in [
+        ("h2c", "HTTP2-Settings"),
+        ("websocket", "Sec-WebSocket-Key"),
+    ] {
+        let hits = up.hits();
+        let r = proxy.send(
+            req("GET", &format!("{PREFIX}/vehicles"))
+                .bearer(ro)
+                .header("Connection", "Upgrade")
+                .header("Upgrade", upgrade)
+                .header(extra, "AAMAAABkAARAAAAAAAIAAAAA"),
+        );
+        match r.status {
+            // Refused by keyward (400) or by the proxy itself (Envoy: 403).
+            400 | 403 => assert_eq!(up.hits(), hits, "{name}: upgrade {upgrade}"),
+            200 => {
+                let seen = r.seen();
+                assert!(
+                    seen["headers"].get("upgrade").is_none(),
+                    "{name}: upgrade {upgrade} reached the API: {seen}"
+                );
+            }
+            other => panic!(
+                "{name}: upgrade {upgrade}: {other} {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    // A client's own X-Forwarded-For is not its address.
+    let (_, fenced) = kw.key(&[
+        "--name",
+        &format!("{name} fenced"),
+        "--scope",
+        "vehicles:read",
+        "--allow-cidr",
+        "10.0.0.0/8",
+    ]);
+    until(Duration::from_secs(5), "the fenced key", || {
+        proxy
+            .send(req("GET", &format!("{PREFIX}/vehicles")).bearer(&fenced))
+            .status
+            == 403
+    });
+    let hits = up.hits();
+    let spoofed = req("GET", &format!("{PREFIX}/vehicles"))
+        .bearer(&fenced)
+        .header("X-Forwarded-For", "10.1.2.3");
+    let r = crate::harness::raw_from([127, 0, 0, 2].into(), proxy.addr, &spoofed.bytes());
+    let e = r.error(403, "IP_NOT_ALLOWED");
+    assert!(
+        e["message"].as_str().unwrap().contains("127.0.0.2"),
+        "{name}: {e}"
+    );
+    assert_eq!(up.hits(), hits, "{name}");
 }
