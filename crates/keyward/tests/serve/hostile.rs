@@ -544,14 +544,24 @@ fn a_broken_chunked_body_is_400_not_502() {
         let request = format!(
             "POST {PREFIX}/vehicles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"
         );
-        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
-        std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
-        // Then the client stops sending (a cut-short body ends here).
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut buf = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
-        let head = String::from_utf8_lossy(&buf);
+        let send = || {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+            // Then the client stops sending (a cut-short body ends here).
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        };
+        // A node just started on a loaded machine may refuse writes for a
+        // moment (its first sync or audit batch slower than 500 ms): 503
+        // with Retry-After, which a client retries.
+        let mut head = String::new();
+        crate::harness::until(Duration::from_secs(10), "writes accepted", || {
+            head = send();
+            !head.contains("AUDIT_UNAVAILABLE")
+        });
         let status: u16 = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
         assert_eq!(status, 400, "{body:?}: {head}");
         assert!(head.contains("BAD_REQUEST"), "{body:?}: {head}");
