@@ -86,10 +86,11 @@ pub(crate) async fn authorize(
         client_request_id: client_request_id.as_ref(),
         key: None,
     };
-    let (key, decision, limited) = match admit(state, ex, &parts.headers, write, started).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return for_the_proxy(refused, form),
-    };
+    let (key, decision, limited) =
+        match admit(state, ex, &parts.headers, write, Some(started)).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return for_the_proxy(refused, form),
+        };
     if write {
         if let Some(refused) = write_gate(state, request_id) {
             return for_the_proxy(refused, form);

@@ -13,7 +13,6 @@ use crate::auth::{Exchange, is_write};
 use crate::body::Body;
 use crate::gateway::{admit, write_gate};
 use crate::state::State;
-use crate::telemetry::monotonic;
 use crate::web::Client;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName};
@@ -190,12 +189,6 @@ pub struct Keyward<S> {
     last_peer: Option<Client>,
 }
 
-static X_KEYWARD: [HeaderName; 3] = [
-    HeaderName::from_static("x-keyward-key-id"),
-    HeaderName::from_static("x-keyward-org-id"),
-    HeaderName::from_static("x-keyward-scopes"),
-];
-
 impl<S, B, R> tower_service::Service<Request<B>> for Keyward<S>
 where
     S: tower_service::Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
@@ -231,7 +224,6 @@ where
             }
         };
         let fut = async move {
-            let started = monotonic();
             let request_id = state.request_ids.next();
             // A standard method clones without allocating; the path is
             // borrowed for the decision and copied only for a write's audit.
@@ -249,7 +241,7 @@ where
                 },
                 req.headers(),
                 write,
-                started,
+                None,
             )
             .await;
             let (key, decision, limited) = match admitted {
@@ -262,18 +254,15 @@ where
             let written = write.then(|| req.uri().path().to_owned());
             let headers = req.headers_mut();
             headers.remove(AUTHORIZATION);
-            for name in &X_KEYWARD {
-                headers.remove(name);
-            }
-            // As the gateway strips them: what the service could act on
-            // instead of what was judged (method and path overrides, other
-            // spellings of keyward's headers).
-            if headers.keys().any(crate::authorize::acts_instead) {
-                let names: Vec<HeaderName> = headers
-                    .keys()
-                    .filter(|n| crate::authorize::acts_instead(n))
-                    .cloned()
-                    .collect();
+            // Identity headers the client sent, and what the service could
+            // act on instead of what was judged (method and path overrides,
+            // other spellings of keyward's headers), as the gateway strips
+            // them. One pass over the names: most requests carry none.
+            let strip = |n: &HeaderName| {
+                n.as_str().starts_with("x-keyward-") || crate::authorize::acts_instead(n)
+            };
+            if headers.keys().any(strip) {
+                let names: Vec<HeaderName> = headers.keys().filter(|n| strip(n)).cloned().collect();
                 for name in names {
                     headers.remove(name);
                 }

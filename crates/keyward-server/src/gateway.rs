@@ -55,10 +55,11 @@ pub(crate) async fn handle(
         client_request_id: client_request_id.as_ref(),
         key: None,
     };
-    let (key, decision, limited) = match admit(&state, ex, &parts.headers, write, started).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused,
-    };
+    let (key, decision, limited) =
+        match admit(&state, ex, &parts.headers, write, Some(started)).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
+        };
     let ex = Exchange {
         key: Some(&key),
         ..ex
@@ -74,13 +75,15 @@ pub(crate) async fn handle(
 /// the snapshot's age, the key, the route and its scopes. Answers with the
 /// key and its decision, or with the refusal (audited where it must be).
 /// Forward authentication ([`crate::authorize`]) decides through here too,
-/// for the request a proxy describes.
+/// for the request a proxy describes, and the embedded layer. `started`
+/// times the decision for `/metrics`; an embedded node serves no metrics,
+/// so it passes `None` and reads no clock for it.
 pub(crate) async fn admit(
     state: &State,
     mut ex: Exchange<'_>,
     headers: &HeaderMap,
     write: bool,
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 ) -> Result<(Arc<KeyEntry>, Decision, Option<RateLimitNote>), Response<Body>> {
     if let Some(e) = state.check_headers(headers) {
         return Err(refuse(state, &ex, write, e, Vec::new(), "headers_too_large").await);
@@ -105,10 +108,12 @@ pub(crate) async fn admit(
         None => Question::Outside,
     };
     let decision = decide(catalog, access.as_ref().map_err(|f| *f), now, &question);
-    state
-        .metrics
-        .decision
-        .record(started.elapsed().as_secs_f64());
+    if let Some(started) = started {
+        state
+            .metrics
+            .decision
+            .record(started.elapsed().as_secs_f64());
+    }
     let entry = found.ok();
     ex.key = entry.as_deref();
     if let Some(e) = &entry
