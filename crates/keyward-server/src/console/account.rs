@@ -1,8 +1,8 @@
 //! Signing in and out, and changing one's password.
 
 use super::page::{
-    Chrome, Form, Shared, Signed, app_error, app_status, csrf_ok, is_loopback_host, redirect,
-    render, session_cookie,
+    Chrome, Form, Shared, SignInForm, Signed, app_error, app_status, csrf_ok, is_loopback_host,
+    redirect, render, session_cookie,
 };
 use crate::auth::Anyone;
 use crate::web::{Answer, Reply as Page, ctx};
@@ -39,7 +39,7 @@ pub(super) async fn sign_in_page() -> Page {
 pub(super) async fn sign_in(
     axum::extract::State(state): axum::extract::State<Shared>,
     parts: Parts,
-    form: Form,
+    SignInForm(form): SignInForm,
 ) -> Page {
     let ctx = ctx(&parts);
     let email = form.get("email").to_owned();

@@ -695,6 +695,14 @@ fn a_burst_of_sign_ins_is_bounded_in_memory_and_answered_busy() {
         .body(b"email=owner&password=nope")
         .send(&server);
     assert!([401, 429].contains(&r.status), "{}", r.status);
+    // A sign-in body is read before anyone is known: 8 KiB at most (a
+    // signed-in user's forms get 64 KiB).
+    let big = format!("email=a%40example.com&password={}", "x".repeat(8 * 1024));
+    let r = req("POST", "/console/sign-in")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big.as_bytes())
+        .send(&server);
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     // A throttled sign-in says when to come back.
     let mut last = r;
     for _ in 0..25 {
