@@ -100,16 +100,7 @@ impl Server {
         node_id: String,
         progress: &mut (dyn FnMut(usize) + Send),
     ) -> Result<Self, ServerError> {
-        let prefix = app.catalog().gateway_prefix();
-        if prefix.is_empty()
-            || prefix == "/"
-            || own::is_own_path(prefix)
-            || own::is_own_path(&format!("{prefix}/"))
-        {
-            return Err(ServerError::Config(format!(
-                "the catalog's gateway prefix `{prefix}` overlaps keyward's own endpoints (/v1, /console, /healthz, /metrics, /openapi.json); choose a prefix such as `/api/v1`"
-            )));
-        }
+        check_gateway_prefix(app.catalog().gateway_prefix()).map_err(ServerError::Config)?;
         let upstream = config
             .upstream
             .as_ref()
@@ -273,6 +264,26 @@ impl Server {
         let Server { state, audit_task } = self;
         embedded::Embedded::start(state, audit_task)
     }
+}
+
+/// Refuses a catalog's gateway prefix that overlaps keyward's own
+/// endpoints (they are matched before the gateway, so its routes there
+/// would never be reached). `serve` refuses to start with one, and
+/// `keyward catalog check` refuses the file, with the same message.
+///
+/// # Errors
+/// What overlaps, and a prefix to choose instead.
+pub fn check_gateway_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix == "/"
+        || own::is_own_path(prefix)
+        || own::is_own_path(&format!("{prefix}/"))
+    {
+        return Err(format!(
+            "the catalog's gateway prefix `{prefix}` overlaps keyward's own endpoints (/v1, /console, /healthz, /metrics, /openapi.json); choose a prefix such as `/api/v1`"
+        ));
+    }
+    Ok(())
 }
 
 /// Routes a request: keyward's own endpoints, else the gateway.

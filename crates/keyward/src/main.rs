@@ -255,6 +255,9 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result {
     if let Command::Catalog(CatalogCmd::Check { file }) = &cli.command {
         let catalog = load_catalog(Some(file))?;
+        // What `serve` would refuse is not a valid catalog either.
+        keyward_server::check_gateway_prefix(catalog.gateway_prefix())
+            .map_err(|e| CliError::refused(format!("{}: {e}", file.display())))?;
         let own = catalog.scopes().iter().filter(|s| !s.is_reserved()).count();
         println!(
             "{}: valid catalog `{}`: {own} scopes, {} permission sets, {} presets, {} routes",

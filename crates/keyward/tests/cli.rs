@@ -736,6 +736,22 @@ fn catalog_check_reports_every_error() {
         .refused("syntax.toml:");
     kw.run(&["catalog", "check", "/nonexistent/catalog.toml"])
         .refused("cannot read catalog `/nonexistent/catalog.toml`");
+    // A gateway prefix `serve` would refuse (it overlaps keyward's own
+    // endpoints, matched first) is refused here too.
+    let transit = std::fs::read_to_string(TRANSIT).unwrap();
+    for prefix in ["/v1", "/v1/api", "/console", ""] {
+        let shadowed = kw.dir.path().join("shadowed.toml");
+        std::fs::write(
+            &shadowed,
+            transit.replace(
+                "gateway_prefix = \"/api/v1\"",
+                &format!("gateway_prefix = \"{prefix}\""),
+            ),
+        )
+        .unwrap();
+        kw.run(&["catalog", "check", shadowed.to_str().unwrap()])
+            .refused("overlaps keyward's own endpoints");
+    }
     // Commands refuse to run on an invalid catalog.
     kw.run(&["--catalog", bad.to_str().unwrap(), "keys", "list"])
         .refused("key prefix `X`");
