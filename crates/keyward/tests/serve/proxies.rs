@@ -330,10 +330,37 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
     proxy
         .send(req("GET", &format!("{PREFIX}/vehicles//42")).bearer(&ro))
         .error(400, "BAD_REQUEST");
-    assert_eq!(get("/vehicles", Some(&limited)).status, 200, "{name}");
+    // A limited key's RateLimit headers reach the client, on the API's
+    // answer (nginx, Envoy: Caddy's `forward_auth` copies headers onto the
+    // request only) and on the refusal.
+    let r = get("/vehicles", Some(&limited));
+    assert_eq!(r.status, 200, "{name}");
+    if name != "Caddy" {
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"burst\";q=1;w=60"),
+            "{name}: {:?}",
+            r.headers
+        );
+        assert!(
+            r.header("ratelimit")
+                .is_some_and(|v| v.starts_with("\"burst\";r=0;t=")),
+            "{name}: {:?}",
+            r.headers
+        );
+        assert!(
+            r.headers.iter().filter(|(n, _)| n == "ratelimit").count() == 1,
+            "{name}: {:?}",
+            r.headers
+        );
+    }
     let r = get("/vehicles", Some(&limited));
     r.error(429, "RATE_LIMITED");
     assert!(r.header("retry-after").is_some(), "{name}");
+    assert!(r.header("ratelimit").is_some(), "{name}: {:?}", r.headers);
+    // An unlimited key's answer carries none.
+    let r = get("/vehicles", Some(&ro));
+    assert_eq!(r.header("ratelimit"), None, "{name}: {:?}", r.headers);
     // A client describing another request in headers is not believed.
     let r = proxy.send(
         req("GET", &format!("{PREFIX}/inspections"))
@@ -351,7 +378,7 @@ fn behind(proxy: &Proxy, kw: &Kw, server: &Server, up: &Upstream, name: &str) {
     );
     assert_eq!(
         up.hits(),
-        hits + 1 + fragment_passed,
+        hits + 2 + fragment_passed,
         "{name}: only the allowed requests passed"
     );
 
