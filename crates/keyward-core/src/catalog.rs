@@ -335,6 +335,8 @@ pub struct Catalog {
     routes: Vec<Route>,
     table: RouteTable,
     available: ScopeSet,
+    /// SHA-256 of the text it was compiled from.
+    sha256: [u8; 32],
 }
 
 impl Catalog {
@@ -354,6 +356,42 @@ impl Catalog {
     /// it can be trusted.
     pub fn parse(source_name: &str, text: &str) -> Result<Catalog, CatalogErrors> {
         build::parse(source_name, text)
+    }
+
+    /// SHA-256 of the exact text the catalog was compiled from: what tells
+    /// two nodes' catalogs apart (SPEC §13), whatever their names say.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// [`Catalog::sha256`] in lowercase hex, as `/healthz` and messages
+    /// show it.
+    pub fn sha256_hex(&self) -> String {
+        use std::fmt::Write as _;
+        self.sha256
+            .iter()
+            .fold(String::with_capacity(64), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            })
+    }
+
+    /// The scopes `self` makes available that `old` announced as planned or
+    /// under review: what `catalog.scope_available` tells integrators who
+    /// were waiting for them (seed 002's future scopes).
+    pub fn scopes_made_available<'a>(&'a self, old: &Catalog) -> Vec<&'a Scope> {
+        self.scopes
+            .iter()
+            .filter(|s| s.status() == ScopeStatus::Available)
+            .filter(|s| {
+                old.scope_id(s.name()).is_some_and(|id| {
+                    matches!(
+                        old.scope(id).status(),
+                        ScopeStatus::Planned | ScopeStatus::UnderReview
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Catalog id, e.g. `fleet`.

@@ -187,6 +187,10 @@ impl Builder<'_> {
             routes,
             table,
             available,
+            sha256: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+                self.text.as_bytes(),
+            ))
+            .into(),
         }
     }
 
