@@ -158,6 +158,14 @@ fn healthz(state: &State, request_id: &HeaderValue) -> Response<Body> {
             "max_staleness_ms": u64::try_from(state.config.max_staleness.as_millis()).unwrap_or(u64::MAX),
         },
         "upstream": state.config.upstream.as_ref().map(ToString::to_string),
+        // The catalog deciding here (SPEC §13): two nodes with different
+        // digests decide differently. `version` is the published version
+        // in force; null while the catalog comes from a file or is built in.
+        "catalog": {
+            "name": state.app.catalog().name(),
+            "version": serde_json::Value::Null,
+            "sha256": state.app.catalog().sha256_hex(),
+        },
         // How keys' limits are enforced: "this node only" (one node),
         // "shared" (leases exchanged through the database), or "local
         // share" (cut off: this node's share of each limit, never more).

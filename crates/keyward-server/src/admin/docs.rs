@@ -153,6 +153,12 @@ pub(super) struct HealthDoc {
     #[schema(value_type = Object)]
     snapshot: serde_json::Value,
     upstream: Option<String>,
+    /// The catalog deciding on this node: `name`, `version` (the published
+    /// version in force, null while it comes from a file or is built in)
+    /// and `sha256` (of its text: nodes with different digests decide
+    /// differently).
+    #[schema(value_type = Object)]
+    catalog: serde_json::Value,
 }
 
 #[utoipa::path(

@@ -692,6 +692,14 @@ fn verify_whoami_healthz_and_metrics() {
     );
     assert_eq!(h["snapshot"]["keys"], 4);
     assert!(h["snapshot"]["age_ms"].as_i64().unwrap() < 5_000);
+    // The built-in catalog, unpublished: its name and the digest of its
+    // text, which is what tells two nodes' catalogs apart.
+    let fleet = keyward_core::Catalog::fleet().unwrap();
+    assert_eq!(
+        h["catalog"],
+        json!({"name": "fleet", "version": null, "sha256": fleet.sha256_hex()}),
+        "{h}"
+    );
 
     let metrics = req("GET", "/metrics").send(&server);
     assert_eq!(metrics.status, 200);
