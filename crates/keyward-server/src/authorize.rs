@@ -189,18 +189,6 @@ fn described(
     Ok((form, method, path.to_owned()))
 }
 
-/// Headers that make common back ends act on another method or path than
-/// the one judged (the gateway strips them; here the proxy forwards the
-/// client's headers to the API, so a request carrying one is refused).
-const OVERRIDING: [&str; 6] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-envoy-original-path",
-];
-
 /// The identity headers a proxy copies from keyward's 200 onto the request
 /// to the API, replacing the client's.
 const IDENTITY: [&str; 3] = ["x-keyward-key-id", "x-keyward-org-id", "x-keyward-scopes"];
@@ -245,20 +233,23 @@ fn refuse_what_the_api_may_act_on(h: &HeaderMap, max_body_bytes: u64) -> Result<
 /// or keyward sets (CGI and WSGI back ends read `X_Keyward_Scopes` and
 /// `X-Request_Id` as the real ones).
 pub(crate) fn acts_instead(name: &HeaderName) -> bool {
-    let name = name.as_str();
+    use crate::proxy::{METHOD_AND_PATH_OVERRIDES, folded_eq, folded_starts};
+    let name = name.as_str().as_bytes();
     // Most names cannot be one: decided on the first byte.
-    if !name.starts_with('x') {
+    if name.first() != Some(&b'x') {
         return false;
     }
-    let fold = |c: char| if c.is_ascii_alphanumeric() { c } else { '-' };
-    let folded: String = name.chars().map(fold).collect();
-    let respelled = folded != name;
+    // Spelled with punctuation other than `-`: a folded spelling.
+    let respelled = name
+        .iter()
+        .any(|&b| !(b.is_ascii_alphanumeric() || b == b'-'));
     let shadowing = respelled
-        && (folded == "x-request-id"
-            || folded.starts_with("x-forwarded-")
-            || folded.starts_with("x-original-"));
-    let keyward = folded.starts_with("x-keyward-") && (respelled || !IDENTITY.contains(&name));
-    shadowing || keyward || OVERRIDING.contains(&folded.as_str())
+        && (folded_eq(name, b"x-request-id")
+            || folded_starts(name, b"x-forwarded-")
+            || folded_starts(name, b"x-original-"));
+    let keyward = folded_starts(name, b"x-keyward-")
+        && (respelled || !IDENTITY.iter().any(|i| i.as_bytes() == name));
+    shadowing || keyward || METHOD_AND_PATH_OVERRIDES.iter().any(|o| folded_eq(name, o))
 }
 
 /// The headers that describe a request.

@@ -313,21 +313,28 @@ pub fn strip_spoofable_headers(headers: &mut HeaderMap, allow_underscores: bool)
     }
 }
 
-/// Headers that make common back ends act on another method, path or
-/// client than the one keyward authorized: method overrides (Rails, Symfony,
-/// ASP.NET, Express), original-URL rewrites (IIS, Symfony, Envoy), nginx's
-/// `auth_request` originals, RFC 7239 `Forwarded` (preferred over
-/// `X-Forwarded-*` by Spring), and the client-address headers of other
-/// proxies and CDNs. keyward writes none of them.
-pub const OVERRIDES: [&[u8]; 25] = [
+/// Headers that make common back ends act on another method or path than
+/// the request line's: method overrides (Rails, Symfony, ASP.NET, Express)
+/// and original-URL rewrites (IIS, Symfony, Envoy). The gateway strips them;
+/// `/v1/authorize`, whose proxy passes the client's headers on, refuses them
+/// (`crate::authorize::acts_instead`).
+pub const METHOD_AND_PATH_OVERRIDES: [&[u8]; 6] = [
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
     b"x-original-url",
-    b"x-original-uri",
-    b"x-original-method",
     b"x-rewrite-url",
     b"x-envoy-original-path",
+];
+
+/// Further headers that make common back ends act on another request or
+/// client than the one keyward authorized: nginx's `auth_request`
+/// originals, RFC 7239 `Forwarded` (preferred over `X-Forwarded-*` by
+/// Spring), and the client-address headers of other proxies and CDNs.
+/// keyward writes none of them, nor [`METHOD_AND_PATH_OVERRIDES`].
+pub const OVERRIDES: [&[u8]; 19] = [
+    b"x-original-uri",
+    b"x-original-method",
     b"forwarded",
     b"x-real-ip",
     b"true-client-ip",
@@ -353,6 +360,7 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
         || name.starts_with(b"x-forwarded-")
         || name == b"x-request-id"
         || OVERRIDES.contains(&name)
+        || METHOD_AND_PATH_OVERRIDES.contains(&name)
     {
         return true;
     }
@@ -370,17 +378,28 @@ fn is_spoofable(name: &[u8], allow_underscores: bool) -> bool {
         return true;
     }
     // Underscores allowed: still never a folded spelling of those.
-    let folded_eq = |a: &[u8], b: &[u8]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(&x, &y)| (if x.is_ascii_alphanumeric() { x } else { b'-' }) == y)
-    };
-    let folded_starts = |p: &[u8]| name.get(..p.len()).is_some_and(|head| folded_eq(head, p));
-    folded_starts(b"x-keyward-")
-        || folded_starts(b"x-forwarded-")
+    folded_starts(name, b"x-keyward-")
+        || folded_starts(name, b"x-forwarded-")
         || folded_eq(name, b"x-request-id")
         || OVERRIDES.iter().any(|o| folded_eq(name, o))
+        || METHOD_AND_PATH_OVERRIDES.iter().any(|o| folded_eq(name, o))
+}
+
+/// Whether header `name` reads as `canonical` once every character other
+/// than a letter or digit is folded into `-`, as CGI, WSGI and lighttpd do
+/// (`x_keyward.scopes` is `x-keyward-scopes` to them).
+pub(crate) fn folded_eq(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(&x, &y)| (if x.is_ascii_alphanumeric() { x } else { b'-' }) == y)
+}
+
+/// [`folded_eq`] for a prefix.
+pub(crate) fn folded_starts(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|head| folded_eq(head, prefix))
 }
 
 #[cfg(test)]
